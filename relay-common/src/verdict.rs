@@ -1,0 +1,142 @@
+//! What the XDP program decided about a frame, and the per-verdict counters it keeps.
+
+/// The outcome of the XDP program for one frame. The discriminant is the index into the
+/// `VERDICTS` per-CPU array map.
+///
+/// Frames the relay cannot have sent or received legitimately (cut short inside a header they
+/// claim, or with lengths that contradict each other) are dropped in the kernel and counted;
+/// everything else is passed to the network stack.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Verdict {
+    /// IPv4/UDP, first fragment or unfragmented: candidate for the fast path. Passed.
+    Udp4 = 0,
+    /// IPv6/UDP (UDP directly after the fixed header): candidate for the fast path. Passed.
+    Udp6 = 1,
+    /// IPv4 or IPv6 but not UDP, an IPv6 extension header, or a non-first IPv4 fragment. Passed.
+    OtherIp = 2,
+    /// Not IP at all (ARP, LLDP, ...). Passed.
+    NonIp = 3,
+    /// The frame ends inside a header it announces (Ethernet, VLAN, IPv4 with its options,
+    /// IPv6, UDP). Dropped.
+    Truncated = 4,
+    /// Header fields contradict each other or the frame: IPv4 version or IHL invalid, IP total
+    /// or payload length beyond the frame, UDP length outside the IP payload. Dropped.
+    Malformed = 5,
+}
+
+impl Verdict {
+    /// Number of verdicts: the size of the `VERDICTS` map.
+    pub const COUNT: u32 = 6;
+
+    /// Every verdict, in map-index order.
+    pub const ALL: [Self; Self::COUNT as usize] = [
+        Self::Udp4,
+        Self::Udp6,
+        Self::OtherIp,
+        Self::NonIp,
+        Self::Truncated,
+        Self::Malformed,
+    ];
+
+    /// Whether the program lets the frame go on to the network stack (`XDP_PASS`) or drops it
+    /// (`XDP_DROP`).
+    pub const fn passes(self) -> bool {
+        !matches!(self, Self::Truncated | Self::Malformed)
+    }
+
+    /// The XDP action this verdict maps to (values from `enum xdp_action` in the kernel UAPI).
+    pub const fn xdp_action(self) -> u32 {
+        if self.passes() { XDP_PASS } else { XDP_DROP }
+    }
+
+    /// The map index.
+    pub const fn index(self) -> u32 {
+        self as u32
+    }
+
+    /// The verdict's name as operators see it in logs, metrics and the demo.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Udp4 => "udp4",
+            Self::Udp6 => "udp6",
+            Self::OtherIp => "other-ip",
+            Self::NonIp => "non-ip",
+            Self::Truncated => "truncated",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
+/// `XDP_DROP` from the kernel's `enum xdp_action`.
+pub const XDP_DROP: u32 = 1;
+/// `XDP_PASS` from the kernel's `enum xdp_action`.
+pub const XDP_PASS: u32 = 2;
+
+/// Packets and bytes counted for one verdict on one CPU: the value of the `VERDICTS` map.
+/// Both fields are native-endian (the map is only ever read on the host that wrote it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Frames counted.
+    pub packets: u64,
+    /// Bytes counted: the frame from the Ethernet header to its end, as XDP sees it.
+    pub bytes: u64,
+}
+
+const _: () = assert!(size_of::<Counters>() == 16);
+
+impl Counters {
+    /// Adds another CPU's (or another period's) counts to these.
+    #[must_use]
+    pub const fn add(self, other: Self) -> Self {
+        Self {
+            packets: self.packets.wrapping_add(other.packets),
+            bytes: self.bytes.wrapping_add(other.bytes),
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: `Counters` is `repr(C)`, has no padding (asserted above) and every bit pattern is valid.
+unsafe impl aya::Pod for Counters {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_verdict_in_index_order() {
+        for (i, v) in Verdict::ALL.iter().enumerate() {
+            assert_eq!(v.index() as usize, i, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn only_broken_frames_are_dropped() {
+        let dropped: [Verdict; 2] = [Verdict::Truncated, Verdict::Malformed];
+        for v in Verdict::ALL {
+            assert_eq!(v.passes(), !dropped.contains(&v), "{v:?}");
+            assert_eq!(v.xdp_action(), if v.passes() { XDP_PASS } else { XDP_DROP });
+        }
+    }
+
+    #[test]
+    fn counters_add_wraps_instead_of_panicking() {
+        let a = Counters {
+            packets: u64::MAX,
+            bytes: 10,
+        };
+        let b = Counters {
+            packets: 2,
+            bytes: 5,
+        };
+        assert_eq!(
+            a.add(b),
+            Counters {
+                packets: 1,
+                bytes: 15
+            }
+        );
+    }
+}

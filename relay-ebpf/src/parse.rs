@@ -1,0 +1,25 @@
+//! The shared parser (`relay_common::parse`) reading straight from XDP packet memory.
+
+use aya_ebpf::programs::XdpContext;
+use relay_common::parse::Frame;
+
+/// An XDP frame as the shared parser sees it.
+pub(crate) struct XdpFrame<'a>(pub(crate) &'a XdpContext);
+
+impl Frame for XdpFrame<'_> {
+    #[inline(always)]
+    fn has(&self, len: usize) -> bool {
+        self.0.data() + len <= self.0.data_end()
+    }
+
+    #[inline(always)]
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let start = self.0.data() + offset;
+        if start + N > self.0.data_end() {
+            return None;
+        }
+        // SAFETY: `[start, start + N)` lies inside the packet (checked just above);
+        // `read_unaligned` makes no alignment assumption.
+        Some(unsafe { core::ptr::read_unaligned(start as *const [u8; N]) })
+    }
+}

@@ -1,0 +1,236 @@
+//! The kernel data plane: loads Relay's XDP program, attaches it to an interface, reads its
+//! counters, and detaches it when dropped.
+
+use std::{fmt, time::Duration};
+
+use aya::{
+    Ebpf, EbpfError,
+    maps::{MapError, PerCpuArray},
+    programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode},
+};
+use relay_common::{Counters, Verdict};
+
+/// The XDP object built by `build.rs` from `relay-ebpf`.
+static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/relay-xdp"));
+
+/// Name of the XDP entry point in `relay-ebpf/src/main.rs`.
+const PROGRAM: &str = "relay_xdp";
+/// Name of the per-verdict counters map in `relay-ebpf/src/maps.rs`.
+const VERDICTS_MAP: &str = "VERDICTS";
+
+/// How the operator asked for the program to be attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpModeChoice {
+    /// Native (driver) mode, falling back to generic (skb) mode if the driver refuses.
+    #[default]
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (skb) mode only: works on any interface, slower.
+    Generic,
+}
+
+/// The mode the kernel actually gave us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachedMode {
+    Native,
+    Generic,
+}
+
+impl fmt::Display for AttachedMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Native => "native (driver)",
+            Self::Generic => "generic (skb)",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error(
+        "this relay binary was built with AYA_BUILD_SKIP=1 and carries no XDP program: \
+         rebuild without it after `cargo xtask setup`"
+    )]
+    NotBuilt,
+    #[error("loading the XDP object failed: {0}")]
+    Load(#[from] EbpfError),
+    #[error(
+        "the kernel refused the XDP program ({0}): Relay needs a kernel with BPF and XDP \
+         (CONFIG_BPF_SYSCALL, CONFIG_BPF_JIT; Linux 5.15 or newer)"
+    )]
+    Verify(#[source] ProgramError),
+    #[error("no interface named {0:?}: check `ip link` (in the right network namespace)")]
+    UnknownInterface(String),
+    #[error(
+        "could not attach XDP to {interface} in {mode} mode: {source}{hint}",
+        hint = if *.mode == "native (driver)" { "; try --xdp-mode generic or auto" } else { "" }
+    )]
+    Attach {
+        interface: String,
+        mode: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("reading the {VERDICTS_MAP} map failed: {0}")]
+    Map(#[from] MapError),
+    #[error("BPF_PROG_TEST_RUN failed: {0}")]
+    TestRun(#[source] ProgramError),
+    #[error("the object has no {0}: relay and relay-ebpf are out of step")]
+    Missing(&'static str),
+}
+
+/// The loaded XDP program and its maps. Dropping it detaches the program.
+pub struct Dataplane {
+    ebpf: Ebpf,
+}
+
+/// Counters per verdict, summed over all CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerdictCounters(pub [Counters; Verdict::COUNT as usize]);
+
+impl VerdictCounters {
+    pub fn get(&self, verdict: Verdict) -> Counters {
+        self.0[verdict.index() as usize]
+    }
+
+    pub fn total(&self) -> Counters {
+        self.0.iter().fold(Counters::default(), |a, c| a.add(*c))
+    }
+}
+
+impl fmt::Display for VerdictCounters {
+    /// The table the daemon prints on exit and the demo shows.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<10} {:>6} {:>12} {:>14}",
+            "verdict", "action", "packets", "bytes"
+        )?;
+        for v in Verdict::ALL {
+            let c = self.get(v);
+            let action = if v.passes() { "pass" } else { "drop" };
+            writeln!(
+                f,
+                "{:<10} {action:>6} {:>12} {:>14}",
+                v.name(),
+                c.packets,
+                c.bytes
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// What one `BPF_PROG_TEST_RUN` of the program returned.
+#[derive(Debug)]
+pub struct TestRunOutput {
+    /// The XDP action (`XDP_PASS` = 2, `XDP_DROP` = 1, ...).
+    pub action: u32,
+    /// The frame as the program left it.
+    pub frame: Vec<u8>,
+    pub duration: Duration,
+}
+
+impl Dataplane {
+    /// Loads the program and its maps into the kernel (verifier included); attaches nothing.
+    pub fn load() -> Result<Self, DataplaneError> {
+        if XDP_OBJECT.is_empty() {
+            return Err(DataplaneError::NotBuilt);
+        }
+        let mut ebpf = Ebpf::load(XDP_OBJECT)?;
+        xdp(&mut ebpf)?.load().map_err(DataplaneError::Verify)?;
+        Ok(Self { ebpf })
+    }
+
+    /// Attaches to `interface`. In `Auto` mode a refusal of native mode is logged and generic
+    /// mode is tried.
+    pub fn attach(
+        &mut self,
+        interface: &str,
+        choice: XdpModeChoice,
+    ) -> Result<AttachedMode, DataplaneError> {
+        let program = xdp(&mut self.ebpf)?;
+        let attach = |program: &mut Xdp, mode: AttachedMode| {
+            let flags = match mode {
+                AttachedMode::Native => XdpMode::Driver,
+                AttachedMode::Generic => XdpMode::Skb,
+            };
+            program
+                .attach(interface, flags)
+                .map(|_| mode)
+                .map_err(|source| match source {
+                    ProgramError::UnknownInterface { .. } => {
+                        DataplaneError::UnknownInterface(interface.to_owned())
+                    }
+                    source => DataplaneError::Attach {
+                        interface: interface.to_owned(),
+                        mode: match mode {
+                            AttachedMode::Native => "native (driver)",
+                            AttachedMode::Generic => "generic (skb)",
+                        },
+                        source,
+                    },
+                })
+        };
+        let mode = match choice {
+            XdpModeChoice::Native => attach(program, AttachedMode::Native)?,
+            XdpModeChoice::Generic => attach(program, AttachedMode::Generic)?,
+            XdpModeChoice::Auto => match attach(program, AttachedMode::Native) {
+                Ok(mode) => mode,
+                Err(e @ DataplaneError::UnknownInterface(_)) => return Err(e),
+                Err(native) => {
+                    log::warn!("{native}; falling back to generic (skb) mode");
+                    attach(program, AttachedMode::Generic)?
+                }
+            },
+        };
+        log::info!("XDP attached to {interface} in {mode} mode");
+        Ok(mode)
+    }
+
+    /// Per-verdict counters summed over every CPU.
+    pub fn verdict_counters(&self) -> Result<VerdictCounters, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(VERDICTS_MAP)
+            .ok_or(DataplaneError::Missing("VERDICTS map"))?;
+        let array = PerCpuArray::<_, Counters>::try_from(map)?;
+        let mut out = VerdictCounters::default();
+        for v in Verdict::ALL {
+            out.0[v.index() as usize] = array
+                .get(&v.index(), 0)?
+                .iter()
+                .fold(Counters::default(), |a, c| a.add(*c));
+        }
+        Ok(out)
+    }
+
+    /// Runs the program once over `frame` with `BPF_PROG_TEST_RUN`, as the packet tests do.
+    /// The kernel refuses frames shorter than an Ethernet header (`EINVAL`): XDP never sees
+    /// them.
+    pub fn test_run(&mut self, frame: &[u8]) -> Result<TestRunOutput, DataplaneError> {
+        // Room for a frame the program grows (headers added by later fast paths).
+        let mut data_out = vec![0_u8; frame.len() + 256];
+        let result = xdp(&mut self.ebpf)?
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut data_out),
+                ..TestRunOptions::default()
+            })
+            .map_err(DataplaneError::TestRun)?;
+        data_out.truncate(result.data_size_out as usize);
+        Ok(TestRunOutput {
+            action: result.return_value,
+            frame: data_out,
+            duration: result.duration,
+        })
+    }
+}
+
+fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
+    ebpf.program_mut(PROGRAM)
+        .ok_or(DataplaneError::Missing("relay_xdp program"))?
+        .try_into()
+        .map_err(|_| DataplaneError::Missing("XDP program named relay_xdp"))
+}

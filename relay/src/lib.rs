@@ -1,0 +1,5 @@
+//! Relay's daemon as a library: the `relay` binary is a thin command line over these modules,
+//! and the integration tests drive the same code.
+
+pub mod dataplane;
+pub mod preflight;

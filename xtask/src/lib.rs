@@ -1,0 +1,3 @@
+//! Shared by the `cargo xtask` commands and Relay's integration tests.
+
+pub mod lab;
