@@ -78,14 +78,17 @@ impl Host {
         Ipv4Addr::new(10, 77, 0, self.number())
     }
 
-    /// `fd77::N`.
+    /// `fd77::N`, N written with the same digits as in the IPv4 address (`fd77::11` for
+    /// `10.77.0.11`).
     pub const fn ipv6(self) -> Ipv6Addr {
-        Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, self.number() as u16)
+        let n = self.number() as u16;
+        Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, (n / 10) * 16 + n % 10)
     }
 
-    /// `02:52:4c:00:00:N` (locally administered; "RL").
+    /// `02:52:4c:00:00:N` (locally administered; "RL"), N in hex as in [`Host::ipv6`].
     pub const fn mac(self) -> [u8; 6] {
-        [0x02, 0x52, 0x4c, 0x00, 0x00, self.number()]
+        let n = self.number();
+        [0x02, 0x52, 0x4c, 0x00, 0x00, (n / 10) * 16 + n % 10]
     }
 }
 

@@ -1,0 +1,109 @@
+//! Helpers shared by the lab tests: the real `relay` binary run inside a lab namespace.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    process::{Child, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use nix::{sys::signal::Signal, unistd::Pid};
+use xtask::lab::{Host, Lab};
+
+/// How long a relay may take to load and attach before a test gives up.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `relay` binary running in a lab namespace. Killed on drop if still running.
+pub struct RunningRelay {
+    child: Child,
+    /// Lines the relay logs (stderr), as they come.
+    pub log: mpsc::Receiver<String>,
+}
+
+impl RunningRelay {
+    /// Starts `relay <args>` in `host`'s namespace and waits for the log line that contains
+    /// `ready` (an event, not a sleep).
+    pub fn start(lab: &Lab, host: Host, args: &[&str], ready: &str) -> Self {
+        let mut child = lab
+            .command(host, env!("CARGO_BIN_EXE_relay"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning relay");
+        let (tx, log) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("relay: {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let relay = Self { child, log };
+        relay.wait_for_log(ready);
+        relay
+    }
+
+    /// Waits for a log line containing `needle` and returns it.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        loop {
+            match self.log.recv_timeout(START_TIMEOUT) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("relay never logged {needle:?}: {e}"),
+            }
+        }
+    }
+
+    /// Sends `signal`, waits for a clean exit and returns what the relay printed on stdout.
+    pub fn stop(mut self, signal: Signal) -> String {
+        // `ip netns exec` execs the relay, so the child's pid is the relay's.
+        nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+        let mut stdout = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "relay exited with {status} after {signal}; stdout:\n{stdout}"
+        );
+        stdout
+    }
+}
+
+impl Drop for RunningRelay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Packets and bytes of one verdict's row in the table the relay prints on exit.
+pub fn verdict_row(stdout: &str, verdict: &str) -> (u64, u64) {
+    let line = stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(verdict))
+        .unwrap_or_else(|| panic!("no {verdict} row in:\n{stdout}"));
+    let fields: Vec<_> = line.split_whitespace().collect();
+    (fields[2].parse().unwrap(), fields[3].parse().unwrap())
+}
+
+/// The XDP attachment of `eth0` in `host`'s namespace as `ip link` shows it ("xdp",
+/// "xdpgeneric", ...), or `None`.
+pub fn xdp_attachment(lab: &Lab, host: Host) -> Option<String> {
+    let out = lab
+        .command(host, "ip")
+        .args(["-o", "link", "show", "dev", "eth0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace()
+        .find(|w| w.starts_with("xdp"))
+        .map(str::to_owned)
+}
