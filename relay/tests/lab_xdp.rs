@@ -135,3 +135,42 @@ fn unknown_interface_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// Frames no stack would send, written onto the wire by client B: XDP must drop and count
+/// them, and traffic around them must not suffer.
+#[test]
+fn broken_frames_from_the_wire_are_dropped_and_counted() {
+    let lab = Lab::up("rt-broken").unwrap();
+    let relay = RunningRelay::start(
+        &lab,
+        Host::Relay,
+        &["run", "--interface", "eth0"],
+        "XDP attached",
+    );
+    let mut ipv4_udp = vec![0x45, 0, 0, 44, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    ipv4_udp.extend_from_slice(&Host::ClientB.ipv4().octets());
+    ipv4_udp.extend_from_slice(&Host::Relay.ipv4().octets());
+    // UDP length 1000 in a 24-byte datagram.
+    ipv4_udp.extend_from_slice(&[0x9c, 0x40, 0x0d, 0x96, 0x03, 0xe8, 0, 0]);
+    ipv4_udp.extend_from_slice(&[0; 16]);
+    let eth = [
+        &Host::Relay.mac()[..],
+        &Host::ClientB.mac()[..],
+        &[0x08, 0x00],
+    ]
+    .concat();
+    let truncated = [&eth[..], &ipv4_udp[..10]].concat();
+    let malformed = [&eth[..], &ipv4_udp[..]].concat();
+    lab.send_frames(
+        Host::ClientB,
+        &[truncated.clone(), malformed.clone(), truncated],
+    )
+    .unwrap();
+    // Sent after the broken frames on the same path, so they have all been judged when it
+    // arrives.
+    send_and_receive(&lab, SocketAddr::new(Host::Relay.ipv4().into(), PORT));
+    let stdout = relay.stop(Signal::SIGTERM);
+    assert_eq!(verdict_row(&stdout, "truncated"), (2, 2 * 24));
+    assert_eq!(verdict_row(&stdout, "malformed"), (1, 14 + 44));
+    assert_eq!(verdict_row(&stdout, "udp4").0, DATAGRAMS as u64);
+}

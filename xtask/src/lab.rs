@@ -21,6 +21,8 @@ use std::{
     fmt,
     fs::File,
     net::{Ipv4Addr, Ipv6Addr},
+    os::fd::{AsRawFd as _, FromRawFd as _},
+    path::Path,
     process::Command,
 };
 
@@ -163,6 +165,13 @@ impl Lab {
         })
     }
 
+    /// Writes `frames` as they are onto `from`'s `eth0` with an `AF_PACKET` socket: frames the
+    /// stack would never build (truncated, malformed), for tests of what the relay does with
+    /// them.
+    pub fn send_frames(&self, from: Host, frames: &[Vec<u8>]) -> anyhow::Result<()> {
+        self.in_netns(from, || send_frames(frames))?
+    }
+
     fn build(&self) -> anyhow::Result<()> {
         let sw = netns_name(&self.prefix, "sw");
         ip(&["netns", "add", &sw])?;
@@ -170,6 +179,13 @@ impl Lab {
         ip(&["-n", &sw, "link", "add", BRIDGE, "type", "bridge"])?;
         // A switch, not a router: no IPv6 addresses or router solicitations on its ports.
         sysctl(&sw, "net.ipv6.conf.all.disable_ipv6", "1")?;
+        // Nor a firewall: where br_netfilter is loaded, bridged IP would be validated and
+        // filtered, and the malformed frames tests inject would never reach the relay.
+        if Path::new("/proc/sys/net/bridge").exists() {
+            for family in ["iptables", "ip6tables", "arptables"] {
+                sysctl(&sw, &format!("net.bridge.bridge-nf-call-{family}"), "0")?;
+            }
+        }
         ip(&["-n", &sw, "link", "set", BRIDGE, "up"])?;
         for host in Host::ALL {
             let ns = self.netns(host);
@@ -330,6 +346,44 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
             "{cmd:?} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
+    }
+    Ok(())
+}
+
+fn send_frames(frames: &[Vec<u8>]) -> anyhow::Result<()> {
+    // SAFETY: plain socket(2) call; the result is checked, and `OwnedFd` closes it.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    if fd < 0 {
+        bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let ifname = std::ffi::CString::new(HOST_IF)?;
+    // SAFETY: `ifname` is a valid NUL-terminated string.
+    let ifindex = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_ifindex = ifindex as i32;
+    for frame in frames {
+        // SAFETY: `frame` and `addr` outlive the call; the lengths are theirs.
+        let sent = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if sent < 0 {
+            bail!(
+                "sending a {}-byte frame: {}",
+                frame.len(),
+                std::io::Error::last_os_error()
+            );
+        }
     }
     Ok(())
 }

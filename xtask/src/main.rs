@@ -1,4 +1,10 @@
 //! `cargo xtask`: Relay's developer commands.
+mod demo;
+mod setup;
+
+use std::process::Command;
+
+use anyhow::bail;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -10,6 +16,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Install what the build and the tests need (nightly rust-src, bpf-linker, Debian packages).
+    Setup,
+    /// Run every test: unit, packet table (BPF_PROG_TEST_RUN) and lab tests. Needs root.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`: for the test binaries).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the relay in the lab on an embedded default and tell what happened. Needs root.
+    Demo,
     /// Build and manage the network-namespace lab.
     Lab {
         #[command(subcommand)]
@@ -29,8 +45,26 @@ enum LabAction {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Cmd::Setup => setup::run(),
+        Cmd::Test { args } => test(&args),
+        Cmd::Demo => demo::run(),
         Cmd::Lab { action, prefix } => lab(&action, &prefix),
     }
+}
+
+/// The default members only: `relay-ebpf` builds for the BPF target, inside relay's build.
+fn test(args: &[String]) -> anyhow::Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("the packet and lab tests load XDP programs and create namespaces: run as root");
+    }
+    let status = Command::new(env!("CARGO"))
+        .args(["test", "--no-fail-fast"])
+        .args(args)
+        .status()?;
+    if !status.success() {
+        bail!("tests failed");
+    }
+    Ok(())
 }
 
 fn lab(action: &LabAction, prefix: &str) -> anyhow::Result<()> {
