@@ -7,6 +7,12 @@
 //! frames the kernel never hands to XDP (shorter than an Ethernet header). Multi-byte fields
 //! are read big-endian from byte arrays, so no unaligned access is ever made.
 
+// The XDP program has no function calls to spare: every step of the parser is inlined into it.
+#![expect(
+    clippy::inline_always,
+    reason = "the parser is inlined into the XDP program"
+)]
+
 use crate::Verdict;
 
 /// Read access to one frame, from its Ethernet header on.

@@ -124,9 +124,12 @@ fn udp6_hop_by_hop() -> Vec<u8> {
         next_header: IpNumber::IPV6_HEADER_HOP_BY_HOP,
         ..Ipv6Header::default()
     };
-    let mut ext = Ipv6Extensions::default();
-    ext.hop_by_hop_options =
-        Some(etherparse::Ipv6RawExtHeader::new_raw(IpNumber::UDP, &[1, 4, 0, 0, 0, 0]).unwrap());
+    let ext = Ipv6Extensions {
+        hop_by_hop_options: Some(
+            etherparse::Ipv6RawExtHeader::new_raw(IpNumber::UDP, &[1, 4, 0, 0, 0, 0]).unwrap(),
+        ),
+        ..Ipv6Extensions::default()
+    };
     let mut f = Vec::new();
     PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
         .ip(IpHeaders::Ipv6(header, ext))
@@ -183,6 +186,10 @@ fn row(description: &'static str, input: Vec<u8>, verdict: Verdict) -> Row {
     }
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one line per row reads best as one table"
+)]
 fn table() -> Vec<Row> {
     use Verdict::{Malformed, NonIp, OtherIp, Truncated, Udp4, Udp6};
     let small_udp4 = {

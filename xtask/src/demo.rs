@@ -93,7 +93,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
         .context("the marker datagram never arrived")?;
     let elapsed = started.elapsed();
 
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT)?;
+    kill(Pid::from_raw(child.id().cast_signed()), Signal::SIGINT)?;
     let mut table = String::new();
     child
         .stdout
@@ -104,6 +104,17 @@ pub(crate) fn run() -> anyhow::Result<()> {
     if !status.success() {
         bail!("relay exited with {status}");
     }
+    report(&table, mode, elapsed, received, tcp_refused)
+}
+
+/// Prints the counters and what they mean; fails if the run did not go as it must.
+fn report(
+    table: &str,
+    mode: &str,
+    elapsed: Duration,
+    received: u32,
+    tcp_refused: bool,
+) -> anyhow::Result<()> {
     let count = |verdict: &str| -> (u64, u64) {
         table
             .lines()

@@ -364,7 +364,7 @@ fn send_frames(frames: &[Vec<u8>]) -> anyhow::Result<()> {
     // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_ifindex = ifindex as i32;
+    addr.sll_ifindex = ifindex.cast_signed();
     for frame in frames {
         // SAFETY: `frame` and `addr` outlive the call; the lengths are theirs.
         let sent = unsafe {

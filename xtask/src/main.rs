@@ -16,9 +16,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what the build and the tests need (nightly rust-src, bpf-linker, Debian packages).
+    /// Install what the build and the tests need (nightly rust-src, `bpf-linker`, Debian packages).
     Setup,
-    /// Run every test: unit, packet table (BPF_PROG_TEST_RUN) and lab tests. Needs root.
+    /// Run every test: unit, packet table (`BPF_PROG_TEST_RUN`) and lab tests. Needs root.
     Test {
         /// Extra arguments for `cargo test` (after `--`: for the test binaries).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

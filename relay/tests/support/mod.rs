@@ -14,16 +14,16 @@ use xtask::lab::{Host, Lab};
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The `relay` binary running in a lab namespace. Killed on drop if still running.
-pub struct RunningRelay {
+pub(crate) struct RunningRelay {
     child: Child,
     /// Lines the relay logs (stderr), as they come.
-    pub log: mpsc::Receiver<String>,
+    pub(crate) log: mpsc::Receiver<String>,
 }
 
 impl RunningRelay {
     /// Starts `relay <args>` in `host`'s namespace and waits for the log line that contains
     /// `ready` (an event, not a sleep).
-    pub fn start(lab: &Lab, host: Host, args: &[&str], ready: &str) -> Self {
+    pub(crate) fn start(lab: &Lab, host: Host, args: &[&str], ready: &str) -> Self {
         let mut child = lab
             .command(host, env!("CARGO_BIN_EXE_relay"))
             .args(args)
@@ -47,7 +47,7 @@ impl RunningRelay {
     }
 
     /// Waits for a log line containing `needle` and returns it.
-    pub fn wait_for_log(&self, needle: &str) -> String {
+    pub(crate) fn wait_for_log(&self, needle: &str) -> String {
         loop {
             match self.log.recv_timeout(START_TIMEOUT) {
                 Ok(line) if line.contains(needle) => return line,
@@ -58,9 +58,9 @@ impl RunningRelay {
     }
 
     /// Sends `signal`, waits for a clean exit and returns what the relay printed on stdout.
-    pub fn stop(mut self, signal: Signal) -> String {
+    pub(crate) fn stop(mut self, signal: Signal) -> String {
         // `ip netns exec` execs the relay, so the child's pid is the relay's.
-        nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+        nix::sys::signal::kill(Pid::from_raw(self.child.id().cast_signed()), signal).unwrap();
         let mut stdout = String::new();
         self.child
             .stdout
@@ -85,7 +85,7 @@ impl Drop for RunningRelay {
 }
 
 /// Packets and bytes of one verdict's row in the table the relay prints on exit.
-pub fn verdict_row(stdout: &str, verdict: &str) -> (u64, u64) {
+pub(crate) fn verdict_row(stdout: &str, verdict: &str) -> (u64, u64) {
     let line = stdout
         .lines()
         .find(|l| l.split_whitespace().next() == Some(verdict))
@@ -96,7 +96,7 @@ pub fn verdict_row(stdout: &str, verdict: &str) -> (u64, u64) {
 
 /// The XDP attachment of `eth0` in `host`'s namespace as `ip link` shows it ("xdp",
 /// "xdpgeneric", ...), or `None`.
-pub fn xdp_attachment(lab: &Lab, host: Host) -> Option<String> {
+pub(crate) fn xdp_attachment(lab: &Lab, host: Host) -> Option<String> {
     let out = lab
         .command(host, "ip")
         .args(["-o", "link", "show", "dev", "eth0"])
