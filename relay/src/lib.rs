@@ -4,3 +4,4 @@
 pub mod dataplane;
 pub mod preflight;
 pub mod stun;
+pub mod turn;

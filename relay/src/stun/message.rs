@@ -221,6 +221,15 @@ impl<'a> Message<'a> {
             .map(|a| &self.bytes[a.offset + ATTR_HEADER_LEN..a.offset + ATTR_HEADER_LEN + a.len])
     }
 
+    /// The values of every attribute of type `typ`, in order (some may repeat, such as
+    /// XOR-PEER-ADDRESS in CreatePermission).
+    pub fn all(&self, typ: u16) -> impl Iterator<Item = &'a [u8]> + '_ {
+        self.attrs
+            .iter()
+            .filter(move |a| a.typ == typ)
+            .map(|a| &self.bytes[a.offset + ATTR_HEADER_LEN..a.offset + ATTR_HEADER_LEN + a.len])
+    }
+
     /// Every attribute type present (before any integrity attribute), in order.
     pub fn attribute_types(&self) -> impl Iterator<Item = u16> + '_ {
         self.attrs.iter().map(|a| a.typ)

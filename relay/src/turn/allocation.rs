@@ -1,0 +1,231 @@
+//! One allocation's state (RFC 8656 sections 2.2, 9, 12): its relayed addresses, lifetime,
+//! permissions and channel bindings.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use super::server::ClientTuple;
+use crate::stun::TransactionId;
+
+/// RFC 8656 section 9: permissions last 300 s.
+pub(super) const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+/// RFC 8656 section 12: channel bindings last 600 s.
+pub(super) const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+/// RFC 8656 section 12: after a binding expires, neither its number nor its peer may be
+/// bound differently for 5 minutes.
+pub(super) const CHANNEL_COOLDOWN: Duration = Duration::from_secs(300);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Channel {
+    pub(super) peer: SocketAddr,
+    pub(super) expires: Instant,
+}
+
+/// A channel binding that expired, and until when it still blocks other bindings.
+#[derive(Clone, Copy, Debug)]
+struct Cooldown {
+    number: u16,
+    peer: SocketAddr,
+    until: Instant,
+}
+
+/// Why a ChannelBind cannot be granted (answered 400, RFC 8656 section 11.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum BindConflict {
+    NumberTaken,
+    PeerTaken,
+}
+
+#[derive(Debug)]
+pub(super) struct Allocation {
+    pub(super) tuple: ClientTuple,
+    pub(super) username: String,
+    /// One relayed address per family (two for a dual allocation).
+    pub(super) relayed: Vec<SocketAddr>,
+    pub(super) expires: Instant,
+    /// The Allocate that created it and the response sent, for retransmissions.
+    pub(super) created_by: TransactionId,
+    pub(super) success_response: Vec<u8>,
+    permissions: HashMap<IpAddr, Instant>,
+    channels: HashMap<u16, Channel>,
+    channel_by_peer: HashMap<SocketAddr, u16>,
+    cooldowns: Vec<Cooldown>,
+    /// Channels whose flow is installed in the fast path.
+    installed: HashSet<u16>,
+}
+
+impl Allocation {
+    pub(super) fn new(
+        tuple: ClientTuple,
+        username: String,
+        relayed: Vec<SocketAddr>,
+        expires: Instant,
+        created_by: TransactionId,
+        success_response: Vec<u8>,
+    ) -> Self {
+        Self {
+            tuple,
+            username,
+            relayed,
+            expires,
+            created_by,
+            success_response,
+            permissions: HashMap::new(),
+            channels: HashMap::new(),
+            channel_by_peer: HashMap::new(),
+            cooldowns: Vec::new(),
+            installed: HashSet::new(),
+        }
+    }
+
+    /// The relayed address that talks to peers of `peer`'s family.
+    pub(super) fn relayed_for(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        self.relayed
+            .iter()
+            .copied()
+            .find(|r| r.is_ipv4() == peer.is_ipv4())
+    }
+
+    pub(super) fn has_permission(&self, peer: IpAddr, now: Instant) -> bool {
+        self.permissions.get(&peer).is_some_and(|e| *e > now)
+    }
+
+    /// Installs or refreshes the permission for `peer`; returns its expiry.
+    pub(super) fn permit(&mut self, peer: IpAddr, now: Instant) -> Instant {
+        let expires = now + PERMISSION_LIFETIME;
+        self.permissions.insert(peer, expires);
+        expires
+    }
+
+    pub(super) fn channel(&self, number: u16, now: Instant) -> Option<Channel> {
+        self.channels
+            .get(&number)
+            .copied()
+            .filter(|c| c.expires > now)
+    }
+
+    pub(super) fn channel_to(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
+        let number = *self.channel_by_peer.get(&peer)?;
+        self.channel(number, now).map(|_| number)
+    }
+
+    /// Checks that `number` may be bound (or re-bound) to `peer`.
+    pub(super) fn can_bind(
+        &self,
+        number: u16,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> Result<(), BindConflict> {
+        if let Some(c) = self.channel(number, now) {
+            if c.peer != peer {
+                return Err(BindConflict::NumberTaken);
+            }
+        }
+        if self.channel_to(peer, now).is_some_and(|n| n != number) {
+            return Err(BindConflict::PeerTaken);
+        }
+        for c in self.cooldowns.iter().filter(|c| c.until > now) {
+            if c.number == number && c.peer != peer {
+                return Err(BindConflict::NumberTaken);
+            }
+            if c.peer == peer && c.number != number {
+                return Err(BindConflict::PeerTaken);
+            }
+        }
+        Ok(())
+    }
+
+    /// Binds or refreshes `number` to `peer`; returns its expiry.
+    pub(super) fn bind(&mut self, number: u16, peer: SocketAddr, now: Instant) -> Instant {
+        let expires = now + CHANNEL_LIFETIME;
+        self.channels.insert(number, Channel { peer, expires });
+        self.channel_by_peer.insert(peer, number);
+        expires
+    }
+
+    /// Drops permissions and channels that expired by `now`.
+    pub(super) fn expire(&mut self, now: Instant) {
+        self.permissions.retain(|_, e| *e > now);
+        let expired: Vec<(u16, Channel)> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.expires <= now)
+            .map(|(n, c)| (*n, *c))
+            .collect();
+        for (number, c) in expired {
+            self.channels.remove(&number);
+            self.channel_by_peer.remove(&c.peer);
+            self.cooldowns.push(Cooldown {
+                number,
+                peer: c.peer,
+                until: c.expires + CHANNEL_COOLDOWN,
+            });
+        }
+        self.cooldowns.retain(|c| c.until > now);
+    }
+
+    /// The earliest instant at which something of this allocation expires.
+    pub(super) fn next_expiry(&self) -> Instant {
+        self.permissions
+            .values()
+            .chain(self.channels.values().map(|c| &c.expires))
+            .chain(self.cooldowns.iter().map(|c| &c.until))
+            .copied()
+            .fold(self.expires, Instant::min)
+    }
+
+    /// Channels that may use the fast path now (bound, and their peer permitted), compared
+    /// with those installed: returns (to install, to remove) and records the new set.
+    pub(super) fn sync_flows(
+        &mut self,
+        now: Instant,
+    ) -> (Vec<(u16, SocketAddr)>, Vec<(u16, SocketAddr)>) {
+        let live: HashMap<u16, SocketAddr> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.expires > now && self.has_permission(c.peer.ip(), now))
+            .map(|(n, c)| (*n, c.peer))
+            .collect();
+        let add = live
+            .iter()
+            .filter(|(n, _)| !self.installed.contains(n))
+            .map(|(n, p)| (*n, *p))
+            .collect();
+        let mut remove = Vec::new();
+        for n in self.installed.iter().filter(|n| !live.contains_key(n)) {
+            // The peer of a removed flow: still bound, or remembered in its cooldown.
+            let peer = self.channels.get(n).map(|c| c.peer).or_else(|| {
+                self.cooldowns
+                    .iter()
+                    .rev()
+                    .find(|c| c.number == *n)
+                    .map(|c| c.peer)
+            });
+            if let Some(peer) = peer {
+                remove.push((*n, peer));
+            }
+        }
+        self.installed = live.keys().copied().collect();
+        (add, remove)
+    }
+
+    /// Every installed flow, for removal when the allocation ends.
+    pub(super) fn installed_flows(&self) -> Vec<(u16, SocketAddr)> {
+        self.installed
+            .iter()
+            .filter_map(|n| {
+                let peer = self.channels.get(n).map(|c| c.peer).or_else(|| {
+                    self.cooldowns
+                        .iter()
+                        .rev()
+                        .find(|c| c.number == *n)
+                        .map(|c| c.peer)
+                })?;
+                Some((*n, peer))
+            })
+            .collect()
+    }
+}

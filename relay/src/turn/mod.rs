@@ -1,0 +1,11 @@
+//! The TURN server (RFC 8656): a sans-IO state machine and the pieces it is made of.
+
+mod allocation;
+pub mod auth;
+pub mod policy;
+pub mod ports;
+mod server;
+#[cfg(test)]
+mod tests;
+
+pub use server::{ChannelFlow, ClientTuple, Config, Output, Server, Stats, Transport};

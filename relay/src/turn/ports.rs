@@ -1,0 +1,95 @@
+//! Relayed transport addresses: which ports of each relay IP are in use (RFC 8656 section
+//! 7.2 asks for ports chosen at random from the range, and EVEN-PORT for even ones).
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+};
+
+#[derive(Debug)]
+pub struct PortPool {
+    min: u16,
+    max: u16,
+    in_use: HashSet<SocketAddr>,
+}
+
+impl PortPool {
+    pub fn new(min: u16, max: u16) -> Self {
+        Self {
+            min,
+            max,
+            in_use: HashSet::new(),
+        }
+    }
+
+    /// Picks a free port on `ip`: random first (unpredictable to off-path attackers), then
+    /// a scan so that a nearly full range still finds the last free ports. `even` asks for
+    /// an even port; `pair` also needs port + 1 free (EVEN-PORT with the R bit).
+    pub fn pick(
+        &mut self,
+        ip: IpAddr,
+        even: bool,
+        pair: bool,
+        rng: &mut impl rand::Rng,
+    ) -> Option<u16> {
+        let fits = |pool: &Self, port: u16| {
+            (!even || port % 2 == 0)
+                && !pool.in_use.contains(&SocketAddr::new(ip, port))
+                && (!pair
+                    || (port < pool.max && !pool.in_use.contains(&SocketAddr::new(ip, port + 1))))
+        };
+        for _ in 0..32 {
+            let port = rng.random_range(self.min..=self.max);
+            if fits(self, port) {
+                return Some(port);
+            }
+        }
+        let start = rng.random_range(self.min..=self.max);
+        (start..=self.max)
+            .chain(self.min..start)
+            .find(|p| fits(self, *p))
+    }
+
+    pub fn take(&mut self, addr: SocketAddr) {
+        self.in_use.insert(addr);
+    }
+
+    pub fn release(&mut self, addr: SocketAddr) {
+        self.in_use.remove(&addr);
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.in_use.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng as _;
+
+    use super::*;
+
+    #[test]
+    fn picks_free_even_and_paired_ports_until_the_range_is_full() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut pool = PortPool::new(50000, 50009);
+        let mut got = Vec::new();
+        while let Some(p) = pool.pick(ip, false, false, &mut rng) {
+            pool.take(SocketAddr::new(ip, p));
+            got.push(p);
+        }
+        got.sort_unstable();
+        assert_eq!(got, (50000..=50009).collect::<Vec<_>>());
+        pool.release(SocketAddr::new(ip, 50004));
+        pool.release(SocketAddr::new(ip, 50005));
+        assert_eq!(pool.pick(ip, true, true, &mut rng), Some(50004));
+        pool.release(SocketAddr::new(ip, 50007));
+        assert_eq!(pool.pick(ip, true, false, &mut rng), Some(50004));
+        assert_eq!(
+            pool.pick(ip, false, false, &mut rng)
+                .map(|p| p == 50004 || p == 50005 || p == 50007),
+            Some(true)
+        );
+    }
+}

@@ -1,0 +1,936 @@
+//! The TURN server as a sans-IO state machine (RFC 8656 over RFC 8489).
+//!
+//! It never reads a clock or touches a socket: the I/O layer feeds it `(now, input)` through
+//! `handle_*` and drains [`Server::poll_output`] until it returns `None`, then sleeps until
+//! [`Server::poll_timeout`] and calls [`Server::handle_timeout`]. Relayed sockets are opened
+//! by the I/O layer on request ([`Output::Bind`]) and the result is fed back with
+//! [`Server::relay_bound`], so allocations are deterministic in tests.
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, VecDeque},
+    fmt,
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
+
+use super::{
+    allocation::{Allocation, BindConflict},
+    auth::{Authenticated, Authenticator, Credentials, Refusal},
+    policy::PeerPolicy,
+    ports::PortPool,
+};
+use crate::stun::{
+    ChannelData, Class, Kind, Message, MessageBuilder, Method, TransactionId,
+    attr::{self, decode_channel_number, decode_family, decode_u32, decode_xor_address},
+    channel_data::is_bindable,
+    classify,
+};
+
+/// How a client reaches the relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    /// Stream transports frame ChannelData with padding (RFC 8656 section 12.5).
+    pub const fn is_stream(self) -> bool {
+        !matches!(self, Self::Udp)
+    }
+}
+
+/// The 5-tuple that identifies an allocation (RFC 8656 section 2.2): the client's address,
+/// the server address it reached, and the transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientTuple {
+    pub transport: Transport,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+}
+
+impl fmt::Display for ClientTuple {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} {} -> {}", self.transport, self.client, self.server)
+    }
+}
+
+/// The server's settings (see `config.rs` for how operators give them).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub realm: String,
+    pub software: String,
+    pub credentials: Credentials,
+    /// Addresses relayed sockets bind to: at most one per family.
+    pub relay_ips: Vec<IpAddr>,
+    /// The address to advertise for a relay IP (behind 1:1 NAT), as coturn's `--external-ip`.
+    pub external_ips: HashMap<IpAddr, IpAddr>,
+    pub min_port: u16,
+    pub max_port: u16,
+    pub default_lifetime: Duration,
+    pub max_lifetime: Duration,
+    pub nonce_lifetime: Duration,
+    pub peer_policy: PeerPolicy,
+    /// Bits per second each allocation may relay; enforced by the data path.
+    pub max_bps: Option<u64>,
+    pub user_quota: Option<usize>,
+    pub total_quota: Option<usize>,
+}
+
+/// What the server asks the I/O layer to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send `data` to the client over its 5-tuple.
+    ToClient { tuple: ClientTuple, data: Vec<u8> },
+    /// Send `data` from the relayed address `relayed` to `peer`.
+    ToPeer {
+        relayed: SocketAddr,
+        peer: SocketAddr,
+        data: Vec<u8>,
+    },
+    /// Open UDP sockets on all of `addrs` (all or none), then call [`Server::relay_bound`]
+    /// with `id`. `max_bps` is the allocation's budget; `dont_fragment` asks for DF.
+    Bind {
+        id: u64,
+        addrs: Vec<SocketAddr>,
+        max_bps: Option<u64>,
+        dont_fragment: bool,
+    },
+    /// Close the socket of a relayed (or reserved) address.
+    Release { addr: SocketAddr },
+    /// A channel the fast path may forward, both ways, without asking the server.
+    FlowUp(ChannelFlow),
+    /// A channel the fast path must stop forwarding.
+    FlowDown(ChannelFlow),
+}
+
+/// A channel binding of a UDP client whose peer is permitted: what the fast path needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ChannelFlow {
+    pub client: ClientTuple,
+    pub relayed: SocketAddr,
+    pub channel: u16,
+    pub peer: SocketAddr,
+}
+
+/// Counted drops and refusals, for metrics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub allocations: usize,
+    /// Datagrams that were neither STUN nor ChannelData, or did not decode.
+    pub malformed: u64,
+    /// Data from a client with no allocation, or to/from a peer without permission.
+    pub unpermitted: u64,
+    /// Requests refused for credentials (401, 438, 441).
+    pub unauthorized: u64,
+}
+
+/// RFC 8656 section 7.2: a reserved port is held this long for its RESERVATION-TOKEN.
+const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// An Allocate waiting for its relayed sockets.
+#[derive(Debug)]
+struct PendingAllocate {
+    tuple: ClientTuple,
+    tid: TransactionId,
+    auth: Authenticated,
+    lifetime: Duration,
+    relayed: Vec<SocketAddr>,
+    /// Port reserved for a later allocation (EVEN-PORT with R), and its token.
+    reserve: Option<(SocketAddr, u64)>,
+    /// ADDRESS-ERROR-CODE for an additional family that could not be served.
+    address_error: Option<u8>,
+    fingerprint: bool,
+    /// The reservation this allocation consumed.
+    used_reservation: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Allocation(u64),
+    Reservation(u64),
+}
+
+pub struct Server {
+    config: Config,
+    auth: Authenticator,
+    epoch: Instant,
+    unix_at_epoch: u64,
+    rng: StdRng,
+    allocations: HashMap<ClientTuple, Allocation>,
+    /// Allocation ids for timers, and the relayed-address index.
+    ids: HashMap<u64, ClientTuple>,
+    id_of: HashMap<ClientTuple, u64>,
+    by_relayed: HashMap<SocketAddr, ClientTuple>,
+    per_user: HashMap<String, usize>,
+    ports: PortPool,
+    reservations: HashMap<u64, (SocketAddr, Instant)>,
+    pending: HashMap<u64, PendingAllocate>,
+    next_id: u64,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    outputs: VecDeque<Output>,
+    stats: Stats,
+}
+
+impl Server {
+    /// `epoch` and `unix_at_epoch` tie the monotonic clock the server is fed to Unix time
+    /// (REST credentials carry Unix expiry times). `seed` seeds port choice and nonce keys.
+    pub fn new(config: Config, epoch: Instant, unix_at_epoch: u64, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let auth = Authenticator::new(
+            config.realm.clone(),
+            config.credentials.clone(),
+            config.nonce_lifetime.as_secs(),
+            rng.random(),
+        );
+        Self {
+            ports: PortPool::new(config.min_port, config.max_port),
+            config,
+            auth,
+            epoch,
+            unix_at_epoch,
+            rng,
+            allocations: HashMap::new(),
+            ids: HashMap::new(),
+            id_of: HashMap::new(),
+            by_relayed: HashMap::new(),
+            per_user: HashMap::new(),
+            reservations: HashMap::new(),
+            pending: HashMap::new(),
+            next_id: 1,
+            timers: BinaryHeap::new(),
+            outputs: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            allocations: self.allocations.len(),
+            ..self.stats
+        }
+    }
+
+    /// The relayed addresses of the allocation on `tuple`, if any.
+    pub fn relayed_addresses(&self, tuple: &ClientTuple) -> Option<&[SocketAddr]> {
+        self.allocations.get(tuple).map(|a| a.relayed.as_slice())
+    }
+
+    fn unix(&self, now: Instant) -> u64 {
+        self.unix_at_epoch + now.saturating_duration_since(self.epoch).as_secs()
+    }
+
+    /// A datagram or stream record from a client.
+    pub fn handle_client(&mut self, now: Instant, tuple: ClientTuple, data: &[u8]) {
+        match data.first().map(|b| classify(*b)) {
+            Some(Kind::Stun) => match Message::decode(data) {
+                Ok(msg) if msg.verify_fingerprint() != Some(false) => {
+                    self.handle_stun(now, tuple, &msg)
+                }
+                _ => self.stats.malformed += 1,
+            },
+            Some(Kind::ChannelData) => match ChannelData::decode(data) {
+                Ok(cd) => self.channel_data_from_client(now, tuple, cd),
+                Err(_) => self.stats.malformed += 1,
+            },
+            _ => self.stats.malformed += 1,
+        }
+    }
+
+    /// A datagram a peer sent to the relayed address `relayed`.
+    pub fn handle_peer(
+        &mut self,
+        now: Instant,
+        relayed: SocketAddr,
+        peer: SocketAddr,
+        data: &[u8],
+    ) {
+        let Some(alloc) = self
+            .by_relayed
+            .get(&relayed)
+            .and_then(|t| self.allocations.get(t))
+        else {
+            self.stats.unpermitted += 1;
+            return;
+        };
+        // RFC 8656 section 10.3: only permitted peers reach the client.
+        if !alloc.has_permission(peer.ip(), now) || alloc.expires <= now {
+            self.stats.unpermitted += 1;
+            return;
+        }
+        let tuple = alloc.tuple;
+        let out = if let Some(channel) = alloc.channel_to(peer, now) {
+            ChannelData { channel, data }.encode(tuple.transport.is_stream())
+        } else {
+            let mut b = MessageBuilder::new(Class::Indication, Method::DATA, self.rng.random());
+            b.add_xor_address(attr::XOR_PEER_ADDRESS, peer)
+                .add(attr::DATA, data);
+            b.build()
+        };
+        self.outputs
+            .push_back(Output::ToClient { tuple, data: out });
+    }
+
+    /// The I/O layer's answer to [`Output::Bind`].
+    pub fn relay_bound(&mut self, now: Instant, id: u64, result: Result<(), std::io::Error>) {
+        let Some(p) = self.pending.remove(&id) else {
+            return;
+        };
+        let mut b = MessageBuilder::new(Class::Success, Method::ALLOCATE, p.tid);
+        if let Err(e) = result {
+            log::warn!(
+                "allocation for {} failed: binding {:?}: {e}",
+                p.tuple,
+                p.relayed
+            );
+            let mut error = MessageBuilder::new(Class::Error, Method::ALLOCATE, p.tid);
+            error.add_error_code(508, "Insufficient Capacity");
+            self.respond(p.tuple, error, Some(&p.auth), p.fingerprint);
+            return;
+        }
+        for addr in &p.relayed {
+            self.ports.take(*addr);
+        }
+        if let Some(token) = p.used_reservation {
+            self.reservations.remove(&token);
+        }
+        for relayed in &p.relayed {
+            let advertised = self
+                .config
+                .external_ips
+                .get(&relayed.ip())
+                .map_or(*relayed, |ip| SocketAddr::new(*ip, relayed.port()));
+            b.add_xor_address(attr::XOR_RELAYED_ADDRESS, advertised);
+        }
+        if let Some(family) = p.address_error {
+            // RFC 8656 section 7.2: ADDRESS-ERROR-CODE names the family that failed.
+            let mut v = vec![family, 0, 4, 40];
+            v.extend_from_slice(b"Address Family not Supported");
+            b.add(attr::ADDRESS_ERROR_CODE, &v);
+        }
+        b.add_u32(attr::LIFETIME, p.lifetime.as_secs() as u32);
+        if let Some((reserved, token)) = p.reserve {
+            self.ports.take(reserved);
+            self.reservations
+                .insert(token, (reserved, now + RESERVATION_LIFETIME));
+            self.timers.push(Reverse((
+                now + RESERVATION_LIFETIME,
+                Timer::Reservation(token),
+            )));
+            b.add(attr::RESERVATION_TOKEN, &token.to_be_bytes());
+        }
+        b.add_xor_address(attr::XOR_MAPPED_ADDRESS, p.tuple.client);
+        let response = self.finish(b, Some(&p.auth), p.fingerprint);
+
+        let id = self.next_id;
+        self.next_id += 1;
+        let expires = now + p.lifetime;
+        for relayed in &p.relayed {
+            self.by_relayed.insert(*relayed, p.tuple);
+        }
+        *self.per_user.entry(p.auth.username.clone()).or_default() += 1;
+        log::info!(
+            "allocation {id}: {} user {:?} relayed {:?} for {} s",
+            p.tuple,
+            p.auth.username,
+            p.relayed,
+            p.lifetime.as_secs()
+        );
+        let alloc = Allocation::new(
+            p.tuple,
+            p.auth.username,
+            p.relayed,
+            expires,
+            p.tid,
+            response.clone(),
+        );
+        self.allocations.insert(p.tuple, alloc);
+        self.ids.insert(id, p.tuple);
+        self.id_of.insert(p.tuple, id);
+        self.timers.push(Reverse((expires, Timer::Allocation(id))));
+        self.outputs.push_back(Output::ToClient {
+            tuple: p.tuple,
+            data: response,
+        });
+    }
+
+    /// Expires allocations, permissions, channels and reservations due by `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match timer {
+                Timer::Reservation(token) => {
+                    if let Some((addr, expires)) = self.reservations.get(&token).copied() {
+                        if expires <= now {
+                            self.reservations.remove(&token);
+                            self.ports.release(addr);
+                            self.outputs.push_back(Output::Release { addr });
+                        }
+                    }
+                }
+                Timer::Allocation(id) => {
+                    let Some(tuple) = self.ids.get(&id).copied() else {
+                        continue;
+                    };
+                    let Some(alloc) = self.allocations.get_mut(&tuple) else {
+                        continue;
+                    };
+                    if alloc.expires <= now {
+                        log::info!("allocation {id}: {tuple} expired");
+                        self.remove_allocation(tuple);
+                        continue;
+                    }
+                    alloc.expire(now);
+                    self.sync_flows(tuple, now);
+                    if let Some(alloc) = self.allocations.get(&tuple) {
+                        self.timers
+                            .push(Reverse((alloc.next_expiry(), Timer::Allocation(id))));
+                    }
+                }
+            }
+        }
+    }
+
+    fn remove_allocation(&mut self, tuple: ClientTuple) {
+        let Some(alloc) = self.allocations.remove(&tuple) else {
+            return;
+        };
+        for (channel, peer) in alloc.installed_flows() {
+            if let Some(relayed) = alloc.relayed_for(peer) {
+                self.outputs.push_back(Output::FlowDown(ChannelFlow {
+                    client: tuple,
+                    relayed,
+                    channel,
+                    peer,
+                }));
+            }
+        }
+        for relayed in &alloc.relayed {
+            self.by_relayed.remove(relayed);
+            self.ports.release(*relayed);
+            self.outputs.push_back(Output::Release { addr: *relayed });
+        }
+        if let Some(n) = self.per_user.get_mut(&alloc.username) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_user.remove(&alloc.username);
+            }
+        }
+        if let Some(id) = self.id_of.remove(&tuple) {
+            self.ids.remove(&id);
+        }
+    }
+
+    /// Emits the fast-path changes of the allocation on `tuple` (UDP clients only: the fast
+    /// path does not serve streams).
+    fn sync_flows(&mut self, tuple: ClientTuple, now: Instant) {
+        let Some(alloc) = self.allocations.get_mut(&tuple) else {
+            return;
+        };
+        let (up, down) = alloc.sync_flows(now);
+        if tuple.transport != Transport::Udp {
+            return;
+        }
+        for (up, (channel, peer)) in up
+            .into_iter()
+            .map(|f| (true, f))
+            .chain(down.into_iter().map(|f| (false, f)))
+        {
+            let Some(relayed) = alloc.relayed_for(peer) else {
+                continue;
+            };
+            let flow = ChannelFlow {
+                client: tuple,
+                relayed,
+                channel,
+                peer,
+            };
+            self.outputs.push_back(if up {
+                Output::FlowUp(flow)
+            } else {
+                Output::FlowDown(flow)
+            });
+        }
+    }
+
+    /// Re-arms the allocation's timer for its next expiry.
+    fn rearm(&mut self, tuple: ClientTuple) {
+        if let (Some(id), Some(alloc)) = (self.id_of.get(&tuple), self.allocations.get(&tuple)) {
+            self.timers
+                .push(Reverse((alloc.next_expiry(), Timer::Allocation(*id))));
+        }
+    }
+
+    fn channel_data_from_client(&mut self, now: Instant, tuple: ClientTuple, cd: ChannelData<'_>) {
+        let target = self
+            .allocations
+            .get(&tuple)
+            .filter(|a| a.expires > now)
+            .and_then(|a| {
+                let channel = a.channel(cd.channel, now)?;
+                a.has_permission(channel.peer.ip(), now).then_some(())?;
+                Some((a.relayed_for(channel.peer)?, channel.peer))
+            });
+        match target {
+            Some((relayed, peer)) => {
+                self.outputs.push_back(Output::ToPeer {
+                    relayed,
+                    peer,
+                    data: cd.data.to_vec(),
+                });
+            }
+            None => self.stats.unpermitted += 1,
+        }
+    }
+
+    fn handle_stun(&mut self, now: Instant, tuple: ClientTuple, msg: &Message<'_>) {
+        match msg.class() {
+            Class::Request => {}
+            Class::Indication => {
+                if msg.method() == Method::SEND {
+                    self.send_indication(now, tuple, msg);
+                }
+                // Binding indications are keepalives (RFC 8489 section 6.3.2): nothing to do.
+                return;
+            }
+            // A server sends no requests, so it expects no responses.
+            Class::Success | Class::Error => {
+                self.stats.malformed += 1;
+                return;
+            }
+        }
+        let fingerprint = msg.verify_fingerprint().is_some();
+        let unknown = attr::unknown_required(msg);
+        if !unknown.is_empty() {
+            // RFC 8489 section 6.3.1.1: 420 and the list of what was not understood.
+            let mut b = MessageBuilder::new(Class::Error, msg.method(), msg.transaction_id());
+            b.add_error_code(420, "Unknown Attribute");
+            let list: Vec<u8> = unknown.iter().flat_map(|t| t.to_be_bytes()).collect();
+            b.add(attr::UNKNOWN_ATTRIBUTES, &list);
+            self.respond(tuple, b, None, fingerprint);
+            return;
+        }
+        if msg.method() == Method::BINDING {
+            let mut b = MessageBuilder::new(Class::Success, Method::BINDING, msg.transaction_id());
+            b.add_xor_address(attr::XOR_MAPPED_ADDRESS, tuple.client);
+            self.respond(tuple, b, None, fingerprint);
+            return;
+        }
+        if ![
+            Method::ALLOCATE,
+            Method::REFRESH,
+            Method::CREATE_PERMISSION,
+            Method::CHANNEL_BIND,
+        ]
+        .contains(&msg.method())
+        {
+            self.error(tuple, msg, 400, "Bad Request", None);
+            return;
+        }
+        let auth = match self.auth.check(msg, self.unix(now)) {
+            Ok(auth) => auth,
+            Err(refusal) => {
+                self.refuse(now, tuple, msg, refusal);
+                return;
+            }
+        };
+        if msg.method() == Method::ALLOCATE {
+            self.allocate(now, tuple, msg, &auth);
+            return;
+        }
+        // RFC 8656 sections 7.3, 9.2, 11.2: the other requests need an allocation on this
+        // 5-tuple, made by the same user.
+        let Some(alloc) = self.allocations.get(&tuple).filter(|a| a.expires > now) else {
+            self.error(tuple, msg, 437, "Allocation Mismatch", Some(&auth));
+            return;
+        };
+        if alloc.username != auth.username {
+            self.stats.unauthorized += 1;
+            self.error(tuple, msg, 441, "Wrong Credentials", Some(&auth));
+            return;
+        }
+        match msg.method() {
+            Method::REFRESH => self.refresh(now, tuple, msg, &auth),
+            Method::CREATE_PERMISSION => self.create_permission(now, tuple, msg, &auth),
+            _ => self.channel_bind(now, tuple, msg, &auth),
+        }
+    }
+
+    fn refuse(&mut self, now: Instant, tuple: ClientTuple, msg: &Message<'_>, refusal: Refusal) {
+        let (code, reason) = match refusal {
+            Refusal::BadRequest => return self.error(tuple, msg, 400, "Bad Request", None),
+            Refusal::Unauthorized => (401, "Unauthorized"),
+            Refusal::StaleNonce => (438, "Stale Nonce"),
+        };
+        // The first, unauthenticated request of every client gets a 401: only count the
+        // ones that tried credentials.
+        if msg.integrity_kind().is_some() {
+            self.stats.unauthorized += 1;
+        }
+        let mut b = MessageBuilder::new(Class::Error, msg.method(), msg.transaction_id());
+        b.add_error_code(code, reason)
+            .add(attr::REALM, self.auth.realm().as_bytes())
+            .add(attr::NONCE, self.auth.nonce(self.unix(now)).as_bytes());
+        self.respond(tuple, b, None, msg.verify_fingerprint().is_some());
+    }
+
+    fn error(
+        &mut self,
+        tuple: ClientTuple,
+        msg: &Message<'_>,
+        code: u16,
+        reason: &str,
+        auth: Option<&Authenticated>,
+    ) {
+        let mut b = MessageBuilder::new(Class::Error, msg.method(), msg.transaction_id());
+        b.add_error_code(code, reason);
+        self.respond(tuple, b, auth, msg.verify_fingerprint().is_some());
+    }
+
+    /// Adds SOFTWARE, integrity (when the request was authenticated) and FINGERPRINT (when
+    /// the request carried one), and returns the bytes.
+    fn finish(
+        &self,
+        mut b: MessageBuilder,
+        auth: Option<&Authenticated>,
+        fingerprint: bool,
+    ) -> Vec<u8> {
+        b.add(attr::SOFTWARE, self.config.software.as_bytes());
+        if let Some(auth) = auth {
+            b.add_integrity(auth.kind, &auth.key);
+        }
+        if fingerprint {
+            b.add_fingerprint();
+        }
+        b.build()
+    }
+
+    fn respond(
+        &mut self,
+        tuple: ClientTuple,
+        b: MessageBuilder,
+        auth: Option<&Authenticated>,
+        fingerprint: bool,
+    ) {
+        let data = self.finish(b, auth, fingerprint);
+        self.outputs.push_back(Output::ToClient { tuple, data });
+    }
+
+    /// The relay IP of `family` (`attr::FAMILY_IPV4` or `FAMILY_IPV6`).
+    fn relay_ip(&self, family: u8) -> Option<IpAddr> {
+        self.config
+            .relay_ips
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv4() == (family == attr::FAMILY_IPV4))
+    }
+
+    /// RFC 8656 section 7.2.
+    #[expect(clippy::too_many_lines, reason = "the RFC's checks in the RFC's order")]
+    fn allocate(
+        &mut self,
+        now: Instant,
+        tuple: ClientTuple,
+        msg: &Message<'_>,
+        auth: &Authenticated,
+    ) {
+        let fingerprint = msg.verify_fingerprint().is_some();
+        if let Some(existing) = self.allocations.get(&tuple) {
+            if existing.created_by == msg.transaction_id() && existing.expires > now {
+                // A retransmission of the Allocate that made it: same answer.
+                let data = existing.success_response.clone();
+                self.outputs.push_back(Output::ToClient { tuple, data });
+            } else {
+                self.error(tuple, msg, 437, "Allocation Mismatch", Some(auth));
+            }
+            return;
+        }
+        if self.pending.values().any(|p| p.tuple == tuple) {
+            return; // Still binding: the retransmission is answered when it completes.
+        }
+        match msg.get(attr::REQUESTED_TRANSPORT) {
+            None => return self.error(tuple, msg, 400, "Bad Request", Some(auth)),
+            Some([attr::TRANSPORT_UDP, ..]) => {}
+            Some(_) => {
+                return self.error(
+                    tuple,
+                    msg,
+                    442,
+                    "Unsupported Transport Protocol",
+                    Some(auth),
+                );
+            }
+        }
+        let token = msg.get(attr::RESERVATION_TOKEN);
+        let even_port = msg.get(attr::EVEN_PORT);
+        let requested_family = msg.get(attr::REQUESTED_ADDRESS_FAMILY).map(decode_family);
+        let additional_family = msg.get(attr::ADDITIONAL_ADDRESS_FAMILY).map(decode_family);
+        // Combinations the RFC forbids, and families that do not parse.
+        if (token.is_some()
+            && (even_port.is_some() || requested_family.is_some() || additional_family.is_some()))
+            || (requested_family.is_some() && additional_family.is_some())
+            || matches!(additional_family, Some(Ok(attr::FAMILY_IPV4)))
+            || matches!(even_port, Some(v) if v.len() != 1)
+        {
+            return self.error(tuple, msg, 400, "Bad Request", Some(auth));
+        }
+        let family = match requested_family {
+            None => attr::FAMILY_IPV4,
+            Some(Ok(f)) => f,
+            Some(Err(_)) => {
+                return self.error(tuple, msg, 440, "Address Family not Supported", Some(auth));
+            }
+        };
+        if let Some(quota) = self.config.user_quota {
+            if self.per_user.get(&auth.username).copied().unwrap_or(0) >= quota {
+                return self.error(tuple, msg, 486, "Allocation Quota Reached", Some(auth));
+            }
+        }
+        if let Some(quota) = self.config.total_quota {
+            if self.allocations.len() + self.pending.len() >= quota {
+                return self.error(tuple, msg, 508, "Insufficient Capacity", Some(auth));
+            }
+        }
+        let lifetime = self.lifetime(msg);
+        let mut relayed = Vec::new();
+        let mut reserve = None;
+        let mut address_error = None;
+        let mut used_reservation = None;
+        if let Some(token) = token {
+            let token = token.try_into().map(u64::from_be_bytes).ok();
+            match token.and_then(|t| self.reservations.get(&t).map(|(a, _)| (t, *a))) {
+                Some((t, addr)) => {
+                    // The reserved port's socket is already open: hand it over.
+                    relayed.push(addr);
+                    used_reservation = Some(t);
+                    self.ports.release(addr);
+                    self.outputs.push_back(Output::Release { addr });
+                }
+                None => return self.error(tuple, msg, 508, "Insufficient Capacity", Some(auth)),
+            }
+        } else {
+            let Some(ip) = self.relay_ip(family) else {
+                return self.error(tuple, msg, 440, "Address Family not Supported", Some(auth));
+            };
+            let (even, pair) = match even_port {
+                Some([flags]) => (true, flags & 0x80 != 0),
+                _ => (false, false),
+            };
+            let Some(port) = self.ports.pick(ip, even, pair, &mut self.rng) else {
+                return self.error(tuple, msg, 508, "Insufficient Capacity", Some(auth));
+            };
+            relayed.push(SocketAddr::new(ip, port));
+            if pair {
+                reserve = Some((SocketAddr::new(ip, port + 1), self.rng.random()));
+            }
+            if let Some(Ok(extra)) = additional_family {
+                match self.relay_ip(extra).and_then(|ip| {
+                    self.ports
+                        .pick(ip, false, false, &mut self.rng)
+                        .map(|p| SocketAddr::new(ip, p))
+                }) {
+                    Some(addr) => relayed.push(addr),
+                    None => address_error = Some(extra),
+                }
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut addrs = relayed.clone();
+        addrs.extend(reserve.map(|(a, _)| a));
+        self.outputs.push_back(Output::Bind {
+            id,
+            addrs,
+            max_bps: self.config.max_bps,
+            dont_fragment: msg.get(attr::DONT_FRAGMENT).is_some(),
+        });
+        self.pending.insert(
+            id,
+            PendingAllocate {
+                tuple,
+                tid: msg.transaction_id(),
+                auth: auth.clone(),
+                lifetime,
+                relayed,
+                reserve,
+                address_error,
+                fingerprint,
+                used_reservation,
+            },
+        );
+    }
+
+    /// RFC 8656 section 7.2 (and 7.3 for Refresh): the requested lifetime capped at the
+    /// maximum; below the default, the default.
+    fn lifetime(&self, msg: &Message<'_>) -> Duration {
+        let requested = msg
+            .get(attr::LIFETIME)
+            .and_then(|v| decode_u32(v).ok())
+            .map(|s| Duration::from_secs(u64::from(s)));
+        requested
+            .unwrap_or(self.config.default_lifetime)
+            .clamp(self.config.default_lifetime, self.config.max_lifetime)
+    }
+
+    /// RFC 8656 section 7.3.
+    fn refresh(
+        &mut self,
+        now: Instant,
+        tuple: ClientTuple,
+        msg: &Message<'_>,
+        auth: &Authenticated,
+    ) {
+        let requested = msg.get(attr::LIFETIME).and_then(|v| decode_u32(v).ok());
+        let mut b = MessageBuilder::new(Class::Success, Method::REFRESH, msg.transaction_id());
+        if requested == Some(0) {
+            log::info!("allocation {tuple}: deleted by Refresh");
+            self.remove_allocation(tuple);
+            b.add_u32(attr::LIFETIME, 0);
+        } else {
+            let lifetime = self.lifetime(msg);
+            if let Some(alloc) = self.allocations.get_mut(&tuple) {
+                alloc.expires = now + lifetime;
+            }
+            self.rearm(tuple);
+            b.add_u32(attr::LIFETIME, lifetime.as_secs() as u32);
+        }
+        self.respond(tuple, b, Some(auth), msg.verify_fingerprint().is_some());
+    }
+
+    /// Peers named by `XOR-PEER-ADDRESS` that this allocation may reach, or the error to
+    /// answer with (400 none or bad, 443 family, 403 forbidden).
+    fn permitted_peers(
+        &self,
+        tuple: ClientTuple,
+        msg: &Message<'_>,
+    ) -> Result<Vec<SocketAddr>, (u16, &'static str)> {
+        let alloc = &self.allocations[&tuple];
+        let mut peers = Vec::new();
+        for value in msg.all(attr::XOR_PEER_ADDRESS) {
+            let peer = decode_xor_address(value, &msg.transaction_id())
+                .map_err(|_| (400, "Bad Request"))?;
+            if alloc.relayed_for(peer).is_none() {
+                return Err((443, "Peer Address Family Mismatch"));
+            }
+            let own = self.by_relayed.contains_key(&peer)
+                || self.config.external_ips.iter().any(|(relay, ext)| {
+                    *ext == peer.ip()
+                        && self
+                            .by_relayed
+                            .contains_key(&SocketAddr::new(*relay, peer.port()))
+                });
+            if !self.config.peer_policy.permits(peer, own) {
+                return Err((403, "Forbidden"));
+            }
+            peers.push(peer);
+        }
+        if peers.is_empty() {
+            return Err((400, "Bad Request"));
+        }
+        Ok(peers)
+    }
+
+    /// RFC 8656 section 9.2: all permissions or none.
+    fn create_permission(
+        &mut self,
+        now: Instant,
+        tuple: ClientTuple,
+        msg: &Message<'_>,
+        auth: &Authenticated,
+    ) {
+        let peers = match self.permitted_peers(tuple, msg) {
+            Ok(p) => p,
+            Err((code, reason)) => return self.error(tuple, msg, code, reason, Some(auth)),
+        };
+        let alloc = self
+            .allocations
+            .get_mut(&tuple)
+            .expect("checked by the caller");
+        for peer in peers {
+            alloc.permit(peer.ip(), now);
+        }
+        self.sync_flows(tuple, now);
+        self.rearm(tuple);
+        let b = MessageBuilder::new(
+            Class::Success,
+            Method::CREATE_PERMISSION,
+            msg.transaction_id(),
+        );
+        self.respond(tuple, b, Some(auth), msg.verify_fingerprint().is_some());
+    }
+
+    /// RFC 8656 section 11.2.
+    fn channel_bind(
+        &mut self,
+        now: Instant,
+        tuple: ClientTuple,
+        msg: &Message<'_>,
+        auth: &Authenticated,
+    ) {
+        let number = match msg.get(attr::CHANNEL_NUMBER).map(decode_channel_number) {
+            Some(Ok(n)) if is_bindable(n) => n,
+            _ => return self.error(tuple, msg, 400, "Bad Request", Some(auth)),
+        };
+        let peer = match self.permitted_peers(tuple, msg) {
+            Ok(p) if p.len() == 1 => p[0],
+            Ok(_) => return self.error(tuple, msg, 400, "Bad Request", Some(auth)),
+            Err((code, reason)) => return self.error(tuple, msg, code, reason, Some(auth)),
+        };
+        let alloc = self
+            .allocations
+            .get_mut(&tuple)
+            .expect("checked by the caller");
+        if let Err(conflict) = alloc.can_bind(number, peer, now) {
+            let reason = match conflict {
+                BindConflict::NumberTaken => "Bad Request: channel bound to another peer",
+                BindConflict::PeerTaken => "Bad Request: peer bound to another channel",
+            };
+            return self.error(tuple, msg, 400, reason, Some(auth));
+        }
+        alloc.bind(number, peer, now);
+        alloc.permit(peer.ip(), now);
+        self.sync_flows(tuple, now);
+        self.rearm(tuple);
+        let b = MessageBuilder::new(Class::Success, Method::CHANNEL_BIND, msg.transaction_id());
+        self.respond(tuple, b, Some(auth), msg.verify_fingerprint().is_some());
+    }
+
+    /// RFC 8656 section 10.2: relayed if the peer is permitted, silently dropped otherwise.
+    fn send_indication(&mut self, now: Instant, tuple: ClientTuple, msg: &Message<'_>) {
+        let peer = msg
+            .get(attr::XOR_PEER_ADDRESS)
+            .and_then(|v| decode_xor_address(v, &msg.transaction_id()).ok());
+        let (Some(peer), Some(data)) = (peer, msg.get(attr::DATA)) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let relayed = self
+            .allocations
+            .get(&tuple)
+            .filter(|a| a.expires > now && a.has_permission(peer.ip(), now))
+            .and_then(|a| a.relayed_for(peer));
+        match relayed {
+            Some(relayed) => self.outputs.push_back(Output::ToPeer {
+                relayed,
+                peer,
+                data: data.to_vec(),
+            }),
+            None => self.stats.unpermitted += 1,
+        }
+    }
+}

@@ -1,0 +1,823 @@
+//! The TURN server driven on a virtual clock: no sockets, no sleeping.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use super::{
+    ChannelFlow, ClientTuple, Config, Output, Server, Transport, auth::Credentials,
+    policy::PeerPolicy,
+};
+use crate::stun::{
+    ChannelData, Class, Message, MessageBuilder, Method,
+    attr::{self, decode_error_code, decode_u32, decode_xor_address},
+    integrity::{long_term_key, rest_password},
+};
+
+const UNIX_START: u64 = 1_800_000_000;
+const REALM: &str = "lab";
+const RELAY4: &str = "10.77.0.1";
+const RELAY6: &str = "fd77::1";
+const LISTENER: &str = "10.77.0.1:3478";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn config() -> Config {
+    Config {
+        realm: REALM.to_owned(),
+        software: "Relay test".to_owned(),
+        credentials: Credentials {
+            users: HashMap::from([
+                ("alice".to_owned(), "secret".to_owned()),
+                ("bob".to_owned(), "hunter2".to_owned()),
+            ]),
+            rest_secret: Some("north".to_owned()),
+        },
+        relay_ips: vec![RELAY4.parse().unwrap(), RELAY6.parse().unwrap()],
+        external_ips: HashMap::new(),
+        min_port: 50000,
+        max_port: 50999,
+        default_lifetime: Duration::from_secs(600),
+        max_lifetime: Duration::from_secs(3600),
+        nonce_lifetime: Duration::from_secs(600),
+        // The lab's range is private: open it, as the lab tests do.
+        peer_policy: PeerPolicy::new(
+            vec![
+                "10.77.0.0/24".parse().unwrap(),
+                "fd77::/64".parse().unwrap(),
+            ],
+            vec![],
+            vec![addr(LISTENER)],
+        ),
+        max_bps: None,
+        user_quota: None,
+        total_quota: None,
+    }
+}
+
+/// The server, a virtual clock, and an I/O layer that binds whatever it is asked to.
+struct Harness {
+    server: Server,
+    now: Instant,
+    fail_binds: bool,
+}
+
+impl Harness {
+    fn new(config: Config) -> Self {
+        let now = Instant::now();
+        Self {
+            server: Server::new(config, now, UNIX_START, 42),
+            now,
+            fail_binds: false,
+        }
+    }
+
+    fn drain(&mut self) -> Vec<Output> {
+        let mut out = Vec::new();
+        while let Some(o) = self.server.poll_output() {
+            match o {
+                Output::Bind { id, .. } => {
+                    let result = if self.fail_binds {
+                        Err(std::io::Error::other("EADDRINUSE"))
+                    } else {
+                        Ok(())
+                    };
+                    self.server.relay_bound(self.now, id, result);
+                }
+                o => out.push(o),
+            }
+        }
+        out
+    }
+
+    fn from_client(&mut self, tuple: ClientTuple, bytes: &[u8]) -> Vec<Output> {
+        self.server.handle_client(self.now, tuple, bytes);
+        self.drain()
+    }
+
+    fn from_peer(&mut self, relayed: SocketAddr, peer: SocketAddr, bytes: &[u8]) -> Vec<Output> {
+        self.server.handle_peer(self.now, relayed, peer, bytes);
+        self.drain()
+    }
+
+    /// Moves the clock and fires every timer due, as the I/O layer's sleep would.
+    fn advance(&mut self, by: Duration) -> Vec<Output> {
+        self.now += by;
+        let mut out = Vec::new();
+        while self.server.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.server.handle_timeout(self.now);
+            out.extend(self.drain());
+        }
+        out
+    }
+}
+
+/// A TURN client speaking to the harness.
+struct Client {
+    tuple: ClientTuple,
+    username: String,
+    password: String,
+    nonce: Option<String>,
+    next_tid: u8,
+}
+
+impl Client {
+    fn udp(client: &str, username: &str, password: &str) -> Self {
+        Self::new(Transport::Udp, client, username, password)
+    }
+
+    fn new(transport: Transport, client: &str, username: &str, password: &str) -> Self {
+        Self {
+            tuple: ClientTuple {
+                transport,
+                client: addr(client),
+                server: addr(LISTENER),
+            },
+            username: username.to_owned(),
+            password: password.to_owned(),
+            nonce: None,
+            next_tid: 0,
+        }
+    }
+
+    fn key(&self) -> Vec<u8> {
+        long_term_key(&self.username, REALM, &self.password)
+    }
+
+    fn tid(&mut self) -> [u8; 12] {
+        self.next_tid += 1;
+        [self.next_tid; 12]
+    }
+
+    /// A request with `attrs`, authenticated when the client holds a nonce.
+    fn request(&mut self, method: Method, attrs: impl FnOnce(&mut MessageBuilder)) -> Vec<u8> {
+        let tid = self.tid();
+        let mut b = MessageBuilder::new(Class::Request, method, tid);
+        attrs(&mut b);
+        if let Some(nonce) = &self.nonce {
+            b.add(attr::USERNAME, self.username.as_bytes())
+                .add(attr::REALM, REALM.as_bytes())
+                .add(attr::NONCE, nonce.as_bytes())
+                .add_message_integrity(&self.key());
+        }
+        b.build()
+    }
+
+    /// Sends `method` until it is not answered 401/438 (at most twice), like real clients.
+    fn call(
+        &mut self,
+        h: &mut Harness,
+        method: Method,
+        attrs: impl Fn(&mut MessageBuilder),
+    ) -> Vec<u8> {
+        for _ in 0..3 {
+            let req = self.request(method, &attrs);
+            let response = response_in(&h.from_client(self.tuple, &req));
+            let msg = Message::decode(&response).unwrap();
+            let retry = match error_code(&msg) {
+                Some(401) => self.nonce.is_none(),
+                Some(438) => true,
+                _ => false,
+            };
+            match retry {
+                true => {
+                    self.nonce =
+                        Some(String::from_utf8(msg.get(attr::NONCE).unwrap().to_vec()).unwrap());
+                }
+                _ => return response,
+            }
+        }
+        panic!("{method} kept being refused");
+    }
+
+    fn allocate(&mut self, h: &mut Harness) -> SocketAddr {
+        let response = self.call(h, Method::ALLOCATE, |b| {
+            b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        });
+        let msg = Message::decode(&response).unwrap();
+        assert_eq!(msg.class(), Class::Success, "{:?}", error_code(&msg));
+        assert!(
+            msg.verify_integrity(&self.key()).is_ok(),
+            "success responses carry integrity"
+        );
+        relayed(&msg)[0]
+    }
+
+    fn permit(&mut self, h: &mut Harness, peer: SocketAddr) -> Message<'static> {
+        let r = self.call(h, Method::CREATE_PERMISSION, |b| {
+            b.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
+        });
+        leak(r)
+    }
+
+    fn bind(&mut self, h: &mut Harness, channel: u16, peer: SocketAddr) -> Message<'static> {
+        let r = self.call(h, Method::CHANNEL_BIND, |b| {
+            b.add(
+                attr::CHANNEL_NUMBER,
+                &[(channel >> 8) as u8, channel as u8, 0, 0],
+            );
+            b.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
+        });
+        leak(r)
+    }
+
+    fn refresh(&mut self, h: &mut Harness, lifetime: u32) -> Message<'static> {
+        leak(self.call(h, Method::REFRESH, |b| {
+            b.add_u32(attr::LIFETIME, lifetime);
+        }))
+    }
+
+    fn send(&mut self, h: &mut Harness, peer: SocketAddr, data: &[u8]) -> Vec<Output> {
+        let tid = self.tid();
+        let mut b = MessageBuilder::new(Class::Indication, Method::SEND, tid);
+        b.add_xor_address(attr::XOR_PEER_ADDRESS, peer)
+            .add(attr::DATA, data);
+        h.from_client(self.tuple, &b.build())
+    }
+}
+
+fn leak(bytes: Vec<u8>) -> Message<'static> {
+    Message::decode(Box::leak(bytes.into_boxed_slice())).unwrap()
+}
+
+fn error_code(msg: &Message<'_>) -> Option<u16> {
+    msg.get(attr::ERROR_CODE)
+        .map(|v| decode_error_code(v).unwrap().0)
+}
+
+fn relayed(msg: &Message<'_>) -> Vec<SocketAddr> {
+    msg.all(attr::XOR_RELAYED_ADDRESS)
+        .map(|v| decode_xor_address(v, &msg.transaction_id()).unwrap())
+        .collect()
+}
+
+/// The response among `outputs` (flow and release outputs may come with it).
+fn response_in(outputs: &[Output]) -> Vec<u8> {
+    let mut responses = outputs.iter().filter_map(|o| match o {
+        Output::ToClient { data, .. } => Some(data.clone()),
+        _ => None,
+    });
+    let r = responses
+        .next()
+        .unwrap_or_else(|| panic!("no response in {outputs:?}"));
+    assert!(responses.next().is_none(), "two responses in {outputs:?}");
+    r
+}
+
+fn only_response(outputs: &[Output]) -> Vec<u8> {
+    match outputs {
+        [Output::ToClient { data, .. }] => data.clone(),
+        other => panic!("expected one response, got {other:?}"),
+    }
+}
+
+fn to_peer(outputs: &[Output]) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::ToPeer {
+                relayed,
+                peer,
+                data,
+            } => Some((*relayed, *peer, data.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+const PEER: &str = "10.77.0.21:3480";
+
+#[test]
+fn binding_request_gets_its_mapped_address_without_credentials() {
+    let mut h = Harness::new(config());
+    let tuple = ClientTuple {
+        transport: Transport::Udp,
+        client: addr("10.77.0.11:40000"),
+        server: addr(LISTENER),
+    };
+    let mut b = MessageBuilder::new(Class::Request, Method::BINDING, [3; 12]);
+    b.add_fingerprint();
+    let r = only_response(&h.from_client(tuple, &b.build()));
+    let msg = Message::decode(&r).unwrap();
+    assert_eq!(
+        (msg.class(), msg.transaction_id()),
+        (Class::Success, [3; 12])
+    );
+    assert_eq!(
+        decode_xor_address(msg.get(attr::XOR_MAPPED_ADDRESS).unwrap(), &[3; 12]),
+        Ok(tuple.client)
+    );
+    assert_eq!(
+        msg.verify_fingerprint(),
+        Some(true),
+        "FINGERPRINT answered with FINGERPRINT"
+    );
+    // A Binding indication (keepalive) gets nothing back.
+    let ind = MessageBuilder::new(Class::Indication, Method::BINDING, [4; 12]).build();
+    assert!(h.from_client(tuple, &ind).is_empty());
+}
+
+#[test]
+fn allocate_is_challenged_then_granted_with_integrity() {
+    let mut h = Harness::new(config());
+    let mut c = Client::udp("10.77.0.11:40000", "alice", "secret");
+    let first = c.request(Method::ALLOCATE, |b| {
+        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    let r = leak(only_response(&h.from_client(c.tuple, &first)));
+    assert_eq!(error_code(&r), Some(401));
+    assert_eq!(r.get(attr::REALM), Some(REALM.as_bytes()));
+    assert!(r.get(attr::NONCE).is_some());
+    assert_eq!(
+        h.server.stats().unauthorized,
+        0,
+        "the usual first 401 is not counted as a failure"
+    );
+
+    let relayed = c.allocate(&mut h);
+    assert_eq!(relayed.ip().to_string(), RELAY4);
+    assert!((50000..=50999).contains(&relayed.port()));
+    assert_eq!(h.server.stats().allocations, 1);
+}
+
+#[test]
+fn wrong_password_unknown_user_and_unknown_attributes() {
+    let mut h = Harness::new(config());
+    let mut c = Client::udp("10.77.0.11:40000", "alice", "not-the-password");
+    let r = leak(c.call(&mut h, Method::ALLOCATE, |b| {
+        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    }));
+    assert_eq!(error_code(&r), Some(401));
+    let mut c = Client::udp("10.77.0.12:40000", "mallory", "x");
+    let r = leak(c.call(&mut h, Method::ALLOCATE, |b| {
+        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    }));
+    assert_eq!(error_code(&r), Some(401));
+    assert!(h.server.stats().unauthorized >= 2);
+
+    let mut c = Client::udp("10.77.0.11:40001", "alice", "secret");
+    let r = leak(c.call(&mut h, Method::ALLOCATE, |b| {
+        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .add(0x7F01, b"????");
+    }));
+    assert_eq!(error_code(&r), Some(420));
+    assert_eq!(r.get(attr::UNKNOWN_ATTRIBUTES), Some(&[0x7F, 0x01][..]));
+    assert_eq!(h.server.stats().allocations, 0);
+}
+
+#[test]
+fn stale_nonce_is_answered_438_and_a_fresh_one_works() {
+    let mut h = Harness::new(config());
+    let mut c = Client::udp("10.77.0.11:40000", "alice", "secret");
+    c.allocate(&mut h);
+    h.advance(Duration::from_secs(500));
+    assert_eq!(c.refresh(&mut h, 600).class(), Class::Success);
+    h.advance(Duration::from_secs(101));
+    let req = c.request(Method::REFRESH, |_| {});
+    let r = leak(only_response(&h.from_client(c.tuple, &req)));
+    assert_eq!(error_code(&r), Some(438));
+    // `call` picks up the new nonce and retries.
+    let r = c.refresh(&mut h, 600);
+    assert_eq!(r.class(), Class::Success);
+}
+
+#[test]
+fn retransmitted_allocate_gets_the_same_answer_and_a_new_one_437() {
+    let mut h = Harness::new(config());
+    let mut c = Client::udp("10.77.0.11:40000", "alice", "secret");
+    c.allocate(&mut h);
+    let tid = [c.next_tid; 12];
+    let mut b = MessageBuilder::new(Class::Request, Method::ALLOCATE, tid);
+    b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+        .add(attr::USERNAME, b"alice")
+        .add(attr::REALM, REALM.as_bytes())
+        .add(attr::NONCE, c.nonce.clone().unwrap().as_bytes())
+        .add_message_integrity(&c.key());
+    let again = leak(only_response(&h.from_client(c.tuple, &b.build())));
+    assert_eq!(again.class(), Class::Success);
+    let r = leak(c.call(&mut h, Method::ALLOCATE, |b| {
+        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    }));
+    assert_eq!(error_code(&r), Some(437));
+}
+
+#[test]
+fn transport_and_family_errors() {
+    let mut h = Harness::new(config());
+    let mut c = Client::udp("10.77.0.11:40000", "alice", "secret");
+    let r = leak(c.call(&mut h, Method::ALLOCATE, |b| {
+        b.add(attr::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+    }));
+    assert_eq!(error_code(&r), Some(442));
+    let r = leak(c.call(&mut h, Method::ALLOCATE, |_| {}));
+    assert_eq!(error_code(&r), Some(400));
+
+    let mut v4_only = config();
+    v4_only.relay_ips.truncate(1);
+    let mut h = Harness::new(v4_only);
+    let r = leak(c.call(&mut h, Method::ALLOCATE, |b| {
+        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .add(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+    }));
+    assert_eq!(error_code(&r), Some(440));
+}
+
+#[test]
+fn ipv6_and_dual_allocations() {
+    let mut h = Harness::new(config());
+    let mut c = Client::udp("10.77.0.11:40000", "alice", "secret");
+    let r = leak(c.call(&mut h, Method::ALLOCATE, |b| {
+        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .add(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+    }));
+    assert_eq!(
+        relayed(&r)
+            .iter()
+            .map(|a| a.ip().to_string())
+            .collect::<Vec<_>>(),
+        [RELAY6]
+    );
+
+    let mut c = Client::udp("10.77.0.11:40001", "alice", "secret");
+    let r = leak(c.call(&mut h, Method::ALLOCATE, |b| {
+        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .add(attr::ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+    }));
+    let both = relayed(&r);
+    assert_eq!(both.len(), 2);
+    assert!(both[0].is_ipv4() && both[1].is_ipv6());
+    // Each family's peers go out through the relayed address of that family.
+    c.permit(&mut h, addr("[fd77::21]:3480"));
+    let out = c.send(&mut h, addr("[fd77::21]:3480"), b"v6");
+    assert_eq!(
+        to_peer(&out),
+        [(both[1], addr("[fd77::21]:3480"), b"v6".to_vec())]
+    );
+}
+
+#[test]
+fn peer_family_mismatch_is_443() {
+    let mut h = Harness::new(config());
+    let mut c = Client::udp("10.77.0.11:40000", "alice", "secret");
+    c.allocate(&mut h);
+    assert_eq!(
+        error_code(&c.permit(&mut h, addr("[fd77::21]:3480"))),
+        Some(443)
+    );
+}
+
+#[test]
+fn lifetimes_refresh_and_deletion() {
+    let mut h = Harness::new(config());
+    let mut c = Client::udp("10.77.0.11:40000", "alice", "secret");
+    let relayed = c.allocate(&mut h);
+    // Asking for more than the maximum gets the maximum; less than the default, the default.
+    let r = c.refresh(&mut h, 100_000);
+    assert_eq!(decode_u32(r.get(attr::LIFETIME).unwrap()), Ok(3600));
+    let r = c.refresh(&mut h, 30);
+    assert_eq!(decode_u32(r.get(attr::LIFETIME).unwrap()), Ok(600));
+    assert!(h.advance(Duration::from_secs(599)).is_empty());
+    let out = h.advance(Duration::from_secs(1));
+    assert!(out.contains(&Output::Release { addr: relayed }), "{out:?}");
+    assert_eq!(h.server.stats().allocations, 0);
+
+    let mut c = Client::udp("10.77.0.11:40001", "alice", "secret");
+    let relayed = c.allocate(&mut h);
+    let r = c.refresh(&mut h, 0);
+    assert_eq!(decode_u32(r.get(attr::LIFETIME).unwrap()), Ok(0));
+    assert_eq!(h.server.stats().allocations, 0);
+    assert!(h.server.relayed_addresses(&c.tuple).is_none());
+    // The port is free again and the 5-tuple may allocate anew.
+    let _ = relayed;
+    c.allocate(&mut h);
+}
+
+#[test]
+fn another_user_on_the_same_five_tuple_is_441() {
+    let mut h = Harness::new(config());
+    let mut alice = Client::udp("10.77.0.11:40000", "alice", "secret");
+    alice.allocate(&mut h);
+    let mut bob = Client::udp("10.77.0.11:40000", "bob", "hunter2");
+    assert_eq!(error_code(&bob.refresh(&mut h, 600)), Some(441));
+    assert_eq!(error_code(&bob.permit(&mut h, addr(PEER))), Some(441));
+}
+
+#[test]
+fn requests_without_an_allocation_are_437() {
+    let mut h = Harness::new(config());
+    let mut c = Client::udp("10.77.0.11:40000", "alice", "secret");
+    assert_eq!(error_code(&c.refresh(&mut h, 600)), Some(437));
+    assert_eq!(error_code(&c.permit(&mut h, addr(PEER))), Some(437));
+}
+
+#[test]
+fn send_and_data_indications_follow_permissions() {
+    let mut h = Harness::new(config());
+    let mut c = Client::udp("10.77.0.11:40000", "alice", "secret");
+    let relayed = c.allocate(&mut h);
+    let peer = addr(PEER);
+    assert!(
+        to_peer(&c.send(&mut h, peer, b"early")).is_empty(),
+        "no permission yet"
+    );
+    assert!(h.from_peer(relayed, peer, b"early").is_empty());
+    assert_eq!(h.server.stats().unpermitted, 2);
+
+    assert_eq!(c.permit(&mut h, peer).class(), Class::Success);
+    assert_eq!(
+        to_peer(&c.send(&mut h, peer, b"hello")),
+        [(relayed, peer, b"hello".to_vec())]
+    );
+    // The permission covers the peer's IP, any port (RFC 8656 section 9).
+    let other_port = addr("10.77.0.21:9999");
+    let data = only_response(&h.from_peer(relayed, other_port, b"reply"));
+    let msg = Message::decode(&data).unwrap();
+    assert_eq!(
+        (msg.class(), msg.method()),
+        (Class::Indication, Method::DATA)
+    );
+    assert_eq!(
+        decode_xor_address(
+            msg.get(attr::XOR_PEER_ADDRESS).unwrap(),
+            &msg.transaction_id()
+        ),
+        Ok(other_port)
+    );
+    assert_eq!(msg.get(attr::DATA), Some(&b"reply"[..]));
+
+    h.advance(Duration::from_secs(300));
+    assert!(
+        to_peer(&c.send(&mut h, peer, b"late")).is_empty(),
+        "permission expired after 300 s"
+    );
+    assert!(h.from_peer(relayed, peer, b"late").is_empty());
+}
+
+#[test]
+fn channels_carry_data_both_ways_and_drive_the_fast_path() {
+    let mut h = Harness::new(config());
+    let mut c = Client::udp("10.77.0.11:40000", "alice", "secret");
+    let relayed = c.allocate(&mut h);
+    let peer = addr(PEER);
+    let r = c.call(&mut h, Method::CHANNEL_BIND, |b| {
+        b.add(attr::CHANNEL_NUMBER, &[0x40, 0x01, 0, 0]);
+        b.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
+    });
+    // The success response comes after the flow is announced.
+    let flow = ChannelFlow {
+        client: c.tuple,
+        relayed,
+        channel: 0x4001,
+        peer,
+    };
+    assert_eq!(Message::decode(&r).unwrap().class(), Class::Success);
+
+    let cd = ChannelData {
+        channel: 0x4001,
+        data: b"rtp",
+    }
+    .encode(false);
+    assert_eq!(
+        to_peer(&h.from_client(c.tuple, &cd)),
+        [(relayed, peer, b"rtp".to_vec())]
+    );
+    let back = only_response(&h.from_peer(relayed, peer, b"rtcp"));
+    assert_eq!(
+        ChannelData::decode(&back).unwrap(),
+        ChannelData {
+            channel: 0x4001,
+            data: b"rtcp"
+        }
+    );
+
+    // Unbound channel: dropped and counted.
+    let stray = ChannelData {
+        channel: 0x4002,
+        data: b"x",
+    }
+    .encode(false);
+    assert!(h.from_client(c.tuple, &stray).is_empty());
+
+    // The permission (300 s) lapses before the channel (600 s): the flow goes down, and
+    // comes back when the permission is renewed.
+    let out = h.advance(Duration::from_secs(300));
+    assert!(out.contains(&Output::FlowDown(flow)), "{out:?}");
+    assert!(to_peer(&h.from_client(c.tuple, &cd)).is_empty());
+    c.permit(&mut h, peer);
+    assert_eq!(to_peer(&h.from_client(c.tuple, &cd)).len(), 1);
+    let out = h.advance(Duration::from_secs(300));
+    assert!(
+        out.contains(&Output::FlowDown(flow)),
+        "channel expired at 600 s: {out:?}"
+    );
+}
+
+#[test]
+fn channel_bind_announces_the_flow_and_refuses_conflicts() {
+    let mut h = Harness::new(config());
+    let mut c = Client::udp("10.77.0.11:40000", "alice", "secret");
+    let relayed = c.allocate(&mut h);
+    let peer = addr(PEER);
+    c.call(&mut h, Method::CHANNEL_BIND, |_| {}); // refresh the nonce
+    let req = c.request(Method::CHANNEL_BIND, |b| {
+        b.add(attr::CHANNEL_NUMBER, &[0x40, 0x00, 0, 0]);
+        b.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
+    });
+    let out = h.from_client(c.tuple, &req);
+    assert_eq!(
+        out[0],
+        Output::FlowUp(ChannelFlow {
+            client: c.tuple,
+            relayed,
+            channel: 0x4000,
+            peer
+        })
+    );
+    // Re-binding the same pair refreshes it; anything else conflicting is 400.
+    assert_eq!(c.bind(&mut h, 0x4000, peer).class(), Class::Success);
+    assert_eq!(
+        error_code(&c.bind(&mut h, 0x4000, addr("10.77.0.12:3480"))),
+        Some(400)
+    );
+    assert_eq!(error_code(&c.bind(&mut h, 0x4003, peer)), Some(400));
+    assert_eq!(
+        error_code(&c.bind(&mut h, 0x3FFF, addr("10.77.0.12:3480"))),
+        Some(400)
+    );
+    // After expiry the number stays reserved for its peer for 5 more minutes.
+    assert_eq!(c.refresh(&mut h, 3600).class(), Class::Success);
+    h.advance(Duration::from_secs(600));
+    assert_eq!(
+        error_code(&c.bind(&mut h, 0x4000, addr("10.77.0.12:3480"))),
+        Some(400)
+    );
+    h.advance(Duration::from_secs(300));
+    assert_eq!(
+        c.bind(&mut h, 0x4000, addr("10.77.0.12:3480")).class(),
+        Class::Success
+    );
+}
+
+#[test]
+fn stream_clients_get_padded_channel_data_and_no_fast_path() {
+    let mut h = Harness::new(config());
+    let mut c = Client::new(Transport::Tcp, "10.77.0.11:40000", "alice", "secret");
+    let relayed = c.allocate(&mut h);
+    c.call(&mut h, Method::CHANNEL_BIND, |_| {});
+    let req = c.request(Method::CHANNEL_BIND, |b| {
+        b.add(attr::CHANNEL_NUMBER, &[0x40, 0x00, 0, 0]);
+        b.add_xor_address(attr::XOR_PEER_ADDRESS, addr(PEER));
+    });
+    let out = h.from_client(c.tuple, &req);
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::FlowUp(_))),
+        "{out:?}"
+    );
+    let back = only_response(&h.from_peer(relayed, addr(PEER), b"12345"));
+    assert_eq!(back.len(), 4 + 8, "5 bytes padded to 8");
+}
+
+#[test]
+fn peer_policy_refuses_loopback_and_the_relay_but_allows_its_own_relayed_addresses() {
+    let mut cfg = config();
+    cfg.peer_policy = PeerPolicy::new(vec![], vec![], vec![addr(LISTENER)]);
+    let mut h = Harness::new(cfg);
+    let mut a = Client::udp("10.77.0.11:40000", "alice", "secret");
+    let relayed_a = a.allocate(&mut h);
+    let mut b = Client::udp("10.77.0.12:40000", "bob", "hunter2");
+    let relayed_b = b.allocate(&mut h);
+    for denied in ["127.0.0.1:5000", "[::1]:5000", LISTENER, "10.77.0.21:3480"] {
+        let peer = addr(denied);
+        let r = a.permit(&mut h, peer);
+        let want = if peer.is_ipv6() { 443 } else { 403 };
+        assert_eq!(error_code(&r), Some(want), "{denied}");
+    }
+    // Two clients of this relay reach each other through their relayed addresses, private
+    // as they are.
+    assert_eq!(a.permit(&mut h, relayed_b).class(), Class::Success);
+    assert_eq!(b.permit(&mut h, relayed_a).class(), Class::Success);
+    assert_eq!(
+        to_peer(&a.send(&mut h, relayed_b, b"hi")),
+        [(relayed_a, relayed_b, b"hi".to_vec())]
+    );
+}
+
+#[test]
+fn quotas() {
+    let mut cfg = config();
+    cfg.user_quota = Some(1);
+    cfg.total_quota = Some(2);
+    let mut h = Harness::new(cfg);
+    Client::udp("10.77.0.11:1", "alice", "secret").allocate(&mut h);
+    let mut again = Client::udp("10.77.0.11:2", "alice", "secret");
+    let r = leak(again.call(&mut h, Method::ALLOCATE, |b| {
+        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    }));
+    assert_eq!(error_code(&r), Some(486));
+    Client::udp("10.77.0.12:1", "bob", "hunter2").allocate(&mut h);
+    let user = format!("{}:carol", UNIX_START + 3600);
+    let mut carol = Client::udp("10.77.0.13:1", &user, &rest_password(b"north", &user));
+    let r = leak(carol.call(&mut h, Method::ALLOCATE, |b| {
+        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    }));
+    assert_eq!(error_code(&r), Some(508));
+}
+
+#[test]
+fn rest_credentials_allocate_until_they_expire() {
+    let mut h = Harness::new(config());
+    let user = format!("{}:carol", UNIX_START + 60);
+    let mut c = Client::udp("10.77.0.13:1", &user, &rest_password(b"north", &user));
+    c.allocate(&mut h);
+    h.advance(Duration::from_secs(61));
+    let r = c.refresh(&mut h, 600);
+    assert_eq!(error_code(&r), Some(401), "expired REST credential");
+}
+
+#[test]
+fn even_port_reservation_and_its_token() {
+    let mut h = Harness::new(config());
+    let mut c = Client::udp("10.77.0.11:40000", "alice", "secret");
+    let r = leak(c.call(&mut h, Method::ALLOCATE, |b| {
+        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .add(attr::EVEN_PORT, &[0x80]);
+    }));
+    let even = relayed(&r)[0];
+    assert_eq!(even.port() % 2, 0);
+    let token = r.get(attr::RESERVATION_TOKEN).unwrap().to_vec();
+    let mut c2 = Client::udp("10.77.0.11:40001", "alice", "secret");
+    let r = leak(c2.call(&mut h, Method::ALLOCATE, |b| {
+        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .add(attr::RESERVATION_TOKEN, &token);
+    }));
+    assert_eq!(relayed(&r), [SocketAddr::new(even.ip(), even.port() + 1)]);
+    // A token is good once.
+    let mut c3 = Client::udp("10.77.0.11:40002", "alice", "secret");
+    let r = leak(c3.call(&mut h, Method::ALLOCATE, |b| {
+        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .add(attr::RESERVATION_TOKEN, &token);
+    }));
+    assert_eq!(error_code(&r), Some(508));
+    // An unused reservation is released after 30 s.
+    let mut c4 = Client::udp("10.77.0.11:40003", "alice", "secret");
+    let r = leak(c4.call(&mut h, Method::ALLOCATE, |b| {
+        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .add(attr::EVEN_PORT, &[0x80]);
+    }));
+    let reserved = SocketAddr::new(relayed(&r)[0].ip(), relayed(&r)[0].port() + 1);
+    assert!(
+        h.advance(Duration::from_secs(30))
+            .contains(&Output::Release { addr: reserved })
+    );
+}
+
+#[test]
+fn a_failed_bind_is_508_and_leaves_nothing_behind() {
+    let mut h = Harness::new(config());
+    h.fail_binds = true;
+    let mut c = Client::udp("10.77.0.11:40000", "alice", "secret");
+    let r = leak(c.call(&mut h, Method::ALLOCATE, |b| {
+        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    }));
+    assert_eq!(error_code(&r), Some(508));
+    h.fail_binds = false;
+    c.allocate(&mut h);
+}
+
+#[test]
+fn garbage_is_counted_and_harms_no_one() {
+    let mut h = Harness::new(config());
+    let mut c = Client::udp("10.77.0.11:40000", "alice", "secret");
+    let relayed = c.allocate(&mut h);
+    c.permit(&mut h, addr(PEER));
+    let stranger = ClientTuple {
+        transport: Transport::Udp,
+        client: addr("10.77.0.99:1"),
+        server: addr(LISTENER),
+    };
+    let mut bad_fingerprint = MessageBuilder::new(Class::Request, Method::BINDING, [5; 12]);
+    bad_fingerprint.add_fingerprint();
+    let mut bad_fingerprint = bad_fingerprint.build();
+    let last = bad_fingerprint.len() - 1;
+    bad_fingerprint[last] ^= 1;
+    for junk in [
+        &b""[..],
+        b"\xff\xff",
+        b"\x00\x01\x00",
+        &[0x40, 0, 0, 200, 1],
+        &bad_fingerprint,
+        &[0x80; 64],
+    ] {
+        assert!(h.from_client(stranger, junk).is_empty());
+        assert!(h.from_client(c.tuple, junk).is_empty());
+    }
+    assert!(h.server.stats().malformed >= 10);
+    assert_eq!(
+        to_peer(&c.send(&mut h, addr(PEER), b"still fine")),
+        [(relayed, addr(PEER), b"still fine".to_vec())]
+    );
+}
