@@ -6,6 +6,8 @@
 #![no_std]
 
 pub mod parse;
+pub mod token_bucket;
 pub mod verdict;
 
+pub use token_bucket::TokenBucket;
 pub use verdict::{Counters, Verdict};

@@ -19,7 +19,8 @@ const PROGRAM: &str = "relay_xdp";
 const VERDICTS_MAP: &str = "VERDICTS";
 
 /// How the operator asked for the program to be attached.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum XdpModeChoice {
     /// Native (driver) mode, falling back to generic (skb) mode if the driver refuses.
     #[default]

@@ -1,11 +1,12 @@
 //! The `relay` command.
 
-use std::time::Duration;
+use std::net::IpAddr;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use relay::{
-    dataplane::{Dataplane, XdpModeChoice},
+    config::Settings,
+    dataplane::{AttachedMode, Dataplane},
     preflight,
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -13,7 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 #[derive(Parser)]
 #[command(
     version,
-    about = "Relay: a media relay that forwards in the kernel with XDP"
+    about = "Relay: a TURN relay whose XDP program forwards media in the kernel"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -22,61 +23,70 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the relay: load the XDP program onto an interface and serve until SIGINT/SIGTERM.
-    Run(RunArgs),
-}
-
-#[derive(clap::Args)]
-struct RunArgs {
-    /// Network interface to attach the XDP program to.
-    #[arg(long, short = 'i', value_name = "IF")]
-    interface: String,
-    /// XDP attach mode: auto tries native (driver) mode and falls back to generic (skb).
-    #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto)]
-    xdp_mode: XdpModeChoice,
-    /// Log the XDP counters every this many seconds (0: only on exit).
-    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
-    stats_interval: u64,
+    /// Serve STUN/TURN (UDP, TCP, TLS) until SIGINT/SIGTERM; with --interface, also attach
+    /// the XDP program there.
+    Run(Box<Settings>),
 }
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
-        Command::Run(args) => run(&args),
+        Command::Run(settings) => run(*settings),
     }
 }
 
-fn run(args: &RunArgs) -> anyhow::Result<()> {
-    preflight::check()?;
-    let mut dataplane = Dataplane::load()?;
-    let mode = dataplane.attach(&args.interface, args.xdp_mode)?;
+fn run(settings: Settings) -> anyhow::Result<()> {
+    let run = settings.load()?.resolve(&local_addresses()?)?;
+    let mut xdp: Option<(Dataplane, AttachedMode, String)> = None;
+    if let Some(interface) = &run.interface {
+        preflight::check()?;
+        let mut dataplane = Dataplane::load()?;
+        let mode = dataplane.attach(interface, run.xdp_mode)?;
+        xdp = Some((dataplane, mode, interface.clone()));
+    }
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()?;
     let signal_name = runtime.block_on(async {
         let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-        let mut ticker = (args.stats_interval > 0)
-            .then(|| tokio::time::interval(Duration::from_secs(args.stats_interval)));
-        loop {
-            tokio::select! {
-                _ = sigterm.recv() => break anyhow::Ok("SIGTERM"),
-                _ = sigint.recv() => break anyhow::Ok("SIGINT"),
-                () = async { ticker.as_mut().unwrap().tick().await; }, if ticker.is_some() => {
-                    let total = dataplane.verdict_counters()?.total();
-                    log::info!("XDP so far: {} packets, {} bytes", total.packets, total.bytes);
-                }
-            }
-        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let shutdown = async move {
+            let name = tokio::select! {
+                _ = sigterm.recv() => "SIGTERM",
+                _ = sigint.recv() => "SIGINT",
+            };
+            let _ = tx.send(name);
+        };
+        relay::io::serve(run, shutdown).await?;
+        anyhow::Ok(rx.await.unwrap_or("shutdown"))
     })?;
 
-    let counters = dataplane.verdict_counters()?;
-    drop(dataplane);
-    log::info!("{signal_name}: XDP detached from {}", args.interface);
-    println!(
-        "XDP verdicts on {} ({mode} mode):\n{counters}",
-        args.interface
-    );
+    if let Some((dataplane, mode, interface)) = xdp {
+        let counters = dataplane.verdict_counters()?;
+        drop(dataplane);
+        log::info!("{signal_name}: XDP detached from {interface}");
+        println!("XDP verdicts on {interface} ({mode} mode):\n{counters}");
+    } else {
+        log::info!("{signal_name}: stopped");
+    }
     Ok(())
+}
+
+/// The host's addresses: the default listening IPs.
+fn local_addresses() -> anyhow::Result<Vec<IpAddr>> {
+    let mut ips = Vec::new();
+    for ifaddr in nix::ifaddrs::getifaddrs().context("listing the host's addresses")? {
+        let Some(addr) = ifaddr.address else { continue };
+        if let Some(v4) = addr.as_sockaddr_in() {
+            ips.push(IpAddr::V4(v4.ip()));
+        } else if let Some(v6) = addr.as_sockaddr_in6() {
+            ips.push(IpAddr::V6(v6.ip()));
+        }
+    }
+    ips.sort_unstable();
+    ips.dedup();
+    Ok(ips)
 }

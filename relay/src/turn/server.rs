@@ -366,6 +366,15 @@ impl Server {
         });
     }
 
+    /// A stream client's connection closed: its allocation goes with it (RFC 8656 section
+    /// 7.3.1 ties an allocation to its connection).
+    pub fn handle_client_closed(&mut self, _now: Instant, tuple: ClientTuple) {
+        if self.allocations.contains_key(&tuple) {
+            log::info!("allocation {tuple}: connection closed");
+            self.remove_allocation(tuple);
+        }
+    }
+
     /// Expires allocations, permissions, channels and reservations due by `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         while let Some(Reverse((at, timer))) = self.timers.peek().copied() {

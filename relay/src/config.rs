@@ -1,0 +1,532 @@
+//! `relay run` settings: coturn-like flags, the same keys in a TOML file (`--config`), flags
+//! winning over the file. [`Settings::resolve`] checks everything before the relay starts and
+//! names the field and what is wrong.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::{
+    dataplane::XdpModeChoice,
+    turn::{
+        self,
+        auth::Credentials,
+        policy::{IpRange, PeerPolicy},
+    },
+};
+
+/// The UDP datapath's I/O backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IoBackend {
+    /// io_uring, falling back to recvmmsg/sendmmsg where io_uring is unavailable.
+    #[default]
+    Auto,
+    /// io_uring only (multishot recvmsg, provided buffer ring, batched sends).
+    Uring,
+    /// recvmmsg/sendmmsg over epoll.
+    Mmsg,
+}
+
+/// Every setting, as a flag and as a TOML key of the same name.
+#[derive(Clone, Debug, Default, clap::Args, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Settings {
+    /// TOML file with any of these settings (flags win over it).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// UDP and TCP port for STUN/TURN [default: 3478].
+    #[arg(long, value_name = "PORT")]
+    pub listening_port: Option<u16>,
+    /// TLS port [default: 5349].
+    #[arg(long, value_name = "PORT")]
+    pub tls_listening_port: Option<u16>,
+    /// A second TLS port, for networks that pass only 443.
+    #[arg(long, value_name = "PORT")]
+    pub alt_tls_listening_port: Option<u16>,
+    /// Address to listen on (repeatable) [default: every address of the host but link-local].
+    #[arg(long, value_name = "IP")]
+    #[serde(default)]
+    pub listening_ip: Vec<IpAddr>,
+    /// Address relayed sockets bind to, one per family [default: the first listening IP of
+    /// each family].
+    #[arg(long, value_name = "IP")]
+    #[serde(default)]
+    pub relay_ip: Vec<IpAddr>,
+    /// Public address to advertise: `PUBLIC` or `PUBLIC/PRIVATE` (the relay IP it maps to).
+    #[arg(long, value_name = "IP[/IP]")]
+    #[serde(default)]
+    pub external_ip: Vec<String>,
+    /// Lowest relayed port [default: 49152].
+    #[arg(long, value_name = "PORT")]
+    pub min_port: Option<u16>,
+    /// Highest relayed port [default: 65535].
+    #[arg(long, value_name = "PORT")]
+    pub max_port: Option<u16>,
+    /// Realm of the long-term credentials [default: relay].
+    #[arg(long)]
+    pub realm: Option<String>,
+    /// A static user, `NAME:PASSWORD` (repeatable).
+    #[arg(long, value_name = "NAME:PASSWORD")]
+    #[serde(default)]
+    pub user: Vec<String>,
+    /// Accept TURN REST API credentials (`--static-auth-secret`).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub use_auth_secret: Option<bool>,
+    /// Shared secret of the TURN REST API.
+    #[arg(long, value_name = "SECRET")]
+    pub static_auth_secret: Option<String>,
+    /// TLS certificate chain (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub pkey: Option<PathBuf>,
+    /// Peer range to allow even when denied by default: `IP`, `IP-IP` or `IP/LEN` (repeatable).
+    #[arg(long, value_name = "RANGE")]
+    #[serde(default)]
+    pub allowed_peer_ip: Vec<String>,
+    /// Peer range to refuse (repeatable).
+    #[arg(long, value_name = "RANGE")]
+    #[serde(default)]
+    pub denied_peer_ip: Vec<String>,
+    /// Bits per second each allocation may relay (both directions counted).
+    #[arg(long, value_name = "BPS")]
+    pub max_bps: Option<u64>,
+    /// Allocations per user.
+    #[arg(long, value_name = "N")]
+    pub user_quota: Option<usize>,
+    /// Allocations in all.
+    #[arg(long, value_name = "N")]
+    pub total_quota: Option<usize>,
+    /// Longest allocation lifetime a client may ask for, in seconds [default: 3600].
+    #[arg(long, value_name = "SECONDS")]
+    pub max_allocate_lifetime: Option<u64>,
+    /// Do not listen on TCP.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub no_tcp: Option<bool>,
+    /// Do not listen on TLS.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub no_tls: Option<bool>,
+    /// UDP datapath backend.
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    pub io: Option<IoBackend>,
+    /// Network interface to attach the XDP program to (none: no XDP).
+    #[arg(long, short = 'i', value_name = "IF")]
+    pub interface: Option<String>,
+    /// XDP attach mode: auto tries native (driver) mode and falls back to generic (skb).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub xdp_mode: Option<XdpModeChoice>,
+}
+
+/// A setting that is wrong, named as the operator wrote it.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub problem: String,
+}
+
+fn bad(field: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field,
+        problem: problem.into(),
+    }
+}
+
+/// Everything `relay run` needs, checked.
+pub struct RunConfig {
+    pub turn: turn::Config,
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
+    pub tls_config: Option<Arc<rustls::ServerConfig>>,
+    pub io: IoBackend,
+    pub interface: Option<String>,
+    pub xdp_mode: XdpModeChoice,
+}
+
+impl Settings {
+    /// Loads `--config` if given and lets the flags override it.
+    pub fn load(self) -> Result<Self, ConfigError> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| bad("config", format!("cannot read {}: {e}", path.display())))?;
+        let file: Self =
+            toml::from_str(&text).map_err(|e| bad("config", format!("{}: {e}", path.display())))?;
+        Ok(self.over(file))
+    }
+
+    /// `self` (the flags) wherever set, else `file`.
+    fn over(self, file: Self) -> Self {
+        fn vec<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
+            if flag.is_empty() { file } else { flag }
+        }
+        Self {
+            config: self.config,
+            listening_port: self.listening_port.or(file.listening_port),
+            tls_listening_port: self.tls_listening_port.or(file.tls_listening_port),
+            alt_tls_listening_port: self.alt_tls_listening_port.or(file.alt_tls_listening_port),
+            listening_ip: vec(self.listening_ip, file.listening_ip),
+            relay_ip: vec(self.relay_ip, file.relay_ip),
+            external_ip: vec(self.external_ip, file.external_ip),
+            min_port: self.min_port.or(file.min_port),
+            max_port: self.max_port.or(file.max_port),
+            realm: self.realm.or(file.realm),
+            user: vec(self.user, file.user),
+            use_auth_secret: self.use_auth_secret.or(file.use_auth_secret),
+            static_auth_secret: self.static_auth_secret.or(file.static_auth_secret),
+            cert: self.cert.or(file.cert),
+            pkey: self.pkey.or(file.pkey),
+            allowed_peer_ip: vec(self.allowed_peer_ip, file.allowed_peer_ip),
+            denied_peer_ip: vec(self.denied_peer_ip, file.denied_peer_ip),
+            max_bps: self.max_bps.or(file.max_bps),
+            user_quota: self.user_quota.or(file.user_quota),
+            total_quota: self.total_quota.or(file.total_quota),
+            max_allocate_lifetime: self.max_allocate_lifetime.or(file.max_allocate_lifetime),
+            no_tcp: self.no_tcp.or(file.no_tcp),
+            no_tls: self.no_tls.or(file.no_tls),
+            io: self.io.or(file.io),
+            interface: self.interface.or(file.interface),
+            xdp_mode: self.xdp_mode.or(file.xdp_mode),
+        }
+    }
+
+    /// Checks every setting and builds the run configuration. `local_ips` are the host's
+    /// addresses (the default listening IPs).
+    #[expect(clippy::too_many_lines, reason = "one check per setting")]
+    pub fn resolve(self, local_ips: &[IpAddr]) -> Result<RunConfig, ConfigError> {
+        let port = self.listening_port.unwrap_or(3478);
+        let tls_port = self.tls_listening_port.unwrap_or(5349);
+        if port == 0 {
+            return Err(bad("listening-port", "must not be 0"));
+        }
+        let listening: Vec<IpAddr> = if self.listening_ip.is_empty() {
+            local_ips
+                .iter()
+                .copied()
+                .filter(|ip| !is_link_local(*ip))
+                .collect()
+        } else {
+            self.listening_ip.clone()
+        };
+        if listening.is_empty() {
+            return Err(bad("listening-ip", "no address to listen on"));
+        }
+        let relay_ips = if self.relay_ip.is_empty() {
+            let v4 = listening
+                .iter()
+                .find(|ip| ip.is_ipv4() && !ip.is_loopback());
+            let v6 = listening
+                .iter()
+                .find(|ip| ip.is_ipv6() && !ip.is_loopback());
+            v4.into_iter().chain(v6).copied().collect::<Vec<_>>()
+        } else {
+            self.relay_ip.clone()
+        };
+        if relay_ips.is_empty() {
+            return Err(bad("relay-ip", "no address to relay from: give --relay-ip"));
+        }
+        if relay_ips.iter().filter(|ip| ip.is_ipv4()).count() > 1
+            || relay_ips.iter().filter(|ip| ip.is_ipv6()).count() > 1
+        {
+            return Err(bad("relay-ip", "at most one address per family"));
+        }
+        let mut external_ips = HashMap::new();
+        for e in &self.external_ip {
+            let (public, private) = e.split_once('/').unwrap_or((e, ""));
+            let public: IpAddr = public
+                .parse()
+                .map_err(|_| bad("external-ip", format!("{e:?}: not an IP address")))?;
+            let private = if private.is_empty() {
+                *relay_ips
+                    .iter()
+                    .find(|ip| ip.is_ipv4() == public.is_ipv4())
+                    .ok_or_else(|| bad("external-ip", format!("{e}: no relay IP of its family")))?
+            } else {
+                private.parse().map_err(|_| {
+                    bad(
+                        "external-ip",
+                        format!("{e:?}: the private part is not an IP address"),
+                    )
+                })?
+            };
+            external_ips.insert(private, public);
+        }
+        let min_port = self.min_port.unwrap_or(49152);
+        let max_port = self.max_port.unwrap_or(65535);
+        if min_port == 0 || min_port > max_port {
+            return Err(bad(
+                "min-port",
+                format!("{min_port} must be between 1 and max-port ({max_port})"),
+            ));
+        }
+
+        let mut users = HashMap::new();
+        for u in &self.user {
+            let (name, password) = u
+                .split_once(':')
+                .ok_or_else(|| bad("user", format!("{:?}: expected NAME:PASSWORD", redact(u))))?;
+            if name.is_empty() || password.is_empty() {
+                return Err(bad(
+                    "user",
+                    format!("{:?}: empty name or password", redact(u)),
+                ));
+            }
+            users.insert(name.to_owned(), password.to_owned());
+        }
+        let rest_secret = match (
+            self.use_auth_secret.unwrap_or(false),
+            self.static_auth_secret,
+        ) {
+            (true, Some(s)) if !s.is_empty() => Some(s),
+            (true, _) => return Err(bad("static-auth-secret", "required with use-auth-secret")),
+            (false, Some(_)) => {
+                return Err(bad(
+                    "use-auth-secret",
+                    "static-auth-secret is set but use-auth-secret is not",
+                ));
+            }
+            (false, None) => None,
+        };
+        if users.is_empty() && rest_secret.is_none() {
+            return Err(bad(
+                "user",
+                "no credentials: give --user NAME:PASSWORD or --use-auth-secret --static-auth-secret SECRET (an open relay is refused)",
+            ));
+        }
+        let ranges = |field, list: &[String]| -> Result<Vec<IpRange>, ConfigError> {
+            list.iter()
+                .map(|r| r.parse().map_err(|e| bad(field, format!("{r:?}: {e}"))))
+                .collect()
+        };
+        let allowed = ranges("allowed-peer-ip", &self.allowed_peer_ip)?;
+        let denied = ranges("denied-peer-ip", &self.denied_peer_ip)?;
+
+        let udp: Vec<SocketAddr> = listening
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, port))
+            .collect();
+        let tcp = if self.no_tcp.unwrap_or(false) {
+            Vec::new()
+        } else {
+            udp.clone()
+        };
+        let mut tls_ports = vec![tls_port];
+        tls_ports.extend(self.alt_tls_listening_port);
+        let tls_config = match (self.no_tls.unwrap_or(false), &self.cert, &self.pkey) {
+            (true, _, _) | (false, None, None) => None,
+            (false, Some(cert), Some(key)) => Some(tls_config(cert, key)?),
+            (false, None, Some(_)) => return Err(bad("cert", "pkey is set but cert is not")),
+            (false, Some(_), None) => return Err(bad("pkey", "cert is set but pkey is not")),
+        };
+        let tls = if tls_config.is_some() {
+            listening
+                .iter()
+                .flat_map(|ip| tls_ports.iter().map(|p| SocketAddr::new(*ip, *p)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut own: Vec<SocketAddr> = udp.clone();
+        own.extend(&tls);
+
+        let max_lifetime = Duration::from_secs(self.max_allocate_lifetime.unwrap_or(3600));
+        if max_lifetime < Duration::from_secs(600) {
+            return Err(bad(
+                "max-allocate-lifetime",
+                "must be at least the default lifetime, 600 s",
+            ));
+        }
+        Ok(RunConfig {
+            turn: turn::Config {
+                realm: self.realm.unwrap_or_else(|| "relay".to_owned()),
+                software: concat!("Relay ", env!("CARGO_PKG_VERSION")).to_owned(),
+                credentials: Credentials { users, rest_secret },
+                relay_ips,
+                external_ips,
+                min_port,
+                max_port,
+                default_lifetime: Duration::from_secs(600),
+                max_lifetime,
+                nonce_lifetime: Duration::from_secs(600),
+                peer_policy: PeerPolicy::new(allowed, denied, own),
+                max_bps: self.max_bps,
+                user_quota: self.user_quota,
+                total_quota: self.total_quota,
+            },
+            udp,
+            tcp,
+            tls,
+            tls_config,
+            io: self.io.unwrap_or_default(),
+            interface: self.interface,
+            xdp_mode: self.xdp_mode.unwrap_or_default(),
+        })
+    }
+}
+
+/// `NAME:PASSWORD` with the password hidden, for error messages.
+fn redact(user: &str) -> String {
+    match user.split_once(':') {
+        Some((name, _)) => format!("{name}:***"),
+        None => user.to_owned(),
+    }
+}
+
+const fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    }
+}
+
+fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+    let read = |field, path: &Path| {
+        std::fs::read(path).map_err(|e| bad(field, format!("cannot read {}: {e}", path.display())))
+    };
+    let cert_pem = read("cert", cert)?;
+    let key_pem = read("pkey", key)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad("cert", format!("{}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(bad(
+            "cert",
+            format!("{}: no PEM certificate in it", cert.display()),
+        ));
+    }
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| bad("pkey", format!("{}: {e}", key.display())))?
+        .ok_or_else(|| {
+            bad(
+                "pkey",
+                format!("{}: no PEM private key in it", key.display()),
+            )
+        })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("cert", e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            bad(
+                "pkey",
+                format!("does not match the certificate or is unusable: {e}"),
+            )
+        })?;
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(toml_text: &str) -> Result<Settings, toml::de::Error> {
+        toml::from_str(toml_text)
+    }
+
+    const LOCAL: &[IpAddr] = &[IpAddr::V4(std::net::Ipv4Addr::new(10, 77, 0, 1))];
+
+    #[test]
+    fn defaults_follow_coturn() {
+        let run = settings("user = [\"alice:secret\"]")
+            .unwrap()
+            .resolve(LOCAL)
+            .unwrap();
+        assert_eq!(run.udp, [SocketAddr::from(([10, 77, 0, 1], 3478))]);
+        assert_eq!(run.tcp, run.udp);
+        assert!(run.tls.is_empty(), "no TLS without a certificate");
+        assert_eq!((run.turn.min_port, run.turn.max_port), (49152, 65535));
+        assert_eq!(run.turn.relay_ips, LOCAL);
+        assert_eq!(run.turn.realm, "relay");
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file = settings("listening-port = 4000\nrealm = \"file\"\nuser = [\"a:b\"]").unwrap();
+        let flags = Settings {
+            realm: Some("flag".into()),
+            ..Settings::default()
+        };
+        let run = flags.over(file).resolve(LOCAL).unwrap();
+        assert_eq!(run.turn.realm, "flag");
+        assert_eq!(run.udp[0].port(), 4000);
+    }
+
+    #[test]
+    fn mistakes_name_the_field() {
+        let cases: &[(&str, &str)] = &[
+            ("user = [\"alice\"]", "user"),
+            ("", "user"),
+            (
+                "user = [\"a:b\"]\nmin-port = 6000\nmax-port = 5000",
+                "min-port",
+            ),
+            (
+                "user = [\"a:b\"]\nuse-auth-secret = true",
+                "static-auth-secret",
+            ),
+            (
+                "user = [\"a:b\"]\nallowed-peer-ip = [\"10.0.0.0/40\"]",
+                "allowed-peer-ip",
+            ),
+            (
+                "user = [\"a:b\"]\ncert = \"/nonexistent/cert.pem\"\npkey = \"/nonexistent/key.pem\"",
+                "cert",
+            ),
+            ("user = [\"a:b\"]\ncert = \"/nonexistent/cert.pem\"", "pkey"),
+            (
+                "user = [\"a:b\"]\nexternal-ip = [\"not-an-ip\"]",
+                "external-ip",
+            ),
+            (
+                "user = [\"a:b\"]\nmax-allocate-lifetime = 60",
+                "max-allocate-lifetime",
+            ),
+        ];
+        for (text, field) in cases {
+            let err = settings(text)
+                .unwrap()
+                .resolve(LOCAL)
+                .err()
+                .unwrap_or_else(|| panic!("{text:?} was accepted"));
+            assert_eq!(err.field, *field, "{text:?}: {err}");
+        }
+        let err = settings("lisening-port = 1").unwrap_err().to_string();
+        assert!(err.contains("lisening-port"), "{err}");
+    }
+
+    #[test]
+    fn error_messages_never_show_passwords() {
+        let err = settings("user = [\"alice:\"]")
+            .unwrap()
+            .resolve(LOCAL)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("alice:***"), "{err}");
+    }
+
+    #[test]
+    fn external_ip_maps_to_the_relay_ip() {
+        let run = settings("user = [\"a:b\"]\nexternal-ip = [\"203.0.113.5\"]")
+            .unwrap()
+            .resolve(LOCAL)
+            .unwrap();
+        assert_eq!(
+            run.turn.external_ips.get(&LOCAL[0]),
+            Some(&"203.0.113.5".parse().unwrap())
+        );
+    }
+}

@@ -1,0 +1,205 @@
+//! The control task: owns the TURN server, feeds it what the data path and the stream
+//! connections hand up, fires its timers, and carries out its outputs.
+
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, UdpSocket},
+    sync::{Arc, mpsc::Sender},
+    time::Instant,
+};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::{
+    datapath::{Command, Event},
+    wake::Wake,
+};
+use crate::turn::{ClientTuple, Output, Server, Transport};
+
+pub(crate) struct Control {
+    pub(crate) server: Server,
+    commands: Sender<Command>,
+    wake: Arc<Wake>,
+    streams: HashMap<ClientTuple, tokio::sync::mpsc::Sender<Vec<u8>>>,
+}
+
+impl Control {
+    pub(crate) fn new(server: Server, commands: Sender<Command>, wake: Arc<Wake>) -> Self {
+        Self {
+            server,
+            commands,
+            wake,
+            streams: HashMap::new(),
+        }
+    }
+
+    /// Runs until `shutdown` resolves or every event sender is gone.
+    pub(crate) async fn run(
+        mut self,
+        mut events: UnboundedReceiver<Event>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            let deadline = self.server.poll_timeout();
+            tokio::select! {
+                event = events.recv() => {
+                    let Some(event) = event else { break };
+                    self.on_event(event);
+                    // Take what else is waiting before the outputs go out.
+                    while let Ok(event) = events.try_recv() {
+                        self.on_event(event);
+                    }
+                }
+                () = sleep_until(deadline), if deadline.is_some() => {
+                    self.server.handle_timeout(Instant::now());
+                }
+                () = &mut shutdown => break,
+            }
+            self.carry_out();
+        }
+        let _ = self.commands.send(Command::Stop);
+        self.wake.wake();
+    }
+
+    fn on_event(&mut self, event: Event) {
+        let now = Instant::now();
+        match event {
+            Event::Client { tuple, data } => self.server.handle_client(now, tuple, &data),
+            Event::Peer {
+                relayed,
+                peer,
+                data,
+            } => self.server.handle_peer(now, relayed, peer, &data),
+            Event::StreamOpen { tuple, writer } => {
+                self.streams.insert(tuple, writer);
+            }
+            Event::StreamClosed { tuple } => {
+                self.streams.remove(&tuple);
+                self.server.handle_client_closed(now, tuple);
+            }
+        }
+    }
+
+    /// Drains the server's outputs into commands for the data path and stream writers.
+    fn carry_out(&mut self) {
+        let mut commands = 0;
+        while let Some(output) = self.server.poll_output() {
+            let command = match output {
+                Output::ToClient { tuple, data } if tuple.transport == Transport::Udp => {
+                    Command::SendToClient {
+                        listener: tuple.server,
+                        client: tuple.client,
+                        data,
+                    }
+                }
+                Output::ToClient { tuple, data } => {
+                    if let Some(writer) = self.streams.get(&tuple) {
+                        // A client that does not read its stream loses messages, not the relay.
+                        if writer.try_send(data).is_err() {
+                            log::debug!("{tuple}: stream writer full, message dropped");
+                        }
+                    }
+                    continue;
+                }
+                Output::ToPeer {
+                    relayed,
+                    peer,
+                    data,
+                } => Command::SendToPeer {
+                    relayed,
+                    peer,
+                    data,
+                },
+                Output::Bind {
+                    id,
+                    addrs,
+                    max_bps,
+                    dont_fragment,
+                } => {
+                    let now = Instant::now();
+                    match bind_all(&addrs, dont_fragment) {
+                        Ok(sockets) => {
+                            for (addr, socket) in addrs.into_iter().zip(sockets) {
+                                let _ = self.commands.send(Command::AddRelay {
+                                    addr,
+                                    socket,
+                                    max_bps,
+                                });
+                                commands += 1;
+                            }
+                            self.server.relay_bound(now, id, Ok(()));
+                        }
+                        Err(e) => self.server.relay_bound(now, id, Err(e)),
+                    }
+                    continue;
+                }
+                Output::Release { addr } => Command::RemoveRelay { addr },
+                Output::FlowUp(flow) => Command::FlowUp(flow),
+                Output::FlowDown(flow) => Command::FlowDown(flow),
+            };
+            let _ = self.commands.send(command);
+            commands += 1;
+        }
+        if commands > 0 {
+            self.wake.wake();
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(d) = deadline {
+        tokio::time::sleep_until(d.into()).await;
+    }
+}
+
+/// Binds UDP sockets on all of `addrs`, or none.
+fn bind_all(addrs: &[SocketAddr], dont_fragment: bool) -> std::io::Result<Vec<UdpSocket>> {
+    addrs
+        .iter()
+        .map(|a| bind_relay(*a, dont_fragment))
+        .collect()
+}
+
+fn bind_relay(addr: SocketAddr, dont_fragment: bool) -> std::io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    if dont_fragment {
+        // RFC 8656 section 7.2: DONT-FRAGMENT asks for DF on the relayed packets.
+        if addr.is_ipv4() {
+            set_int(
+                &socket,
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                libc::IP_PMTUDISC_DO,
+            )?;
+        } else {
+            set_int(&socket, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1)?;
+        }
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+fn set_int(socket: &Socket, level: i32, name: i32, value: i32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: passes a live i32 and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            size_of::<i32>() as u32,
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,313 @@
+//! The UDP data path, whatever the backend: which socket is what, the userspace channel-flow
+//! table, the per-allocation bit-rate buckets, and what goes up to the control task.
+//!
+//! Like the XDP program in front of it, it forwards ChannelData of installed flows on its
+//! own and hands everything else to the TURN server, which owns the truth: a packet that
+//! misses the table is still relayed, by the server.
+
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, UdpSocket},
+    time::Instant,
+};
+
+use relay_common::TokenBucket;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::{
+    stun::{ChannelData, Kind, classify},
+    turn::{ChannelFlow, ClientTuple, Transport},
+};
+
+pub(crate) type SocketId = usize;
+
+/// From the control task to the data path.
+#[derive(Debug)]
+pub(crate) enum Command {
+    SendToClient {
+        listener: SocketAddr,
+        client: SocketAddr,
+        data: Vec<u8>,
+    },
+    SendToPeer {
+        relayed: SocketAddr,
+        peer: SocketAddr,
+        data: Vec<u8>,
+    },
+    AddRelay {
+        addr: SocketAddr,
+        socket: UdpSocket,
+        max_bps: Option<u64>,
+    },
+    RemoveRelay {
+        addr: SocketAddr,
+    },
+    FlowUp(ChannelFlow),
+    FlowDown(ChannelFlow),
+    Stop,
+}
+
+/// From the data path (and the stream listeners) to the control task.
+#[derive(Debug)]
+pub(crate) enum Event {
+    Client {
+        tuple: ClientTuple,
+        data: Vec<u8>,
+    },
+    Peer {
+        relayed: SocketAddr,
+        peer: SocketAddr,
+        data: Vec<u8>,
+    },
+    StreamOpen {
+        tuple: ClientTuple,
+        writer: tokio::sync::mpsc::Sender<Vec<u8>>,
+    },
+    StreamClosed {
+        tuple: ClientTuple,
+    },
+}
+
+/// What a backend does for the data path.
+pub(crate) trait Io {
+    /// Starts receiving on `socket`, known from now on as `id`.
+    fn add(&mut self, id: SocketId, socket: UdpSocket);
+    /// Stops receiving on `id` and closes it.
+    fn remove(&mut self, id: SocketId);
+    /// Queues `data` to `to` from socket `id` (sent at the end of the batch).
+    fn send(&mut self, id: SocketId, to: SocketAddr, data: &[u8]);
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Role {
+    Listener(SocketAddr),
+    Relay(SocketAddr),
+}
+
+struct Relay {
+    id: SocketId,
+    /// (bucket, bits per second); burst is one second's worth.
+    limit: Option<(TokenBucket, u64)>,
+}
+
+/// Counters of the data path, for metrics and tests.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Stats {
+    /// ChannelData forwarded by the flow table, each way.
+    pub(crate) fast_to_peer: u64,
+    pub(crate) fast_to_client: u64,
+    /// Datagrams handed to the TURN server.
+    pub(crate) up: u64,
+    /// Relayed datagrams dropped for an allocation's `--max-bps`.
+    pub(crate) over_limit: u64,
+}
+
+pub(crate) struct Datapath {
+    roles: Vec<Option<Role>>,
+    free_ids: Vec<SocketId>,
+    listeners: HashMap<SocketAddr, SocketId>,
+    relays: HashMap<SocketAddr, Relay>,
+    by_client: HashMap<(SocketAddr, SocketAddr, u16), (SocketAddr, SocketAddr)>,
+    by_peer: HashMap<(SocketAddr, SocketAddr), (SocketAddr, SocketAddr, u16)>,
+    events: UnboundedSender<Event>,
+    epoch: Instant,
+    scratch: Vec<u8>,
+    pub(crate) stats: Stats,
+}
+
+impl Datapath {
+    pub(crate) fn new(events: UnboundedSender<Event>) -> Self {
+        Self {
+            roles: Vec::new(),
+            free_ids: Vec::new(),
+            listeners: HashMap::new(),
+            relays: HashMap::new(),
+            by_client: HashMap::new(),
+            by_peer: HashMap::new(),
+            events,
+            epoch: Instant::now(),
+            scratch: Vec::with_capacity(2048),
+            stats: Stats::default(),
+        }
+    }
+
+    fn new_id(&mut self, role: Role) -> SocketId {
+        if let Some(id) = self.free_ids.pop() {
+            self.roles[id] = Some(role);
+            id
+        } else {
+            self.roles.push(Some(role));
+            self.roles.len() - 1
+        }
+    }
+
+    pub(crate) fn add_listener(
+        &mut self,
+        io: &mut impl Io,
+        socket: UdpSocket,
+    ) -> std::io::Result<()> {
+        let addr = socket.local_addr()?;
+        let id = self.new_id(Role::Listener(addr));
+        self.listeners.insert(addr, id);
+        io.add(id, socket);
+        Ok(())
+    }
+
+    /// Runs one command; returns false on `Stop`.
+    pub(crate) fn on_command(&mut self, io: &mut impl Io, command: Command) -> bool {
+        match command {
+            Command::SendToClient {
+                listener,
+                client,
+                data,
+            } => {
+                if let Some(id) = self.listeners.get(&listener) {
+                    io.send(*id, client, &data);
+                }
+            }
+            Command::SendToPeer {
+                relayed,
+                peer,
+                data,
+            } => {
+                let now = self.now_ns();
+                if let Some(relay) = self.relays.get_mut(&relayed) {
+                    if allow(&mut relay.limit, now, data.len()) {
+                        io.send(relay.id, peer, &data);
+                    } else {
+                        self.stats.over_limit += 1;
+                    }
+                }
+            }
+            Command::AddRelay {
+                addr,
+                socket,
+                max_bps,
+            } => {
+                let id = self.new_id(Role::Relay(addr));
+                let limit = max_bps.map(|bps| (TokenBucket::full(bps, self.now_ns()), bps));
+                self.relays.insert(addr, Relay { id, limit });
+                io.add(id, socket);
+            }
+            Command::RemoveRelay { addr } => {
+                if let Some(relay) = self.relays.remove(&addr) {
+                    io.remove(relay.id);
+                    self.roles[relay.id] = None;
+                    self.free_ids.push(relay.id);
+                }
+            }
+            Command::FlowUp(f) => {
+                self.by_client.insert(
+                    (f.client.server, f.client.client, f.channel),
+                    (f.relayed, f.peer),
+                );
+                self.by_peer.insert(
+                    (f.relayed, f.peer),
+                    (f.client.server, f.client.client, f.channel),
+                );
+            }
+            Command::FlowDown(f) => {
+                self.by_client
+                    .remove(&(f.client.server, f.client.client, f.channel));
+                self.by_peer.remove(&(f.relayed, f.peer));
+            }
+            Command::Stop => return false,
+        }
+        true
+    }
+
+    /// A datagram received on socket `id` from `from`.
+    pub(crate) fn on_datagram(
+        &mut self,
+        io: &mut impl Io,
+        id: SocketId,
+        from: SocketAddr,
+        data: &[u8],
+    ) {
+        match self.roles.get(id).copied().flatten() {
+            Some(Role::Listener(listener)) => self.from_client(io, listener, from, data),
+            Some(Role::Relay(relayed)) => self.from_peer(io, relayed, from, data),
+            None => {}
+        }
+    }
+
+    fn from_client(
+        &mut self,
+        io: &mut impl Io,
+        listener: SocketAddr,
+        client: SocketAddr,
+        data: &[u8],
+    ) {
+        if let (Some(Kind::ChannelData), Ok(cd)) = (
+            data.first().map(|b| classify(*b)),
+            ChannelData::decode(data),
+        ) {
+            if let Some((relayed, peer)) =
+                self.by_client.get(&(listener, client, cd.channel)).copied()
+            {
+                let now = self.now_ns();
+                if let Some(relay) = self.relays.get_mut(&relayed) {
+                    if allow(&mut relay.limit, now, cd.data.len()) {
+                        io.send(relay.id, peer, cd.data);
+                        self.stats.fast_to_peer += 1;
+                    } else {
+                        self.stats.over_limit += 1;
+                    }
+                    return;
+                }
+            }
+        }
+        self.up(Event::Client {
+            tuple: ClientTuple {
+                transport: Transport::Udp,
+                client,
+                server: listener,
+            },
+            data: data.to_vec(),
+        });
+    }
+
+    fn from_peer(&mut self, io: &mut impl Io, relayed: SocketAddr, peer: SocketAddr, data: &[u8]) {
+        let now = self.now_ns();
+        let Some(relay) = self.relays.get_mut(&relayed) else {
+            return;
+        };
+        // Both directions count against the allocation's budget, as in coturn.
+        if !allow(&mut relay.limit, now, data.len()) {
+            self.stats.over_limit += 1;
+            return;
+        }
+        if let Some((listener, client, channel)) = self.by_peer.get(&(relayed, peer)).copied() {
+            if let Some(id) = self.listeners.get(&listener) {
+                self.scratch.clear();
+                ChannelData { channel, data }.encode_into(false, &mut self.scratch);
+                io.send(*id, client, &self.scratch);
+                self.stats.fast_to_client += 1;
+                return;
+            }
+        }
+        self.up(Event::Peer {
+            relayed,
+            peer,
+            data: data.to_vec(),
+        });
+    }
+
+    fn up(&mut self, event: Event) {
+        self.stats.up += 1;
+        // The control task only goes away at shutdown.
+        let _ = self.events.send(event);
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+}
+
+/// Whether `bytes` of payload fit the allocation's bit-rate budget.
+fn allow(limit: &mut Option<(TokenBucket, u64)>, now_ns: u64, bytes: usize) -> bool {
+    match limit {
+        Some((bucket, bps)) => bucket.take(now_ns, bytes as u64 * 8, *bps, *bps),
+        None => true,
+    }
+}

@@ -1,0 +1,243 @@
+//! The recvmmsg/sendmmsg backend: epoll over every socket and an eventfd that the control
+//! task writes when it has queued commands. Receives up to `BATCH` datagrams per system call
+//! and sends each socket's queue with one sendmmsg.
+
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, UdpSocket},
+    os::fd::{AsRawFd, RawFd},
+    sync::mpsc::Receiver,
+};
+
+use socket2::{SockAddr, SockAddrStorage};
+
+use super::datapath::{Command, Datapath, Io, SocketId};
+use crate::io::wake::Wake;
+
+const BATCH: usize = 64;
+const BUF: usize = 2048;
+
+struct Queued {
+    to: SockAddr,
+    data: Vec<u8>,
+}
+
+pub(crate) struct Mmsg {
+    epoll: RawFd,
+    sockets: HashMap<SocketId, UdpSocket>,
+    /// Sends queued per socket during a batch.
+    queue: HashMap<SocketId, Vec<Queued>>,
+    pub(crate) send_errors: u64,
+}
+
+impl Mmsg {
+    pub(crate) fn new() -> std::io::Result<Self> {
+        // SAFETY: plain syscall; the result is checked.
+        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epoll < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self {
+            epoll,
+            sockets: HashMap::new(),
+            queue: HashMap::new(),
+            send_errors: 0,
+        })
+    }
+
+    fn watch(&self, fd: RawFd, token: u64) {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        // SAFETY: `ev` is a valid epoll_event; a failure only means the socket is not watched.
+        let rc = unsafe { libc::epoll_ctl(self.epoll, libc::EPOLL_CTL_ADD, fd, &raw mut ev) };
+        if rc < 0 {
+            log::error!("epoll_ctl ADD: {}", std::io::Error::last_os_error());
+        }
+    }
+
+    /// Runs until a `Stop` command.
+    pub(crate) fn run(mut self, mut dp: Datapath, commands: &Receiver<Command>, wake: &Wake) {
+        const WAKE_TOKEN: u64 = u64::MAX;
+        self.watch(wake.fd(), WAKE_TOKEN);
+        let mut bufs = vec![[0_u8; BUF]; BATCH];
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        loop {
+            // SAFETY: `events` has room for its length.
+            let n = unsafe {
+                libc::epoll_wait(self.epoll, events.as_mut_ptr(), events.len() as i32, -1)
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                log::error!("epoll_wait: {e}");
+                return;
+            }
+            for ev in &events[..n as usize] {
+                let token = ev.u64;
+                if token == WAKE_TOKEN {
+                    wake.clear();
+                    while let Ok(c) = commands.try_recv() {
+                        if !dp.on_command(&mut self, c) {
+                            return;
+                        }
+                    }
+                } else {
+                    self.drain_socket(&mut dp, token as SocketId, &mut bufs);
+                }
+            }
+            self.flush();
+        }
+    }
+
+    /// Receives from `id` until it would block, a batch per system call.
+    fn drain_socket(&mut self, dp: &mut Datapath, id: SocketId, bufs: &mut [[u8; BUF]]) {
+        let Some(fd) = self.sockets.get(&id).map(AsRawFd::as_raw_fd) else {
+            return;
+        };
+        loop {
+            let mut names: Vec<SockAddrStorage> =
+                (0..bufs.len()).map(|_| SockAddrStorage::zeroed()).collect();
+            let mut iovs: Vec<libc::iovec> = bufs
+                .iter_mut()
+                .map(|b| libc::iovec {
+                    iov_base: b.as_mut_ptr().cast(),
+                    iov_len: BUF,
+                })
+                .collect();
+            let mut msgs: Vec<libc::mmsghdr> = iovs
+                .iter_mut()
+                .zip(names.iter_mut())
+                .map(|(iov, name)| {
+                    // SAFETY: all-zero msghdr is valid; the pointers set below outlive the call.
+                    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+                    hdr.msg_namelen = name.size_of();
+                    hdr.msg_name = (name as *mut SockAddrStorage).cast();
+                    hdr.msg_iov = iov;
+                    hdr.msg_iovlen = 1;
+                    libc::mmsghdr {
+                        msg_hdr: hdr,
+                        msg_len: 0,
+                    }
+                })
+                .collect();
+            // SAFETY: every mmsghdr points at live buffers of the stated sizes.
+            let n = unsafe {
+                libc::recvmmsg(
+                    fd,
+                    msgs.as_mut_ptr(),
+                    msgs.len() as u32,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if n <= 0 {
+                return; // EAGAIN (drained) or an error reported on the next read.
+            }
+            let lens: Vec<(u32, usize)> = msgs[..n as usize]
+                .iter()
+                .map(|m| (m.msg_hdr.msg_namelen, m.msg_len as usize))
+                .collect();
+            for (i, (name, (namelen, len))) in names.into_iter().zip(lens).enumerate() {
+                // SAFETY: the kernel filled the storage with `namelen` bytes of address.
+                let from = unsafe { SockAddr::new(name, namelen) };
+                let Some(from) = from.as_socket() else {
+                    continue;
+                };
+                let len = len.min(BUF);
+                let data = bufs[i];
+                dp.on_datagram(self, id, from, &data[..len]);
+            }
+            if (n as usize) < bufs.len() {
+                return;
+            }
+        }
+    }
+
+    /// Sends every queued datagram, one sendmmsg per socket and batch.
+    fn flush(&mut self) {
+        for (id, queued) in &mut self.queue {
+            let Some(sock) = self.sockets.get(id) else {
+                queued.clear();
+                continue;
+            };
+            for chunk in queued.chunks(BATCH) {
+                let mut iovs: Vec<libc::iovec> = chunk
+                    .iter()
+                    .map(|q| libc::iovec {
+                        iov_base: q.data.as_ptr().cast_mut().cast(),
+                        iov_len: q.data.len(),
+                    })
+                    .collect();
+                let mut msgs: Vec<libc::mmsghdr> = chunk
+                    .iter()
+                    .zip(iovs.iter_mut())
+                    .map(|(q, iov)| {
+                        // SAFETY: all-zero msghdr is valid; the pointers outlive the call.
+                        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+                        hdr.msg_name = q.to.as_ptr().cast_mut().cast();
+                        hdr.msg_namelen = q.to.len();
+                        hdr.msg_iov = iov;
+                        hdr.msg_iovlen = 1;
+                        libc::mmsghdr {
+                            msg_hdr: hdr,
+                            msg_len: 0,
+                        }
+                    })
+                    .collect();
+                let mut sent = 0;
+                while sent < msgs.len() {
+                    // SAFETY: `msgs[sent..]` point at live buffers.
+                    let n = unsafe {
+                        libc::sendmmsg(
+                            sock.as_raw_fd(),
+                            msgs[sent..].as_mut_ptr(),
+                            (msgs.len() - sent) as u32,
+                            0,
+                        )
+                    };
+                    if n <= 0 {
+                        // A full socket buffer or an ICMP error: UDP may lose it; count it.
+                        self.send_errors += (msgs.len() - sent) as u64;
+                        break;
+                    }
+                    sent += n as usize;
+                }
+            }
+            queued.clear();
+        }
+    }
+}
+
+impl Io for Mmsg {
+    fn add(&mut self, id: SocketId, socket: UdpSocket) {
+        if let Err(e) = socket.set_nonblocking(true) {
+            log::error!("set_nonblocking: {e}");
+        }
+        self.watch(socket.as_raw_fd(), id as u64);
+        self.sockets.insert(id, socket);
+    }
+
+    fn remove(&mut self, id: SocketId) {
+        // Closing the socket removes it from the epoll set.
+        self.sockets.remove(&id);
+        self.queue.remove(&id);
+    }
+
+    fn send(&mut self, id: SocketId, to: SocketAddr, data: &[u8]) {
+        self.queue.entry(id).or_default().push(Queued {
+            to: SockAddr::from(to),
+            data: data.to_vec(),
+        });
+    }
+}
+
+impl Drop for Mmsg {
+    fn drop(&mut self) {
+        // SAFETY: the epoll fd is ours and closed once.
+        unsafe { libc::close(self.epoll) };
+    }
+}

@@ -1,0 +1,136 @@
+//! Relay's I/O: the UDP data path on its own thread (io_uring, or recvmmsg/sendmmsg), TCP and
+//! TLS on tokio, and the control task that drives the sans-IO TURN server between them.
+
+mod control;
+mod datapath;
+mod mmsg;
+mod stream;
+mod uring;
+mod wake;
+
+use std::{
+    net::UdpSocket,
+    sync::{Arc, mpsc},
+    time::{Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    config::{IoBackend, RunConfig},
+    turn::Server,
+};
+
+/// The backend the data path ended up with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Uring,
+    Mmsg,
+}
+
+/// Serves TURN until `shutdown` resolves. Must run inside a tokio runtime.
+pub async fn serve(run: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let mut listeners = Vec::new();
+    for addr in &run.udp {
+        let socket = bind_listener(*addr)
+            .with_context(|| format!("listening-port: cannot bind UDP {addr}"))?;
+        listeners.push(socket);
+    }
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (commands_tx, commands_rx) = mpsc::channel();
+    let wake = Arc::new(wake::Wake::new().context("eventfd")?);
+
+    let mut dp = datapath::Datapath::new(events_tx.clone());
+    let backend = match run.io {
+        IoBackend::Mmsg => Err(None),
+        IoBackend::Uring | IoBackend::Auto => uring::Uring::new().map_err(Some),
+    };
+    let thread_wake = Arc::clone(&wake);
+    let (backend_name, thread) = match backend {
+        Ok(mut uring) => {
+            for l in listeners {
+                dp.add_listener(&mut uring, l)?;
+            }
+            log::info!("UDP data path: io_uring (multishot recvmsg, provided buffer ring)");
+            let t = std::thread::Builder::new()
+                .name("relay-udp".into())
+                .spawn(move || uring.run(dp, &commands_rx, &thread_wake))?;
+            (Backend::Uring, t)
+        }
+        Err(e) => {
+            if let Some(e) = e {
+                if run.io == IoBackend::Uring {
+                    return Err(e).context("io: io_uring was asked for but is unavailable");
+                }
+                log::warn!(
+                    "io_uring unavailable ({e}): UDP data path falls back to recvmmsg/sendmmsg"
+                );
+            }
+            let mut mmsg = mmsg::Mmsg::new().context("epoll")?;
+            for l in listeners {
+                dp.add_listener(&mut mmsg, l)?;
+            }
+            if run.io == IoBackend::Mmsg {
+                log::info!("UDP data path: recvmmsg/sendmmsg (as asked)");
+            }
+            let t = std::thread::Builder::new()
+                .name("relay-udp".into())
+                .spawn(move || mmsg.run(dp, &commands_rx, &thread_wake))?;
+            (Backend::Mmsg, t)
+        }
+    };
+
+    for addr in &run.tcp {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening-port: cannot bind TCP {addr}"))?;
+        tokio::spawn(stream::serve(l, None, events_tx.clone()));
+    }
+    for addr in &run.tls {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("tls-listening-port: cannot bind TLS {addr}"))?;
+        tokio::spawn(stream::serve(l, run.tls_config.clone(), events_tx.clone()));
+    }
+    drop(events_tx);
+    log::info!(
+        "TURN on UDP {:?}, TCP {:?}, TLS {:?}; relaying from {:?} ports {}-{}; realm {:?} ({:?} backend)",
+        run.udp,
+        run.tcp,
+        run.tls,
+        run.turn.relay_ips,
+        run.turn.min_port,
+        run.turn.max_port,
+        run.turn.realm,
+        backend_name
+    );
+
+    let unix = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let server = Server::new(run.turn, Instant::now(), unix, rand::random());
+    control::Control::new(server, commands_tx, wake)
+        .run(events_rx, shutdown)
+        .await;
+    thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the UDP data path thread panicked"))?;
+    Ok(())
+}
+
+fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // Bursts of media from many clients land on one socket.
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    let _ = socket.set_send_buffer_size(4 << 20);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
