@@ -18,32 +18,53 @@ pub(crate) struct RunningRelay {
     child: Child,
     /// Lines the relay logs (stderr), as they come.
     pub(crate) log: mpsc::Receiver<String>,
+    /// Every line logged so far.
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl RunningRelay {
     /// Starts `relay <args>` in `host`'s namespace and waits for the log line that contains
     /// `ready` (an event, not a sleep).
     pub(crate) fn start(lab: &Lab, host: Host, args: &[&str], ready: &str) -> Self {
-        let mut child = lab
-            .command(host, env!("CARGO_BIN_EXE_relay"))
+        Self::start_command(lab.command(host, env!("CARGO_BIN_EXE_relay")), args, ready)
+    }
+
+    /// As [`RunningRelay::start`], with a command prepared by the caller.
+    pub(crate) fn start_command(
+        mut command: std::process::Command,
+        args: &[&str],
+        ready: &str,
+    ) -> Self {
+        let mut child = command
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawning relay");
         let (tx, log) = mpsc::channel();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
+        let seen_by_reader = std::sync::Arc::clone(&seen);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("relay: {line}");
-                if tx.send(line).is_err() {
-                    break;
-                }
+                seen_by_reader.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
             }
         });
-        let relay = Self { child, log };
+        let relay = Self { child, log, seen };
         relay.wait_for_log(ready);
         relay
+    }
+
+    /// Whether any line logged so far contains `needle`.
+    pub(crate) fn logged(&self, needle: &str) -> bool {
+        self.seen.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// Every line logged so far.
+    pub(crate) fn log_lines(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
     }
 
     /// Waits for a log line containing `needle` and returns it.
@@ -106,4 +127,49 @@ pub(crate) fn xdp_attachment(lab: &Lab, host: Host) -> Option<String> {
     text.split_whitespace()
         .find(|w| w.starts_with("xdp"))
         .map(str::to_owned)
+}
+
+/// Waits until a UDP socket is bound to `port` in `host`'s namespace (for peers such as
+/// `turnutils_peer`, which say nothing when ready). Polls `ss`, for at most 10 s.
+pub(crate) fn wait_udp_bound(lab: &Lab, host: Host, port: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let out = lab
+            .command(host, "ss")
+            .args(["-Hlun", &format!("sport = :{port}")])
+            .output()
+            .unwrap();
+        if !out.stdout.is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing bound UDP port {port} in {host}");
+}
+
+/// A child process killed (and reaped) on drop.
+pub(crate) struct Background(pub(crate) Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A directory under the system temp dir, removed on drop.
+pub(crate) struct TempDir(pub(crate) std::path::PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("relay-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
