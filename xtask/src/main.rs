@@ -26,6 +26,14 @@ enum Cmd {
     },
     /// Run the relay in the lab on an embedded default and tell what happened. Needs root.
     Demo,
+    /// Run the fuzz targets in relay/fuzz (cargo fuzz, nightly) for a while each.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (stun_message, channel_data, turn_server).
+        target: Option<String>,
+    },
     /// Build and manage the network-namespace lab.
     Lab {
         #[command(subcommand)]
@@ -48,8 +56,39 @@ fn main() -> anyhow::Result<()> {
         Cmd::Setup => setup::run(),
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo::run(),
+        Cmd::Fuzz { seconds, target } => fuzz(seconds, target.as_deref()),
         Cmd::Lab { action, prefix } => lab(&action, &prefix),
     }
+}
+
+const FUZZ_TARGETS: [&str; 3] = ["stun_message", "channel_data", "turn_server"];
+
+/// Runs each fuzz target for `seconds`; any crash fails.
+fn fuzz(seconds: u64, only: Option<&str>) -> anyhow::Result<()> {
+    let relay = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../relay");
+    for target in FUZZ_TARGETS
+        .iter()
+        .filter(|t| only.is_none_or(|o| o == **t))
+    {
+        println!("fuzz: {target} for {seconds} s");
+        let status = Command::new("cargo")
+            .args([
+                "+nightly",
+                "fuzz",
+                "run",
+                target,
+                "--",
+                &format!("-max_total_time={seconds}"),
+            ])
+            .current_dir(&relay)
+            // The fuzz build needs no XDP object.
+            .env("AYA_BUILD_SKIP", "1")
+            .status()?;
+        if !status.success() {
+            bail!("fuzz target {target} failed: see relay/fuzz/artifacts/{target}");
+        }
+    }
+    Ok(())
 }
 
 /// The default members only: `relay-ebpf` builds for the BPF target, inside relay's build.

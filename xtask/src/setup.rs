@@ -13,6 +13,10 @@ use anyhow::{Context as _, bail};
 const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip netns / veth / bridge for the lab"),
     ("ethtool", "turning off checksum offload on the lab's veths"),
+    (
+        "coturn",
+        "turnutils_uclient, turnutils_peer, turnutils_stunclient: real TURN clients and peers",
+    ),
 ];
 
 pub(crate) fn run() -> anyhow::Result<()> {
@@ -24,6 +28,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
     packages()?;
     nightly()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     bpffs()?;
     println!("setup: done");
     Ok(())
@@ -152,6 +157,20 @@ fn bpf_linker() -> anyhow::Result<()> {
     fs::write(&stamp, version)?;
     println!("setup: bpf-linker installed");
     Ok(())
+}
+
+/// cargo-fuzz runs the parsers' fuzz targets (relay/fuzz) with nightly.
+fn cargo_fuzz() -> anyhow::Result<()> {
+    if Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        println!("setup: cargo-fuzz present");
+        return Ok(());
+    }
+    println!("setup: installing cargo-fuzz (for the fuzz targets in relay/fuzz)");
+    cmd(Command::new("cargo").args(["install", "--locked", "cargo-fuzz@0.13.2"]))
 }
 
 fn bpffs() -> anyhow::Result<()> {
