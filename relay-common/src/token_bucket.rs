@@ -33,10 +33,10 @@ impl TokenBucket {
     #[inline(always)]
     pub fn take(&mut self, now_ns: u64, cost: u64, rate: u64, burst: u64) -> bool {
         let elapsed = now_ns.saturating_sub(self.last_ns);
-        if rate > 0 {
+        // A zero rate never refills.
+        if let Some(fill_ns) = burst.saturating_mul(NS_PER_SEC).checked_div(rate) {
             // Past the time that fills the bucket from empty, it is full: this bound also
             // keeps `elapsed * rate` below `burst * 1e9`, far from overflow for any real burst.
-            let fill_ns = burst.saturating_mul(NS_PER_SEC) / rate;
             if elapsed >= fill_ns {
                 self.tokens = burst;
                 self.last_ns = now_ns;

@@ -76,7 +76,7 @@ proptest! {
     fn channel_data_round_trips(channel in CHANNEL_MIN..=CHANNEL_MAX, data in prop::collection::vec(any::<u8>(), 0..1500), pad in any::<bool>()) {
         let bytes = ChannelData { channel, data: &data }.encode(pad);
         prop_assert_eq!(ChannelData::decode(&bytes), Ok(ChannelData { channel, data: &data }));
-        prop_assert_eq!(bytes.len() % 4 == 0 || !pad, true);
+        prop_assert_eq!(bytes.len().is_multiple_of(4) || !pad, true);
     }
 
     #[test]

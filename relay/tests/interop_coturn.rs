@@ -7,8 +7,8 @@ mod support;
 
 use std::process::Stdio;
 
-use support::{Background, RunningRelay, TempDir, wait_udp_bound};
-use xtask::lab::{Host, Lab};
+use support::{RunningRelay, TempDir};
+use xtask::lab::{Background, Host, Lab};
 
 const PEER_PORT: u16 = 3480;
 const MESSAGES: u32 = 50;
@@ -86,7 +86,7 @@ fn setup(name: &str, extra: &[&str]) -> Setup {
         .spawn()
         .expect("turnutils_peer (cargo xtask setup installs coturn)");
     let peer = Background(peer);
-    wait_udp_bound(&lab, Host::Peer, PEER_PORT);
+    lab.wait_udp_bound(Host::Peer, PEER_PORT).unwrap();
     Setup {
         lab,
         relay: Some(relay),
@@ -369,7 +369,7 @@ fn without_io_uring_the_relay_falls_back_to_mmsg_and_says_so() {
             .spawn()
             .unwrap(),
     );
-    wait_udp_bound(&lab, Host::Peer, PEER_PORT);
+    lab.wait_udp_bound(Host::Peer, PEER_PORT).unwrap();
     let mut command = lab.command(Host::Relay, env!("CARGO_BIN_EXE_relay"));
     // SAFETY: deny_io_uring only makes async-signal-safe prctl calls.
     unsafe { command.pre_exec(deny_io_uring) };

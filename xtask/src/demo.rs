@@ -1,87 +1,155 @@
 //! `cargo xtask demo`: the relay's main job on an embedded default, in the lab, told in words
 //! and numbers.
 //!
-//! The relay attaches its XDP program to the relay host's `eth0`. Client A sends a call's
-//! worth of audio-sized UDP over IPv4 and IPv6 to a socket on the relay, client B knocks on a
-//! TCP port and then injects broken frames (cut inside the IPv4 header; a UDP length that
-//! overruns its packet) straight onto the wire. The relay's counters on exit say what the
-//! kernel did with each.
+//! Relay runs on the relay host with `demo.toml`: TURN on UDP and TCP, the XDP program on
+//! its `eth0`. coturn's own client, turnutils_uclient, runs TURN sessions from client A to
+//! turnutils_peer on the peer host, which echoes everything back: audio-sized packets over
+//! UDP with channels, over TCP with Send indications (a firewall that passes only TCP), and
+//! over IPv6. Then client B writes frames onto the wire that no stack would send. The
+//! relay's XDP counters on exit say what the kernel saw.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _},
-    net::{SocketAddr, TcpStream, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     path::PathBuf,
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use nix::{
-    sys::{
-        signal::{Signal, kill},
-        socket::{setsockopt, sockopt},
-    },
+    sys::signal::{Signal, kill},
     unistd::Pid,
 };
-use xtask::lab::{HOST_IF, Host, Lab};
+use xtask::lab::{Background, Host, Lab};
 
-/// The embedded default: 10 s of 20 ms audio frames (RTP header + 160 bytes of G.711) per
-/// address family.
-const DATAGRAMS: u32 = 500;
-const PAYLOAD: usize = 172;
-const PORT: u16 = 3478;
+const CONFIG: &str = include_str!("demo.toml");
+const PEER_PORT: u16 = 3480;
+/// Per session: 2 clients x 250 packets of 172 bytes (RTP + 160 bytes of G.711), one every
+/// 20 ms: 5 s of a call each way.
+const CLIENTS: u32 = 2;
+const PACKETS: u32 = 250;
 const BROKEN_FRAMES: u32 = 5;
+
+/// A TURN session as turnutils_uclient reported it.
+struct Session {
+    name: &'static str,
+    sent: u32,
+    received: u32,
+    lost: u32,
+    rtt_ms: String,
+}
 
 pub(crate) fn run() -> anyhow::Result<()> {
     let relay = build_relay()?;
     println!("demo: building the lab (5 hosts on one bridge)");
     let lab = Lab::up("relay-demo")?;
+    let config = std::env::temp_dir().join(format!("relay-demo-{}.toml", std::process::id()));
+    std::fs::write(&config, CONFIG)?;
+    let result = demo(&lab, &relay, &config);
+    let _ = std::fs::remove_file(&config);
+    result
+}
 
-    let mut child = lab
-        .command(Host::Relay, relay.to_str().context("non-UTF-8 path")?)
-        .args(["run", "--interface", HOST_IF])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting relay")?;
-    let stderr = child.stderr.take().context("no stderr")?;
-    let (tx, log) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            println!("  relay | {line}");
-            let _ = tx.send(line);
-        }
-    });
-    let attached = loop {
+fn demo(lab: &Lab, relay: &std::path::Path, config: &std::path::Path) -> anyhow::Result<()> {
+    println!(
+        "demo: starting relay with the embedded default:\n{}",
+        indent(CONFIG)
+    );
+    let mut child = Background(
+        lab.command(Host::Relay, relay.to_str().context("non-UTF-8 path")?)
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting relay")?,
+    );
+    let log = follow(&mut child.0)?;
+    let mut mode = String::new();
+    loop {
         let line = log
             .recv_timeout(Duration::from_secs(30))
-            .context("relay did not attach within 30 s")?;
-        if line.contains("XDP attached") {
-            break line;
+            .context("relay did not start within 30 s")?;
+        if let Some(m) = line
+            .split(" in ")
+            .nth(1)
+            .filter(|_| line.contains("XDP attached"))
+        {
+            mode = m.trim_end_matches(" mode").to_owned();
         }
-    };
-    let mode = if attached.contains("native") {
-        "native (driver)"
-    } else {
-        "generic (skb)"
-    };
+        if line.contains("TURN on") {
+            break;
+        }
+    }
+    let peer = Background(
+        lab.command(Host::Peer, "turnutils_peer")
+            .args([
+                "-L",
+                "10.77.0.21",
+                "-L",
+                "fd77::21",
+                "-p",
+                &PEER_PORT.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting turnutils_peer (run `cargo xtask setup`: it installs coturn)")?,
+    );
+    lab.wait_udp_bound(Host::Peer, PEER_PORT)?;
 
     let started = Instant::now();
-    let mut received = 0;
-    for ip in [Host::Relay.ipv4().into(), Host::Relay.ipv6().into()] {
-        received += audio(&lab, SocketAddr::new(ip, PORT))?;
-    }
-    let tcp_refused = lab.in_netns(Host::ClientB, || {
-        TcpStream::connect_timeout(
-            &SocketAddr::new(Host::Relay.ipv4().into(), 443),
-            Duration::from_secs(2),
-        )
-        .is_err()
-    })?;
+    let sessions = [
+        session(
+            lab,
+            "UDP, channels, static user",
+            &[
+                "-u",
+                "classroom",
+                "-w",
+                "chalkboard",
+                "-e",
+                "10.77.0.21",
+                "10.77.0.1",
+            ],
+        )?,
+        session(
+            lab,
+            "TCP, Send indications, REST credentials",
+            &[
+                "-t",
+                "-s",
+                "-W",
+                "demo-secret",
+                "-u",
+                "cart7",
+                "-e",
+                "10.77.0.21",
+                "10.77.0.1",
+            ],
+        )?,
+        session(
+            lab,
+            "IPv6, channels, static user",
+            &[
+                "-x",
+                "-u",
+                "classroom",
+                "-w",
+                "chalkboard",
+                "-e",
+                "fd77::21",
+                "fd77::1",
+            ],
+        )?,
+    ];
+    drop(peer);
+
     // A datagram sent after the broken frames on the same path arrives after XDP has judged
     // them: wait for it instead of guessing how long that takes.
-    let marker_to = SocketAddr::new(Host::Relay.ipv4().into(), PORT + 1);
+    let marker_to = SocketAddr::new(Host::Relay.ipv4().into(), 3479);
     let marker = lab.in_netns(Host::Relay, || UdpSocket::bind(marker_to))??;
     marker.set_read_timeout(Some(Duration::from_secs(5)))?;
     lab.send_frames(Host::ClientB, &broken_frames())?;
@@ -93,28 +161,64 @@ pub(crate) fn run() -> anyhow::Result<()> {
         .context("the marker datagram never arrived")?;
     let elapsed = started.elapsed();
 
-    kill(Pid::from_raw(child.id().cast_signed()), Signal::SIGINT)?;
+    kill(Pid::from_raw(child.0.id().cast_signed()), Signal::SIGINT)?;
     let mut table = String::new();
     child
+        .0
         .stdout
         .take()
         .context("no stdout")?
         .read_to_string(&mut table)?;
-    let status = child.wait()?;
+    let status = child.0.wait()?;
     if !status.success() {
         bail!("relay exited with {status}");
     }
-    report(&table, mode, elapsed, received, tcp_refused)
+    report(&sessions, &table, &mode, elapsed)
 }
 
-/// Prints the counters and what they mean; fails if the run did not go as it must.
-fn report(
-    table: &str,
-    mode: &str,
-    elapsed: Duration,
-    received: u32,
-    tcp_refused: bool,
-) -> anyhow::Result<()> {
+/// Runs turnutils_uclient from client A with `flags` and reads its closing figures.
+fn session(lab: &Lab, name: &'static str, flags: &[&str]) -> anyhow::Result<Session> {
+    println!("demo: TURN session over {name}");
+    let out = lab
+        .command(Host::ClientA, "turnutils_uclient")
+        .args([
+            "-n",
+            &PACKETS.to_string(),
+            "-m",
+            &CLIENTS.to_string(),
+            "-l",
+            "172",
+            "-c",
+            "-r",
+            &PEER_PORT.to_string(),
+        ])
+        .args(flags)
+        .output()
+        .context("running turnutils_uclient (run `cargo xtask setup`: it installs coturn)")?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let field = |key: &str| -> Option<String> {
+        text.lines().rev().find_map(|l| {
+            let rest = &l[l.find(key)? + key.len()..];
+            Some(
+                rest.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                    .next()?
+                    .to_owned(),
+            )
+        })
+    };
+    let number = |key: &str| field(key).and_then(|v| v.parse().ok());
+    Ok(Session {
+        name,
+        sent: number("tot_send_msgs=").unwrap_or(0),
+        received: number("tot_recv_msgs=").unwrap_or(0),
+        lost: number("Total lost packets ").unwrap_or(u32::MAX),
+        rtt_ms: field("Average round trip delay ").unwrap_or_else(|| "?".into()),
+    })
+}
+
+/// Prints what happened; fails if anything went other than it must.
+fn report(sessions: &[Session], table: &str, mode: &str, elapsed: Duration) -> anyhow::Result<()> {
     let count = |verdict: &str| -> (u64, u64) {
         table
             .lines()
@@ -125,71 +229,65 @@ fn report(
             })
             .unwrap_or_default()
     };
-
     println!("\n{table}");
+    println!("What happened, in {:.1} s:", elapsed.as_secs_f64());
+    let want = CLIENTS * PACKETS;
+    let mut ok = true;
+    for s in sessions {
+        println!(
+            "- {}: turnutils_uclient sent {} packets through Relay to turnutils_peer, which echoed them; {} came back, {} lost, average round trip {:.2} ms (uclient counts whole ms).",
+            s.name,
+            s.sent,
+            s.received,
+            s.lost,
+            s.rtt_ms.parse::<f64>().unwrap_or(f64::NAN)
+        );
+        ok &= s.sent == want && s.received == want && s.lost == 0;
+    }
     let (udp4, udp4_bytes) = count("udp4");
     let (udp6, udp6_bytes) = count("udp6");
     let (other, _) = count("other-ip");
     let (truncated, _) = count("truncated");
     let (malformed, _) = count("malformed");
-    println!("What happened, in {} ms of traffic:", elapsed.as_millis());
+    println!("- The relay's XDP program on eth0 ({mode} mode) saw every frame first:");
     println!(
-        "- The relay attached its XDP program to {HOST_IF} in {mode} mode and detached it on SIGINT."
+        "  {udp4} IPv4/UDP ({udp4_bytes} bytes) and {udp6} IPv6/UDP ({udp6_bytes} bytes), TURN in both directions, passed to the relay;"
     );
+    println!("  {other} other IP frames (the TCP session, neighbour discovery) passed.");
     println!(
-        "- Client A sent {DATAGRAMS} audio-sized datagrams ({PAYLOAD} bytes of RTP each) over IPv4 and {DATAGRAMS} over IPv6."
-    );
-    println!(
-        "  XDP classified {udp4} frames as IPv4/UDP ({udp4_bytes} bytes) and {udp6} as IPv6/UDP ({udp6_bytes} bytes) and passed them on"
-    );
-    println!(
-        "  (client B's marker datagram is one of the IPv4 ones); a socket on the relay received {received} of {}.",
-        2 * DATAGRAMS
-    );
-    println!(
-        "- Client B's TCP connection to port 443 was {}: its SYN is among the {other} other-IP frames XDP passed.",
-        if tcp_refused {
-            "refused by the relay's stack"
-        } else {
-            "accepted (something listens on 443?)"
-        }
-    );
-    println!(
-        "- Client B injected {BROKEN_FRAMES} frames cut inside their IPv4 header and {BROKEN_FRAMES} whose UDP length overruns the packet:"
+        "- Client B wrote {BROKEN_FRAMES} frames cut inside their IPv4 header and {BROKEN_FRAMES} whose UDP length overruns the packet onto the wire:"
     );
     println!(
         "  XDP dropped {truncated} as truncated and {malformed} as malformed before the stack saw them."
     );
-    if received != 2 * DATAGRAMS
-        || truncated != u64::from(BROKEN_FRAMES)
-        || malformed != u64::from(BROKEN_FRAMES)
-    {
-        bail!("the demo did not go as expected: see the counters above");
+    ok &= truncated == u64::from(BROKEN_FRAMES)
+        && malformed == u64::from(BROKEN_FRAMES)
+        && udp4 > 0
+        && udp6 > 0;
+    if !ok {
+        bail!("the demo did not go as it must: see the figures above");
     }
     Ok(())
 }
 
-/// Client A sends the audio stream to `to`; returns how many datagrams the relay's socket got.
-fn audio(lab: &Lab, to: SocketAddr) -> anyhow::Result<u32> {
-    let receiver = lab.in_netns(Host::Relay, || UdpSocket::bind(to))??;
-    setsockopt(&receiver, sockopt::RcvBufForce, &(4 << 20))?;
-    receiver.set_read_timeout(Some(Duration::from_secs(2)))?;
-    lab.in_netns(Host::ClientA, || -> anyhow::Result<()> {
-        let sender = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
-        for seq in 0..DATAGRAMS {
-            let mut rtp = [0_u8; PAYLOAD];
-            rtp[0] = 0x80; // RTP version 2
-            rtp[2..4].copy_from_slice(&(seq as u16).to_be_bytes());
-            sender.send_to(&rtp, to)?;
+/// Prints the relay's log as it comes and hands each line on.
+fn follow(child: &mut Child) -> anyhow::Result<mpsc::Receiver<String>> {
+    let stderr = child.stderr.take().context("no stderr")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            println!("  relay | {line}");
+            let _ = tx.send(line);
         }
-        Ok(())
-    })??;
-    let mut buf = [0_u8; 2048];
-    let mut n = 0;
-    while n < DATAGRAMS && receiver.recv_from(&mut buf).is_ok() {
-        n += 1;
-    }
-    Ok(n)
+    });
+    Ok(rx)
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Client B's broken frames: cut inside the IPv4 header, and a UDP length of 1000 in a

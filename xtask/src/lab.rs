@@ -172,6 +172,23 @@ impl Lab {
         self.in_netns(from, || send_frames(frames))?
     }
 
+    /// Waits (at most 10 s) until something binds UDP `port` in `host`'s namespace, for
+    /// programs such as turnutils_peer that say nothing when they are ready.
+    pub fn wait_udp_bound(&self, host: Host, port: u16) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            let out = self
+                .command(host, "ss")
+                .args(["-Hlun", &format!("sport = :{port}")])
+                .output()?;
+            if !out.stdout.is_empty() {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        bail!("nothing bound UDP port {port} in {host}")
+    }
+
     fn build(&self) -> anyhow::Result<()> {
         let sw = netns_name(&self.prefix, "sw");
         ip(&["netns", "add", &sw])?;
@@ -386,4 +403,16 @@ fn send_frames(frames: &[Vec<u8>]) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A child process (a relay, a peer) killed and reaped when dropped, so that a failing test
+/// or demo leaves nothing running in a namespace about to be deleted.
+#[derive(Debug)]
+pub struct Background(pub std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

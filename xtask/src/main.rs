@@ -61,6 +61,8 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// How long `cargo xtask test` fuzzes each target: long enough to find shallow crashes.
+const FUZZ_SMOKE_SECONDS: u64 = 15;
 const FUZZ_TARGETS: [&str; 3] = ["stun_message", "channel_data", "turn_server"];
 
 /// Runs each fuzz target for `seconds`; any crash fails.
@@ -102,6 +104,10 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         .status()?;
     if !status.success() {
         bail!("tests failed");
+    }
+    // A filtered run (arguments given) is someone iterating on one test: no fuzzing then.
+    if args.is_empty() {
+        fuzz(FUZZ_SMOKE_SECONDS, None)?;
     }
     Ok(())
 }

@@ -225,13 +225,13 @@ impl Datapath {
         data: &[u8],
     ) {
         match self.roles.get(id).copied().flatten() {
-            Some(Role::Listener(listener)) => self.from_client(io, listener, from, data),
-            Some(Role::Relay(relayed)) => self.from_peer(io, relayed, from, data),
+            Some(Role::Listener(listener)) => self.client_datagram(io, listener, from, data),
+            Some(Role::Relay(relayed)) => self.peer_datagram(io, relayed, from, data),
             None => {}
         }
     }
 
-    fn from_client(
+    fn client_datagram(
         &mut self,
         io: &mut impl Io,
         listener: SocketAddr,
@@ -267,7 +267,13 @@ impl Datapath {
         });
     }
 
-    fn from_peer(&mut self, io: &mut impl Io, relayed: SocketAddr, peer: SocketAddr, data: &[u8]) {
+    fn peer_datagram(
+        &mut self,
+        io: &mut impl Io,
+        relayed: SocketAddr,
+        peer: SocketAddr,
+        data: &[u8],
+    ) {
         let now = self.now_ns();
         let Some(relay) = self.relays.get_mut(&relayed) else {
             return;

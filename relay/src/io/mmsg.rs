@@ -115,7 +115,7 @@ impl Mmsg {
                     // SAFETY: all-zero msghdr is valid; the pointers set below outlive the call.
                     let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
                     hdr.msg_namelen = name.size_of();
-                    hdr.msg_name = (name as *mut SockAddrStorage).cast();
+                    hdr.msg_name = std::ptr::from_mut(name).cast();
                     hdr.msg_iov = iov;
                     hdr.msg_iovlen = 1;
                     libc::mmsghdr {

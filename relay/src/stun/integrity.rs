@@ -89,7 +89,7 @@ impl Message<'_> {
         if let Some(offset) = self.integrity_sha256_offset() {
             let got = self.value_at(offset);
             // Section 14.6: at least 16 bytes, a multiple of 4, at most 32.
-            if got.len() < 16 || got.len() > MI_SHA256_LEN || got.len() % 4 != 0 {
+            if got.len() < 16 || got.len() > MI_SHA256_LEN || !got.len().is_multiple_of(4) {
                 return Err(IntegrityError::BadLength);
             }
             let want = mac_over::<Hmac<Sha256>>(key, self.bytes(), offset, 4 + got.len())

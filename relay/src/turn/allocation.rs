@@ -18,6 +18,9 @@ pub(super) const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 /// bound differently for 5 minutes.
 pub(super) const CHANNEL_COOLDOWN: Duration = Duration::from_secs(300);
 
+/// A channel number and its peer: one fast-path flow.
+pub(super) type Flow = (u16, SocketAddr);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Channel {
     pub(super) peer: SocketAddr,
@@ -179,10 +182,7 @@ impl Allocation {
 
     /// Channels that may use the fast path now (bound, and their peer permitted), compared
     /// with those installed: returns (to install, to remove) and records the new set.
-    pub(super) fn sync_flows(
-        &mut self,
-        now: Instant,
-    ) -> (Vec<(u16, SocketAddr)>, Vec<(u16, SocketAddr)>) {
+    pub(super) fn sync_flows(&mut self, now: Instant) -> (Vec<Flow>, Vec<Flow>) {
         let live: HashMap<u16, SocketAddr> = self
             .channels
             .iter()

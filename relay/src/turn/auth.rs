@@ -99,8 +99,11 @@ impl Authenticator {
         let tag = mac.finalize().into_bytes();
         tag[..NONCE_MAC_HEX / 2]
             .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+            .fold(String::with_capacity(NONCE_MAC_HEX), |mut hex, b| {
+                use std::fmt::Write as _;
+                let _ = write!(hex, "{b:02x}");
+                hex
+            })
     }
 
     fn nonce_is_fresh(&self, nonce: &str, unix_now: u64) -> bool {

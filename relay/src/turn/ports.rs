@@ -33,7 +33,7 @@ impl PortPool {
         rng: &mut impl rand::Rng,
     ) -> Option<u16> {
         let fits = |pool: &Self, port: u16| {
-            (!even || port % 2 == 0)
+            (!even || port.is_multiple_of(2))
                 && !pool.in_use.contains(&SocketAddr::new(ip, port))
                 && (!pair
                     || (port < pool.max && !pool.in_use.contains(&SocketAddr::new(ip, port + 1))))

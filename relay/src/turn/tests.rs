@@ -94,12 +94,12 @@ impl Harness {
         out
     }
 
-    fn from_client(&mut self, tuple: ClientTuple, bytes: &[u8]) -> Vec<Output> {
+    fn client_sends(&mut self, tuple: ClientTuple, bytes: &[u8]) -> Vec<Output> {
         self.server.handle_client(self.now, tuple, bytes);
         self.drain()
     }
 
-    fn from_peer(&mut self, relayed: SocketAddr, peer: SocketAddr, bytes: &[u8]) -> Vec<Output> {
+    fn peer_sends(&mut self, relayed: SocketAddr, peer: SocketAddr, bytes: &[u8]) -> Vec<Output> {
         self.server.handle_peer(self.now, relayed, peer, bytes);
         self.drain()
     }
@@ -176,7 +176,7 @@ impl Client {
     ) -> Vec<u8> {
         for _ in 0..3 {
             let req = self.request(method, &attrs);
-            let response = response_in(&h.from_client(self.tuple, &req));
+            let response = response_in(&h.client_sends(self.tuple, &req));
             let msg = Message::decode(&response).unwrap();
             let retry = match error_code(&msg) {
                 Some(401) => self.nonce.is_none(),
@@ -236,7 +236,7 @@ impl Client {
         let mut b = MessageBuilder::new(Class::Indication, Method::SEND, tid);
         b.add_xor_address(attr::XOR_PEER_ADDRESS, peer)
             .add(attr::DATA, data);
-        h.from_client(self.tuple, &b.build())
+        h.client_sends(self.tuple, &b.build())
     }
 }
 
@@ -301,7 +301,7 @@ fn binding_request_gets_its_mapped_address_without_credentials() {
     };
     let mut b = MessageBuilder::new(Class::Request, Method::BINDING, [3; 12]);
     b.add_fingerprint();
-    let r = only_response(&h.from_client(tuple, &b.build()));
+    let r = only_response(&h.client_sends(tuple, &b.build()));
     let msg = Message::decode(&r).unwrap();
     assert_eq!(
         (msg.class(), msg.transaction_id()),
@@ -318,7 +318,7 @@ fn binding_request_gets_its_mapped_address_without_credentials() {
     );
     // A Binding indication (keepalive) gets nothing back.
     let ind = MessageBuilder::new(Class::Indication, Method::BINDING, [4; 12]).build();
-    assert!(h.from_client(tuple, &ind).is_empty());
+    assert!(h.client_sends(tuple, &ind).is_empty());
 }
 
 #[test]
@@ -328,7 +328,7 @@ fn allocate_is_challenged_then_granted_with_integrity() {
     let first = c.request(Method::ALLOCATE, |b| {
         b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
     });
-    let r = leak(only_response(&h.from_client(c.tuple, &first)));
+    let r = leak(only_response(&h.client_sends(c.tuple, &first)));
     assert_eq!(error_code(&r), Some(401));
     assert_eq!(r.get(attr::REALM), Some(REALM.as_bytes()));
     assert!(r.get(attr::NONCE).is_some());
@@ -378,7 +378,7 @@ fn stale_nonce_is_answered_438_and_a_fresh_one_works() {
     assert_eq!(c.refresh(&mut h, 600).class(), Class::Success);
     h.advance(Duration::from_secs(101));
     let req = c.request(Method::REFRESH, |_| {});
-    let r = leak(only_response(&h.from_client(c.tuple, &req)));
+    let r = leak(only_response(&h.client_sends(c.tuple, &req)));
     assert_eq!(error_code(&r), Some(438));
     // `call` picks up the new nonce and retries.
     let r = c.refresh(&mut h, 600);
@@ -397,7 +397,7 @@ fn retransmitted_allocate_gets_the_same_answer_and_a_new_one_437() {
         .add(attr::REALM, REALM.as_bytes())
         .add(attr::NONCE, c.nonce.clone().unwrap().as_bytes())
         .add_message_integrity(&c.key());
-    let again = leak(only_response(&h.from_client(c.tuple, &b.build())));
+    let again = leak(only_response(&h.client_sends(c.tuple, &b.build())));
     assert_eq!(again.class(), Class::Success);
     let r = leak(c.call(&mut h, Method::ALLOCATE, |b| {
         b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
@@ -524,7 +524,7 @@ fn send_and_data_indications_follow_permissions() {
         to_peer(&c.send(&mut h, peer, b"early")).is_empty(),
         "no permission yet"
     );
-    assert!(h.from_peer(relayed, peer, b"early").is_empty());
+    assert!(h.peer_sends(relayed, peer, b"early").is_empty());
     assert_eq!(h.server.stats().unpermitted, 2);
 
     assert_eq!(c.permit(&mut h, peer).class(), Class::Success);
@@ -534,7 +534,7 @@ fn send_and_data_indications_follow_permissions() {
     );
     // The permission covers the peer's IP, any port (RFC 8656 section 9).
     let other_port = addr("10.77.0.21:9999");
-    let data = only_response(&h.from_peer(relayed, other_port, b"reply"));
+    let data = only_response(&h.peer_sends(relayed, other_port, b"reply"));
     let msg = Message::decode(&data).unwrap();
     assert_eq!(
         (msg.class(), msg.method()),
@@ -554,7 +554,7 @@ fn send_and_data_indications_follow_permissions() {
         to_peer(&c.send(&mut h, peer, b"late")).is_empty(),
         "permission expired after 300 s"
     );
-    assert!(h.from_peer(relayed, peer, b"late").is_empty());
+    assert!(h.peer_sends(relayed, peer, b"late").is_empty());
 }
 
 #[test]
@@ -582,10 +582,10 @@ fn channels_carry_data_both_ways_and_drive_the_fast_path() {
     }
     .encode(false);
     assert_eq!(
-        to_peer(&h.from_client(c.tuple, &cd)),
+        to_peer(&h.client_sends(c.tuple, &cd)),
         [(relayed, peer, b"rtp".to_vec())]
     );
-    let back = only_response(&h.from_peer(relayed, peer, b"rtcp"));
+    let back = only_response(&h.peer_sends(relayed, peer, b"rtcp"));
     assert_eq!(
         ChannelData::decode(&back).unwrap(),
         ChannelData {
@@ -600,15 +600,15 @@ fn channels_carry_data_both_ways_and_drive_the_fast_path() {
         data: b"x",
     }
     .encode(false);
-    assert!(h.from_client(c.tuple, &stray).is_empty());
+    assert!(h.client_sends(c.tuple, &stray).is_empty());
 
     // The permission (300 s) lapses before the channel (600 s): the flow goes down, and
     // comes back when the permission is renewed.
     let out = h.advance(Duration::from_secs(300));
     assert!(out.contains(&Output::FlowDown(flow)), "{out:?}");
-    assert!(to_peer(&h.from_client(c.tuple, &cd)).is_empty());
+    assert!(to_peer(&h.client_sends(c.tuple, &cd)).is_empty());
     c.permit(&mut h, peer);
-    assert_eq!(to_peer(&h.from_client(c.tuple, &cd)).len(), 1);
+    assert_eq!(to_peer(&h.client_sends(c.tuple, &cd)).len(), 1);
     let out = h.advance(Duration::from_secs(300));
     assert!(
         out.contains(&Output::FlowDown(flow)),
@@ -627,7 +627,7 @@ fn channel_bind_announces_the_flow_and_refuses_conflicts() {
         b.add(attr::CHANNEL_NUMBER, &[0x40, 0x00, 0, 0]);
         b.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
     });
-    let out = h.from_client(c.tuple, &req);
+    let out = h.client_sends(c.tuple, &req);
     assert_eq!(
         out[0],
         Output::FlowUp(ChannelFlow {
@@ -672,12 +672,12 @@ fn stream_clients_get_padded_channel_data_and_no_fast_path() {
         b.add(attr::CHANNEL_NUMBER, &[0x40, 0x00, 0, 0]);
         b.add_xor_address(attr::XOR_PEER_ADDRESS, addr(PEER));
     });
-    let out = h.from_client(c.tuple, &req);
+    let out = h.client_sends(c.tuple, &req);
     assert!(
         !out.iter().any(|o| matches!(o, Output::FlowUp(_))),
         "{out:?}"
     );
-    let back = only_response(&h.from_peer(relayed, addr(PEER), b"12345"));
+    let back = only_response(&h.peer_sends(relayed, addr(PEER), b"12345"));
     assert_eq!(back.len(), 4 + 8, "5 bytes padded to 8");
 }
 
@@ -812,8 +812,8 @@ fn garbage_is_counted_and_harms_no_one() {
         &bad_fingerprint,
         &[0x80; 64],
     ] {
-        assert!(h.from_client(stranger, junk).is_empty());
-        assert!(h.from_client(c.tuple, junk).is_empty());
+        assert!(h.client_sends(stranger, junk).is_empty());
+        assert!(h.client_sends(c.tuple, junk).is_empty());
     }
     assert!(h.server.stats().malformed >= 10);
     assert_eq!(

@@ -1,4 +1,9 @@
 //! Helpers shared by the lab tests: the real `relay` binary run inside a lab namespace.
+// Every test binary compiles this module and uses only part of it.
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of these helpers"
+)]
 
 use std::{
     io::{BufRead as _, BufReader, Read as _},
@@ -127,34 +132,6 @@ pub(crate) fn xdp_attachment(lab: &Lab, host: Host) -> Option<String> {
     text.split_whitespace()
         .find(|w| w.starts_with("xdp"))
         .map(str::to_owned)
-}
-
-/// Waits until a UDP socket is bound to `port` in `host`'s namespace (for peers such as
-/// `turnutils_peer`, which say nothing when ready). Polls `ss`, for at most 10 s.
-pub(crate) fn wait_udp_bound(lab: &Lab, host: Host, port: u16) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::time::Instant::now() < deadline {
-        let out = lab
-            .command(host, "ss")
-            .args(["-Hlun", &format!("sport = :{port}")])
-            .output()
-            .unwrap();
-        if !out.stdout.is_empty() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("nothing bound UDP port {port} in {host}");
-}
-
-/// A child process killed (and reaped) on drop.
-pub(crate) struct Background(pub(crate) Child);
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A directory under the system temp dir, removed on drop.
