@@ -17,7 +17,10 @@ use xtask::lab::{Host, Lab};
 
 const DATAGRAMS: usize = 200;
 const PAYLOAD: usize = 172;
-const PORT: u16 = 3478;
+/// A port of a test socket on the relay host (TURN has 3478).
+const PORT: u16 = 5004;
+/// TURN refuses to start without credentials; these tests are about XDP.
+const CREDENTIALS: [&str; 2] = ["--user", "lab:lab"];
 
 /// Sends `DATAGRAMS` datagrams from client-a to `to` and waits until a socket in the relay's
 /// namespace has received every one of them (UDP over a lossless veth: none may be missing).
@@ -64,8 +67,22 @@ fn native_xdp_counts_real_udp_and_detaches_on_sigint() {
     let relay = RunningRelay::start(
         &lab,
         Host::Relay,
-        &["run", "--interface", "eth0", "--xdp-mode", "native"],
-        "XDP attached to eth0 in native (driver) mode",
+        &[
+            "run",
+            CREDENTIALS[0],
+            CREDENTIALS[1],
+            "--interface",
+            "eth0",
+            "--xdp-mode",
+            "native",
+        ],
+        // Logged once the signal handlers are in place.
+        "TURN on",
+    );
+    assert!(
+        relay.logged("XDP attached to eth0 in native (driver) mode"),
+        "{:?}",
+        relay.log_lines()
     );
     assert_eq!(xdp_attachment(&lab, Host::Relay).as_deref(), Some("xdp"));
 
@@ -103,8 +120,22 @@ fn generic_mode_on_request_and_detach_on_sigterm() {
     let relay = RunningRelay::start(
         &lab,
         Host::Relay,
-        &["run", "--interface", "eth0", "--xdp-mode", "generic"],
-        "XDP attached to eth0 in generic (skb) mode",
+        &[
+            "run",
+            CREDENTIALS[0],
+            CREDENTIALS[1],
+            "--interface",
+            "eth0",
+            "--xdp-mode",
+            "generic",
+        ],
+        // Logged once the signal handlers are in place.
+        "TURN on",
+    );
+    assert!(
+        relay.logged("XDP attached to eth0 in generic (skb) mode"),
+        "{:?}",
+        relay.log_lines()
     );
     assert_eq!(
         xdp_attachment(&lab, Host::Relay).as_deref(),
@@ -125,7 +156,13 @@ fn unknown_interface_is_a_clear_error() {
     let lab = Lab::up("rt-noif").unwrap();
     let out = lab
         .command(Host::Relay, env!("CARGO_BIN_EXE_relay"))
-        .args(["run", "--interface", "nosuch0"])
+        .args([
+            "run",
+            CREDENTIALS[0],
+            CREDENTIALS[1],
+            "--interface",
+            "nosuch0",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -144,8 +181,8 @@ fn broken_frames_from_the_wire_are_dropped_and_counted() {
     let relay = RunningRelay::start(
         &lab,
         Host::Relay,
-        &["run", "--interface", "eth0"],
-        "XDP attached",
+        &["run", CREDENTIALS[0], CREDENTIALS[1], "--interface", "eth0"],
+        "TURN on",
     );
     let mut ipv4_udp = vec![0x45, 0, 0, 44, 0, 0, 0x40, 0, 64, 17, 0, 0];
     ipv4_udp.extend_from_slice(&Host::ClientB.ipv4().octets());

@@ -12,7 +12,7 @@ fn not_root_is_refused_with_a_clear_message() {
             "--inh-caps=-all",
         ])
         .arg(env!("CARGO_BIN_EXE_relay"))
-        .args(["run", "--interface", "lo"])
+        .args(["run", "--user", "a:b", "--interface", "lo"])
         .output()
         .expect("running setpriv (util-linux)");
     assert!(!out.status.success());
@@ -26,7 +26,7 @@ fn missing_bpffs_is_mounted() {
     let out = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(format!(
-            "mount -t tmpfs none /sys/fs/bpf && exec {} run --interface nosuch0",
+            "mount -t tmpfs none /sys/fs/bpf && exec {} run --user a:b --interface nosuch0",
             env!("CARGO_BIN_EXE_relay")
         ))
         .output()

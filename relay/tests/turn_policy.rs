@@ -230,6 +230,7 @@ fn garbage_from_anyone_disturbs_no_one() {
 /// `--max-bps` holds an allocation to its budget: what reaches the peer never exceeds the
 /// burst (one second's worth) plus the rate times the time taken.
 #[test]
+#[expect(clippy::cast_precision_loss, reason = "bit counts far below 2^52")]
 fn max_bps_limits_each_allocation() {
     const BPS: u64 = 400_000;
     let lab = Lab::up("tp-bps").unwrap();

@@ -77,7 +77,7 @@ fn demo(lab: &Lab, relay: &std::path::Path, config: &std::path::Path) -> anyhow:
             .nth(1)
             .filter(|_| line.contains("XDP attached"))
         {
-            mode = m.trim_end_matches(" mode").to_owned();
+            m.trim_end_matches(" mode").clone_into(&mut mode);
         }
         if line.contains("TURN on") {
             break;
@@ -101,7 +101,41 @@ fn demo(lab: &Lab, relay: &std::path::Path, config: &std::path::Path) -> anyhow:
     lab.wait_udp_bound(Host::Peer, PEER_PORT)?;
 
     let started = Instant::now();
-    let sessions = [
+    let sessions = sessions(lab)?;
+    drop(peer);
+
+    // A datagram sent after the broken frames on the same path arrives after XDP has judged
+    // them: wait for it instead of guessing how long that takes.
+    let marker_to = SocketAddr::new(Host::Relay.ipv4().into(), 3479);
+    let marker = lab.in_netns(Host::Relay, || UdpSocket::bind(marker_to))??;
+    marker.set_read_timeout(Some(Duration::from_secs(5)))?;
+    lab.send_frames(Host::ClientB, &broken_frames())?;
+    lab.in_netns(Host::ClientB, || {
+        UdpSocket::bind("0.0.0.0:0")?.send_to(b"marker", marker_to)
+    })??;
+    marker
+        .recv_from(&mut [0; 16])
+        .context("the marker datagram never arrived")?;
+    let elapsed = started.elapsed();
+
+    kill(Pid::from_raw(child.0.id().cast_signed()), Signal::SIGINT)?;
+    let mut table = String::new();
+    child
+        .0
+        .stdout
+        .take()
+        .context("no stdout")?
+        .read_to_string(&mut table)?;
+    let status = child.0.wait()?;
+    if !status.success() {
+        bail!("relay exited with {status}");
+    }
+    report(&sessions, &table, &mode, elapsed)
+}
+
+/// The demo's TURN sessions, one after the other.
+fn sessions(lab: &Lab) -> anyhow::Result<[Session; 3]> {
+    Ok([
         session(
             lab,
             "UDP, channels, static user",
@@ -144,36 +178,7 @@ fn demo(lab: &Lab, relay: &std::path::Path, config: &std::path::Path) -> anyhow:
                 "fd77::1",
             ],
         )?,
-    ];
-    drop(peer);
-
-    // A datagram sent after the broken frames on the same path arrives after XDP has judged
-    // them: wait for it instead of guessing how long that takes.
-    let marker_to = SocketAddr::new(Host::Relay.ipv4().into(), 3479);
-    let marker = lab.in_netns(Host::Relay, || UdpSocket::bind(marker_to))??;
-    marker.set_read_timeout(Some(Duration::from_secs(5)))?;
-    lab.send_frames(Host::ClientB, &broken_frames())?;
-    lab.in_netns(Host::ClientB, || {
-        UdpSocket::bind("0.0.0.0:0")?.send_to(b"marker", marker_to)
-    })??;
-    marker
-        .recv_from(&mut [0; 16])
-        .context("the marker datagram never arrived")?;
-    let elapsed = started.elapsed();
-
-    kill(Pid::from_raw(child.0.id().cast_signed()), Signal::SIGINT)?;
-    let mut table = String::new();
-    child
-        .0
-        .stdout
-        .take()
-        .context("no stdout")?
-        .read_to_string(&mut table)?;
-    let status = child.0.wait()?;
-    if !status.success() {
-        bail!("relay exited with {status}");
-    }
-    report(&sessions, &table, &mode, elapsed)
+    ])
 }
 
 /// Runs turnutils_uclient from client A with `flags` and reads its closing figures.

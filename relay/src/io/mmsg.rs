@@ -2,6 +2,14 @@
 //! task writes when it has queued commands. Receives up to `BATCH` datagrams per system call
 //! and sends each socket's queue with one sendmmsg.
 
+// Syscall glue: counts and lengths move between the kernel's C types and Rust's, and are
+// checked non-negative before any conversion that could lose a sign.
+#![expect(
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    reason = "syscall glue, results checked first"
+)]
+
 use std::{
     collections::HashMap,
     net::{SocketAddr, UdpSocket},

@@ -47,7 +47,7 @@ pub(crate) async fn serve(
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
-                            connection(tls, tuple(Transport::Tls, client, server), events).await
+                            connection(tls, tuple(Transport::Tls, client, server), events).await;
                         }
                         Ok(Err(e)) => log::debug!("TLS handshake with {client} failed: {e}"),
                         Err(_) => log::debug!("TLS handshake with {client} timed out"),

@@ -55,6 +55,7 @@ impl BufRing {
         )
         .map_err(std::io::Error::other)?;
         // SAFETY: the layout has a non-zero size.
+        #[expect(clippy::cast_ptr_alignment, reason = "the layout is aligned to a page")]
         let entries = unsafe { alloc_zeroed(layout) }.cast::<types::BufRingEntry>();
         if entries.is_null() {
             return Err(std::io::Error::other("out of memory for the buffer ring"));
@@ -119,7 +120,9 @@ struct UringIo {
     /// submitted (their fd must not be reused by then).
     closing: Vec<UdpSocket>,
     to_submit: Vec<squeue::Entry>,
-    slots: Vec<Box<SendSlot>>,
+    /// Fixed at start-up: a boxed slice never moves its elements, so the kernel's pointers
+    /// into a slot stay valid until the slot's completion.
+    slots: Box<[SendSlot]>,
     free_slots: Vec<usize>,
     recv_hdr: Box<libc::msghdr>,
     send_errors: u64,
@@ -243,7 +246,7 @@ impl Uring {
                 BUFFERS,
                 BUFFER_GROUP,
                 0,
-            )?
+            )?;
         };
         // SAFETY: all-zero msghdr is valid; the kernel only reads the lengths of a
         // multishot recvmsg's template.
@@ -251,7 +254,7 @@ impl Uring {
         recv_hdr.msg_namelen = size_of::<libc::sockaddr_in6>() as u32;
         let slots = (0..SEND_SLOTS)
             .map(|_| {
-                Box::new(SendSlot {
+                SendSlot {
                     // SAFETY: all-zero msghdr is valid.
                     hdr: unsafe { std::mem::zeroed() },
                     iov: libc::iovec {
@@ -260,7 +263,7 @@ impl Uring {
                     },
                     to: SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0))),
                     data: Vec::with_capacity(BUF_SIZE),
-                })
+                }
             })
             .collect();
         Ok(Self {
@@ -366,7 +369,10 @@ impl Uring {
         if result >= 0 && current {
             if let Some(bid) = bid {
                 let buf = self.bufs.buffer(bid);
-                match types::RecvMsgOut::parse(&buf[..result as usize], &self.io.recv_hdr) {
+                match types::RecvMsgOut::parse(
+                    &buf[..result.unsigned_abs() as usize],
+                    &self.io.recv_hdr,
+                ) {
                     Ok(out) if !out.is_payload_truncated() => {
                         if let Some(from) = sockaddr(out.name_data()) {
                             dp.on_datagram(&mut self.io, id, from, out.payload_data());

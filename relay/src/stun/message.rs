@@ -172,7 +172,7 @@ impl<'a> Message<'a> {
             }
             match typ {
                 super::attr::MESSAGE_INTEGRITY if msg.integrity.is_none() => {
-                    msg.integrity = Some(offset)
+                    msg.integrity = Some(offset);
                 }
                 super::attr::MESSAGE_INTEGRITY_SHA256 if msg.integrity_sha256.is_none() => {
                     msg.integrity_sha256 = Some(offset);

@@ -237,7 +237,7 @@ impl Server {
         match data.first().map(|b| classify(*b)) {
             Some(Kind::Stun) => match Message::decode(data) {
                 Ok(msg) if msg.verify_fingerprint() != Some(false) => {
-                    self.handle_stun(now, tuple, &msg)
+                    self.handle_stun(now, tuple, &msg);
                 }
                 _ => self.stats.malformed += 1,
             },

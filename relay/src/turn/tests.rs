@@ -183,12 +183,11 @@ impl Client {
                 Some(438) => true,
                 _ => false,
             };
-            match retry {
-                true => {
-                    self.nonce =
-                        Some(String::from_utf8(msg.get(attr::NONCE).unwrap().to_vec()).unwrap());
-                }
-                _ => return response,
+            if retry {
+                self.nonce =
+                    Some(String::from_utf8(msg.get(attr::NONCE).unwrap().to_vec()).unwrap());
+            } else {
+                return response;
             }
         }
         panic!("{method} kept being refused");
