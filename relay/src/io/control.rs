@@ -9,7 +9,7 @@ use std::{
 };
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver as EventReceiver;
 
 use super::{
     datapath::{Command, Event},
@@ -37,7 +37,7 @@ impl Control {
     /// Runs until `shutdown` resolves or every event sender is gone.
     pub(crate) async fn run(
         mut self,
-        mut events: UnboundedReceiver<Event>,
+        mut events: EventReceiver<Event>,
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);

@@ -12,7 +12,7 @@ use std::{
 };
 
 use relay_common::TokenBucket;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{Sender, error::TrySendError};
 
 use crate::{
     stun::{ChannelData, Kind, classify},
@@ -61,7 +61,7 @@ pub(crate) enum Event {
     },
     StreamOpen {
         tuple: ClientTuple,
-        writer: tokio::sync::mpsc::Sender<Vec<u8>>,
+        writer: Sender<Vec<u8>>,
     },
     StreamClosed {
         tuple: ClientTuple,
@@ -100,6 +100,8 @@ pub(crate) struct Stats {
     pub(crate) up: u64,
     /// Relayed datagrams dropped for an allocation's `--max-bps`.
     pub(crate) over_limit: u64,
+    /// Datagrams dropped because the control task's queue was full.
+    pub(crate) control_full: u64,
 }
 
 pub(crate) struct Datapath {
@@ -109,14 +111,14 @@ pub(crate) struct Datapath {
     relays: HashMap<SocketAddr, Relay>,
     by_client: HashMap<(SocketAddr, SocketAddr, u16), (SocketAddr, SocketAddr)>,
     by_peer: HashMap<(SocketAddr, SocketAddr), (SocketAddr, SocketAddr, u16)>,
-    events: UnboundedSender<Event>,
+    events: Sender<Event>,
     epoch: Instant,
     scratch: Vec<u8>,
     pub(crate) stats: Stats,
 }
 
 impl Datapath {
-    pub(crate) fn new(events: UnboundedSender<Event>) -> Self {
+    pub(crate) fn new(events: Sender<Event>) -> Self {
         Self {
             roles: Vec::new(),
             free_ids: Vec::new(),
@@ -300,9 +302,13 @@ impl Datapath {
     }
 
     fn up(&mut self, event: Event) {
-        self.stats.up += 1;
-        // The control task only goes away at shutdown.
-        let _ = self.events.send(event);
+        // A full queue means the control task is behind (a flood): drop and count rather
+        // than grow without bound. Closed only at shutdown.
+        match self.events.try_send(event) {
+            Ok(()) => self.stats.up += 1,
+            Err(TrySendError::Full(_)) => self.stats.control_full += 1,
+            Err(TrySendError::Closed(_)) => {}
+        }
     }
 
     fn now_ns(&self) -> u64 {
@@ -315,5 +321,141 @@ fn allow(limit: &mut Option<(TokenBucket, u64)>, now_ns: u64, bytes: usize) -> b
     match limit {
         Some((bucket, bps)) => bucket.take(now_ns, bytes as u64 * 8, *bps, *bps),
         None => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records what the data path asks of its backend.
+    #[derive(Default)]
+    struct FakeIo {
+        added: Vec<SocketId>,
+        sent: Vec<(SocketId, SocketAddr, Vec<u8>)>,
+    }
+
+    impl Io for FakeIo {
+        fn add(&mut self, id: SocketId, _socket: UdpSocket) {
+            self.added.push(id);
+        }
+
+        fn remove(&mut self, _id: SocketId) {}
+
+        fn send(&mut self, id: SocketId, to: SocketAddr, data: &[u8]) {
+            self.sent.push((id, to, data.to_vec()));
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// A real socket to hand over (the fake backend never reads it).
+    fn udp() -> UdpSocket {
+        UdpSocket::bind("127.0.0.1:0").unwrap()
+    }
+
+    /// A data path with one listener (id 0) and one relayed socket (id 1) for `flow`.
+    fn setup(
+        max_bps: Option<u64>,
+        queue: usize,
+    ) -> (
+        Datapath,
+        FakeIo,
+        tokio::sync::mpsc::Receiver<Event>,
+        ChannelFlow,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(queue);
+        let mut dp = Datapath::new(tx);
+        let mut io = FakeIo::default();
+        let listener = udp();
+        let listen_addr = listener.local_addr().unwrap();
+        dp.add_listener(&mut io, listener).unwrap();
+        let relayed = addr("127.0.0.1:50000");
+        dp.on_command(
+            &mut io,
+            Command::AddRelay {
+                addr: relayed,
+                socket: udp(),
+                max_bps,
+            },
+        );
+        let flow = ChannelFlow {
+            client: ClientTuple {
+                transport: Transport::Udp,
+                client: addr("192.0.2.11:4000"),
+                server: listen_addr,
+            },
+            relayed,
+            channel: 0x4000,
+            peer: addr("198.51.100.21:3480"),
+        };
+        (dp, io, rx, flow)
+    }
+
+    #[test]
+    fn installed_flows_are_forwarded_both_ways_without_the_server() {
+        let (mut dp, mut io, mut rx, flow) = setup(None, 16);
+        let cd = ChannelData {
+            channel: 0x4000,
+            data: b"rtp",
+        }
+        .encode(false);
+        // Before the flow is installed, ChannelData goes up to the server.
+        dp.on_datagram(&mut io, 0, flow.client.client, &cd);
+        assert!(matches!(rx.try_recv(), Ok(Event::Client { .. })));
+        dp.on_command(&mut io, Command::FlowUp(flow));
+        dp.on_datagram(&mut io, 0, flow.client.client, &cd);
+        assert_eq!(io.sent.last(), Some(&(1, flow.peer, b"rtp".to_vec())));
+        dp.on_datagram(&mut io, 1, flow.peer, b"rtcp");
+        let back = ChannelData {
+            channel: 0x4000,
+            data: b"rtcp",
+        }
+        .encode(false);
+        assert_eq!(io.sent.last(), Some(&(0, flow.client.client, back)));
+        assert_eq!((dp.stats.fast_to_peer, dp.stats.fast_to_client), (1, 1));
+        // Another peer of the same allocation is not in the table: up it goes.
+        dp.on_datagram(&mut io, 1, addr("198.51.100.22:3480"), b"x");
+        assert!(matches!(rx.try_recv(), Ok(Event::Peer { .. })));
+        dp.on_command(&mut io, Command::FlowDown(flow));
+        dp.on_datagram(&mut io, 0, flow.client.client, &cd);
+        assert!(matches!(rx.try_recv(), Ok(Event::Client { .. })));
+    }
+
+    #[test]
+    fn max_bps_drops_and_counts_in_both_directions() {
+        // 8000 bit/s, a one-second burst: one 1000-byte payload, then nothing.
+        let (mut dp, mut io, _rx, flow) = setup(Some(8000), 16);
+        dp.on_command(&mut io, Command::FlowUp(flow));
+        let cd = ChannelData {
+            channel: 0x4000,
+            data: &[0; 1000],
+        }
+        .encode(false);
+        dp.on_datagram(&mut io, 0, flow.client.client, &cd);
+        dp.on_datagram(&mut io, 0, flow.client.client, &cd);
+        dp.on_datagram(&mut io, 1, flow.peer, &[0; 10]);
+        dp.on_command(
+            &mut io,
+            Command::SendToPeer {
+                relayed: flow.relayed,
+                peer: flow.peer,
+                data: vec![0; 10],
+            },
+        );
+        assert_eq!(io.sent.len(), 1);
+        assert_eq!(dp.stats.over_limit, 3);
+    }
+
+    #[test]
+    fn a_full_control_queue_drops_and_counts_instead_of_growing() {
+        let (mut dp, mut io, mut rx, flow) = setup(None, 2);
+        for _ in 0..5 {
+            dp.on_datagram(&mut io, 0, flow.client.client, b"\x00\x01\x00\x00garbage");
+        }
+        assert_eq!((dp.stats.up, dp.stats.control_full), (2, 3));
+        assert!(rx.try_recv().is_ok() && rx.try_recv().is_ok() && rx.try_recv().is_err());
     }
 }

@@ -21,6 +21,9 @@ use crate::{
     turn::Server,
 };
 
+/// Datagrams and stream records waiting for the control task.
+const EVENT_QUEUE: usize = 65_536;
+
 /// The backend the data path ended up with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -36,7 +39,9 @@ pub async fn serve(run: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow
             .with_context(|| format!("listening-port: cannot bind UDP {addr}"))?;
         listeners.push(socket);
     }
-    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    // Bounded: under a flood the data path drops (and counts) what the control task cannot
+    // take, and stream readers wait, instead of memory growing without limit.
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
     let (commands_tx, commands_rx) = mpsc::channel();
     let wake = Arc::new(wake::Wake::new().context("eventfd")?);
 

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::TcpListener,
-    sync::mpsc::UnboundedSender,
+    sync::mpsc::Sender,
 };
 
 use super::datapath::Event;
@@ -24,7 +24,7 @@ const WRITE_QUEUE: usize = 1024;
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    events: UnboundedSender<Event>,
+    events: Sender<Event>,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
@@ -69,11 +69,12 @@ const fn tuple(transport: Transport, client: SocketAddr, server: SocketAddr) -> 
 async fn connection<S: AsyncRead + AsyncWrite + Send + 'static>(
     stream: S,
     tuple: ClientTuple,
-    events: UnboundedSender<Event>,
+    events: Sender<Event>,
 ) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     if events
         .send(Event::StreamOpen { tuple, writer: tx })
+        .await
         .is_err()
     {
         return;
@@ -104,7 +105,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Send + 'static>(
                 }
                 Record::Complete(len) => {
                     let data: Vec<u8> = buf.drain(..len).collect();
-                    if events.send(Event::Client { tuple, data }).is_err() {
+                    if events.send(Event::Client { tuple, data }).await.is_err() {
                         break 'read;
                     }
                 }
@@ -112,7 +113,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Send + 'static>(
         }
     }
     write.abort();
-    let _ = events.send(Event::StreamClosed { tuple });
+    let _ = events.send(Event::StreamClosed { tuple }).await;
 }
 
 #[derive(Debug, PartialEq, Eq)]
