@@ -2,7 +2,7 @@
 //! permissions and channel bindings.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
@@ -56,8 +56,9 @@ pub(super) struct Allocation {
     channels: HashMap<u16, Channel>,
     channel_by_peer: HashMap<SocketAddr, u16>,
     cooldowns: Vec<Cooldown>,
-    /// Channels whose flow is installed in the fast path.
-    installed: HashSet<u16>,
+    /// Flows installed in the fast path, with their peer: kept here, not looked up, so a
+    /// flow can be removed after its channel and reservation are long gone.
+    installed: HashMap<u16, SocketAddr>,
 }
 
 impl Allocation {
@@ -80,7 +81,7 @@ impl Allocation {
             channels: HashMap::new(),
             channel_by_peer: HashMap::new(),
             cooldowns: Vec::new(),
-            installed: HashSet::new(),
+            installed: HashMap::new(),
         }
     }
 
@@ -191,41 +192,21 @@ impl Allocation {
             .collect();
         let add = live
             .iter()
-            .filter(|(n, _)| !self.installed.contains(n))
+            .filter(|(n, p)| self.installed.get(n) != Some(p))
             .map(|(n, p)| (*n, *p))
             .collect();
-        let mut remove = Vec::new();
-        for n in self.installed.iter().filter(|n| !live.contains_key(n)) {
-            // The peer of a removed flow: still bound, or remembered in its cooldown.
-            let peer = self.channels.get(n).map(|c| c.peer).or_else(|| {
-                self.cooldowns
-                    .iter()
-                    .rev()
-                    .find(|c| c.number == *n)
-                    .map(|c| c.peer)
-            });
-            if let Some(peer) = peer {
-                remove.push((*n, peer));
-            }
-        }
-        self.installed = live.keys().copied().collect();
+        let remove = self
+            .installed
+            .iter()
+            .filter(|(n, p)| live.get(n) != Some(p))
+            .map(|(n, p)| (*n, *p))
+            .collect();
+        self.installed = live;
         (add, remove)
     }
 
     /// Every installed flow, for removal when the allocation ends.
-    pub(super) fn installed_flows(&self) -> Vec<(u16, SocketAddr)> {
-        self.installed
-            .iter()
-            .filter_map(|n| {
-                let peer = self.channels.get(n).map(|c| c.peer).or_else(|| {
-                    self.cooldowns
-                        .iter()
-                        .rev()
-                        .find(|c| c.number == *n)
-                        .map(|c| c.peer)
-                })?;
-                Some((*n, peer))
-            })
-            .collect()
+    pub(super) fn installed_flows(&self) -> Vec<Flow> {
+        self.installed.iter().map(|(n, p)| (*n, *p)).collect()
     }
 }

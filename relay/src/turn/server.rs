@@ -419,7 +419,13 @@ impl Server {
         let Some(alloc) = self.allocations.remove(&tuple) else {
             return;
         };
-        for (channel, peer) in alloc.installed_flows() {
+        // Stream clients never had flows announced (see `sync_flows`).
+        let flows = if tuple.transport == Transport::Udp {
+            alloc.installed_flows()
+        } else {
+            Vec::new()
+        };
+        for (channel, peer) in flows {
             if let Some(relayed) = alloc.relayed_for(peer) {
                 self.outputs.push_back(Output::FlowDown(ChannelFlow {
                     client: tuple,
