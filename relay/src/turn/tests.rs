@@ -916,7 +916,7 @@ mod properties {
 
         #[test]
         fn sockets_and_flows_are_always_given_back(ops in prop::collection::vec(op(), 1..40)) {
-            let mut h = Harness::new(config());
+            let h = Harness::new(config());
             let clients = (0..4)
                 .map(|i| Client::new(if i % 2 == 0 { Transport::Udp } else { Transport::Tcp }, &format!("10.77.0.11:{}", 40000 + i), "alice", "secret"))
                 .collect();
