@@ -5,6 +5,8 @@
 //! never disagree about a layout.
 #![no_std]
 
+pub mod csum;
+pub mod flow;
 pub mod parse;
 pub mod token_bucket;
 pub mod verdict;

@@ -23,11 +23,13 @@ pub enum Verdict {
     /// Header fields contradict each other or the frame: IPv4 version or IHL invalid, IP total
     /// or payload length beyond the frame, UDP length outside the IP payload. Dropped.
     Malformed = 5,
+    /// A packet of an installed flow, rewritten and sent on (XDP_TX or XDP_REDIRECT).
+    Forwarded = 6,
 }
 
 impl Verdict {
     /// Number of verdicts: the size of the `VERDICTS` map.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
 
     /// Every verdict, in map-index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
@@ -37,6 +39,7 @@ impl Verdict {
         Self::NonIp,
         Self::Truncated,
         Self::Malformed,
+        Self::Forwarded,
     ];
 
     /// Whether the program lets the frame go on to the network stack (`XDP_PASS`) or drops it
@@ -45,9 +48,14 @@ impl Verdict {
         !matches!(self, Self::Truncated | Self::Malformed)
     }
 
-    /// The XDP action this verdict maps to (values from `enum xdp_action` in the kernel UAPI).
+    /// The XDP action this verdict maps to (values from `enum xdp_action` in the kernel
+    /// UAPI). A forwarded packet leaves by XDP_TX or, to another interface, XDP_REDIRECT.
     pub const fn xdp_action(self) -> u32 {
-        if self.passes() { XDP_PASS } else { XDP_DROP }
+        match self {
+            Self::Forwarded => XDP_TX,
+            Self::Truncated | Self::Malformed => XDP_DROP,
+            _ => XDP_PASS,
+        }
     }
 
     /// The map index.
@@ -64,6 +72,7 @@ impl Verdict {
             Self::NonIp => "non-ip",
             Self::Truncated => "truncated",
             Self::Malformed => "malformed",
+            Self::Forwarded => "forwarded",
         }
     }
 }
@@ -72,6 +81,8 @@ impl Verdict {
 pub const XDP_DROP: u32 = 1;
 /// `XDP_PASS` from the kernel's `enum xdp_action`.
 pub const XDP_PASS: u32 = 2;
+/// `XDP_TX` from the kernel's `enum xdp_action`.
+pub const XDP_TX: u32 = 3;
 
 /// Packets and bytes counted for one verdict on one CPU: the value of the `VERDICTS` map.
 /// Both fields are native-endian (the map is only ever read on the host that wrote it).
@@ -117,7 +128,12 @@ mod tests {
         let dropped: [Verdict; 2] = [Verdict::Truncated, Verdict::Malformed];
         for v in Verdict::ALL {
             assert_eq!(v.passes(), !dropped.contains(&v), "{v:?}");
-            assert_eq!(v.xdp_action(), if v.passes() { XDP_PASS } else { XDP_DROP });
+            let want = match v {
+                Verdict::Forwarded => XDP_TX,
+                _ if v.passes() => XDP_PASS,
+                _ => XDP_DROP,
+            };
+            assert_eq!(v.xdp_action(), want);
         }
     }
 

@@ -2,19 +2,29 @@
 #![no_std]
 #![no_main]
 
+mod forward;
 mod maps;
 mod parse;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
+use relay_common::Verdict;
 
-/// Classifies every frame, counts it under its verdict, and passes or drops it.
+/// Forwards the packets of installed flows; classifies and counts everything, and passes
+/// or drops what is not forwarded.
 #[xdp]
 fn relay_xdp(ctx: XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
     let verdict = match relay_common::parse::udp_frame(&parse::XdpFrame(&ctx)) {
-        Ok(frame) => frame.verdict(),
+        Ok(frame) => {
+            if let Some(action) = forward::forward(&ctx, &frame) {
+                maps::count(Verdict::Forwarded, len);
+                return action;
+            }
+            frame.verdict()
+        }
         Err(verdict) => verdict,
     };
-    maps::count(verdict, (ctx.data_end() - ctx.data()) as u64);
+    maps::count(verdict, len);
     verdict.xdp_action()
 }
 

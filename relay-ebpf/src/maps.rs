@@ -1,11 +1,44 @@
 //! The program's maps. Keys and values are defined in `relay-common`.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-use relay_common::{Counters, Verdict};
+use crate::forward::Scratch;
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::map,
+    maps::{DevMapHash, HashMap, PerCpuArray},
+};
+use relay_common::{
+    Counters, Verdict,
+    flow::{FlowAction, FlowKey, FlowStats},
+};
 
 /// Packets and bytes per verdict, per CPU; the daemon sums the CPUs.
 #[map]
 static VERDICTS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(Verdict::COUNT, 0);
+
+/// Flows the daemon installed: match -> action.
+#[map]
+static FLOWS: HashMap<FlowKey, FlowAction> = HashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// Counters of each flow, per CPU, indexed by `FlowAction::stats_index`.
+#[map]
+static FLOW_STATS: PerCpuArray<FlowStats> = PerCpuArray::with_max_entries(MAX_FLOWS, 0);
+
+/// Interfaces a flow may leave by when it is not the one it came in on, keyed by ifindex.
+#[map]
+static DEVICES: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+/// The fast path's working state, one per CPU.
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's scratch entry.
+#[inline(always)]
+pub(crate) fn scratch() -> Option<*mut Scratch> {
+    SCRATCH.get_ptr_mut(0)
+}
+
+/// Two flows per TURN channel: room for 32768 channels.
+pub(crate) const MAX_FLOWS: u32 = 65536;
 
 /// Adds one frame of `bytes` bytes to `verdict`'s counters on this CPU.
 #[inline(always)]
@@ -18,4 +51,34 @@ pub(crate) fn count(verdict: Verdict, bytes: u64) {
             (*counters).bytes += bytes;
         }
     }
+}
+
+/// The action installed for `key`. Map values stay valid for the whole program run (RCU),
+/// even if the daemon replaces or deletes the entry meanwhile.
+#[inline(always)]
+pub(crate) fn flow(key: &FlowKey) -> Option<&'static FlowAction> {
+    // SAFETY: see above; the program only reads the value.
+    unsafe { FLOWS.get(key) }
+}
+
+/// Counts a forwarded packet of `bytes` bytes for the flow's counters on this CPU.
+#[inline(always)]
+pub(crate) fn count_flow(index: u32, bytes: u64, now_ns: u64) {
+    if let Some(stats) = FLOW_STATS.get_ptr_mut(index) {
+        // SAFETY: as in `count`: a per-CPU value, written only by this CPU.
+        unsafe {
+            (*stats).packets += 1;
+            (*stats).bytes += bytes;
+            (*stats).last_seen_ns = now_ns;
+        }
+    }
+}
+
+/// Redirects to interface `ifindex` through `DEVICES`; without an entry the packet goes to
+/// the stack instead (the flags carry the fallback action).
+#[inline(always)]
+pub(crate) fn redirect(ifindex: u32) -> u32 {
+    DEVICES
+        .redirect(ifindex, u64::from(xdp_action::XDP_PASS))
+        .unwrap_or(xdp_action::XDP_PASS)
 }

@@ -23,3 +23,17 @@ impl Frame for XdpFrame<'_> {
         Some(unsafe { core::ptr::read_unaligned(start as *const [u8; N]) })
     }
 }
+
+impl XdpFrame<'_> {
+    /// Writes `bytes` at `offset`, or `None` when the frame is shorter.
+    #[inline(always)]
+    pub(crate) fn write<const N: usize>(&self, offset: usize, bytes: &[u8; N]) -> Option<()> {
+        let start = self.0.data() + offset;
+        if start + N > self.0.data_end() {
+            return None;
+        }
+        // SAFETY: `[start, start + N)` lies inside the packet (checked just above).
+        unsafe { core::ptr::write_unaligned(start as *mut [u8; N], *bytes) };
+        Some(())
+    }
+}

@@ -5,18 +5,23 @@ use std::{fmt, time::Duration};
 
 use aya::{
     Ebpf, EbpfError,
-    maps::{MapError, PerCpuArray},
+    maps::{HashMap as BpfHashMap, MapError, PerCpuArray},
     programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode},
 };
-use relay_common::{Counters, Verdict};
+use relay_common::{
+    Counters, Verdict,
+    flow::{FlowAction, FlowKey, FlowStats},
+};
 
 /// The XDP object built by `build.rs` from `relay-ebpf`.
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/relay-xdp"));
 
 /// Name of the XDP entry point in `relay-ebpf/src/main.rs`.
 const PROGRAM: &str = "relay_xdp";
-/// Name of the per-verdict counters map in `relay-ebpf/src/maps.rs`.
+/// Names of the maps in `relay-ebpf/src/maps.rs`.
 const VERDICTS_MAP: &str = "VERDICTS";
+const FLOWS_MAP: &str = "FLOWS";
+const FLOW_STATS_MAP: &str = "FLOW_STATS";
 
 /// How the operator asked for the program to be attached.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -73,7 +78,7 @@ pub enum DataplaneError {
         #[source]
         source: ProgramError,
     },
-    #[error("reading the {VERDICTS_MAP} map failed: {0}")]
+    #[error("a map operation failed: {0}")]
     Map(#[from] MapError),
     #[error("BPF_PROG_TEST_RUN failed: {0}")]
     TestRun(#[source] ProgramError),
@@ -207,16 +212,80 @@ impl Dataplane {
         Ok(out)
     }
 
+    /// Installs (or replaces) a flow of the fast path.
+    pub fn insert_flow(
+        &mut self,
+        key: &FlowKey,
+        action: &FlowAction,
+    ) -> Result<(), DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(FLOWS_MAP)
+            .ok_or(DataplaneError::Missing("FLOWS map"))?;
+        BpfHashMap::<_, FlowKey, FlowAction>::try_from(map)?.insert(key, action, 0)?;
+        Ok(())
+    }
+
+    /// Removes a flow; removing one that is not there is not an error.
+    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<(), DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(FLOWS_MAP)
+            .ok_or(DataplaneError::Missing("FLOWS map"))?;
+        match BpfHashMap::<_, FlowKey, FlowAction>::try_from(map)?.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The counters of the flow at `index`, summed over CPUs (`last_seen_ns`: the latest).
+    pub fn flow_stats(&self, index: u32) -> Result<FlowStats, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(FLOW_STATS_MAP)
+            .ok_or(DataplaneError::Missing("FLOW_STATS map"))?;
+        let array = PerCpuArray::<_, FlowStats>::try_from(map)?;
+        Ok(array
+            .get(&index, 0)?
+            .iter()
+            .fold(FlowStats::default(), |a, c| FlowStats {
+                packets: a.packets + c.packets,
+                bytes: a.bytes + c.bytes,
+                last_seen_ns: a.last_seen_ns.max(c.last_seen_ns),
+            }))
+    }
+
     /// Runs the program once over `frame` with `BPF_PROG_TEST_RUN`, as the packet tests do.
     /// The kernel refuses frames shorter than an Ethernet header (`EINVAL`): XDP never sees
     /// them.
     pub fn test_run(&mut self, frame: &[u8]) -> Result<TestRunOutput, DataplaneError> {
-        // Room for a frame the program grows (headers added by later fast paths).
+        self.test_run_on(frame, 0)
+    }
+
+    /// As [`Dataplane::test_run`], as if the frame had arrived on interface `ingress_ifindex`
+    /// of the calling thread's network namespace (0: none), so that route and neighbour
+    /// lookups of the fast path resolve there.
+    pub fn test_run_on(
+        &mut self,
+        frame: &[u8],
+        ingress_ifindex: u32,
+    ) -> Result<TestRunOutput, DataplaneError> {
+        // `struct xdp_md` (UAPI): data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex.
+        let ctx: [u32; 6] = [0, frame.len() as u32, 0, ingress_ifindex, 0, 0];
+        // SAFETY: six u32 viewed as their 24 bytes.
+        let ctx_bytes =
+            unsafe { std::slice::from_raw_parts(ctx.as_ptr().cast::<u8>(), size_of_val(&ctx)) };
+        // Room for a frame the program grows (a ChannelData header added).
         let mut data_out = vec![0_u8; frame.len() + 256];
         let result = xdp(&mut self.ebpf)?
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut data_out),
+                ctx_in: (ingress_ifindex != 0).then_some(ctx_bytes),
                 ..TestRunOptions::default()
             })
             .map_err(DataplaneError::TestRun)?;
@@ -227,6 +296,42 @@ impl Dataplane {
             duration: result.duration,
         })
     }
+}
+
+/// Turns forwarding on for `interface` (IPv4 and IPv6, that interface only), as the fast
+/// path's next-hop lookup (`bpf_fib_lookup`, a router's helper) refuses to resolve on an
+/// interface that does not forward. Where the interface took IPv6 router advertisements
+/// (accept_ra 1, which forwarding would silence) it keeps taking them (accept_ra 2). Returns
+/// what it changed, for the log. Works in the calling thread's network namespace.
+pub fn enable_forwarding(interface: &str) -> std::io::Result<Vec<String>> {
+    let mut changed = Vec::new();
+    let mut set = |path: String, from: &str, to: &str| -> std::io::Result<()> {
+        let now = std::fs::read_to_string(&path)?;
+        if now.trim() == from {
+            std::fs::write(&path, to)?;
+            changed.push(format!(
+                "{} {from} -> {to}",
+                path.trim_start_matches("/proc/sys/")
+            ));
+        }
+        Ok(())
+    };
+    set(
+        format!("/proc/sys/net/ipv6/conf/{interface}/accept_ra"),
+        "1",
+        "2",
+    )?;
+    set(
+        format!("/proc/sys/net/ipv4/conf/{interface}/forwarding"),
+        "0",
+        "1",
+    )?;
+    set(
+        format!("/proc/sys/net/ipv6/conf/{interface}/forwarding"),
+        "0",
+        "1",
+    )?;
+    Ok(changed)
 }
 
 fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {

@@ -1,0 +1,330 @@
+//! The fast path: packets of installed flows are rewritten and sent on from here, without
+//! waking userspace. Anything that does not match, fails a check, or cannot be routed is
+//! left to the stack (XDP_PASS), where the daemon handles it: nothing is lost while a flow
+//! is being installed or after it expired.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_fib_lookup, bpf_ktime_get_ns, bpf_xdp_adjust_head},
+    programs::XdpContext,
+};
+use relay_common::{
+    csum,
+    flow::{ActionKind, FAMILY_IPV4, FAMILY_IPV6, FlowKey},
+    parse::{Frame as _, UdpFrame},
+};
+
+use crate::{maps, parse::XdpFrame};
+
+const UDP_HLEN: usize = 8;
+const IPV4_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+const CHANNEL_DATA_HLEN: usize = 4;
+/// TTL / hop limit of relayed packets: the relay sends them anew, as a socket would.
+const TTL: u8 = 64;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const IPPROTO_UDP: u8 = 17;
+
+/// `struct bpf_fib_lookup` (UAPI), with its unions flattened to what is used here.
+#[repr(C)]
+pub(crate) struct FibLookup {
+    family: u8,
+    l4_protocol: u8,
+    sport: [u8; 2],
+    dport: [u8; 2],
+    tot_len: u16,
+    ifindex: u32,
+    flowinfo: u32,
+    src: [u8; 16],
+    dst: [u8; 16],
+    vlan: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+}
+
+const _: () = assert!(size_of::<FibLookup>() == 64);
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+/// The fast path's working state, too large for the 512-byte BPF stack: it lives in a
+/// one-entry per-CPU map (`maps::scratch`).
+#[repr(C)]
+pub(crate) struct Scratch {
+    key: FlowKey,
+    fib: FibLookup,
+    old: Old,
+}
+
+/// What the old packet said, read before the head moves.
+#[repr(C)]
+struct Old {
+    /// Ethertype and VLAN tags: bytes 12..l3 of the frame (2, 6 or 10 of them).
+    eth_tail: [u8; 10],
+    ip4: [u8; IPV4_HLEN],
+    ip6: [u8; IPV6_HLEN],
+    udp: [u8; UDP_HLEN],
+    cd: [u8; CHANNEL_DATA_HLEN],
+}
+
+/// Tries the fast path for a parsed UDP frame: `Some(action)` when the packet was rewritten
+/// and is to be sent (XDP_TX or XDP_REDIRECT), `None` to leave it to the stack.
+#[inline(always)]
+pub(crate) fn forward(ctx: &XdpContext, f: &UdpFrame) -> Option<u32> {
+    let frame = XdpFrame(ctx);
+    let v4 = f.ip_version == 4;
+    // IPv4 options and IPv6 extension headers stay with the stack.
+    if v4 && f.l4 != f.l3 + IPV4_HLEN {
+        return None;
+    }
+    let l3 = f.l3;
+    // SAFETY: the per-CPU scratch entry is used by this program run alone.
+    let scratch = unsafe { &mut *maps::scratch()? };
+    let Scratch { key, fib, old } = scratch;
+    *key = FlowKey::default();
+    if v4 {
+        old.ip4 = frame.read(l3)?;
+        key.src[..4].copy_from_slice(&old.ip4[12..16]);
+        key.dst[..4].copy_from_slice(&old.ip4[16..20]);
+        key.family = FAMILY_IPV4;
+    } else {
+        old.ip6 = frame.read(l3)?;
+        key.src.copy_from_slice(&old.ip6[8..24]);
+        key.dst.copy_from_slice(&old.ip6[24..40]);
+        key.family = FAMILY_IPV6;
+    }
+    let l4 = if v4 { l3 + IPV4_HLEN } else { l3 + IPV6_HLEN };
+    old.udp = frame.read(l4)?;
+    key.src_port = [old.udp[0], old.udp[1]];
+    key.dst_port = [old.udp[2], old.udp[3]];
+    let udp_len = usize::from(be16([old.udp[4], old.udp[5]]));
+    let payload_len = udp_len.checked_sub(UDP_HLEN)?;
+
+    // ChannelData from a client carries its channel in the first two bytes (RFC 8656
+    // section 12.4); peers' packets are matched with channel 0.
+    let mut channel = 0;
+    if payload_len >= CHANNEL_DATA_HLEN {
+        old.cd = frame.read(l4 + UDP_HLEN)?;
+        let c = be16([old.cd[0], old.cd[1]]);
+        if (0x4000..=0x7FFF).contains(&c) {
+            channel = c;
+        }
+    }
+    key.channel = channel;
+    let action = match maps::flow(key) {
+        Some(a) => a,
+        None if channel != 0 => {
+            key.channel = 0;
+            maps::flow(key)?
+        }
+        None => return None,
+    };
+    // SAFETY: a plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now > action.expires_ns || action.family != key.family {
+        return None;
+    }
+    let kind = action.kind()?;
+    let out_payload = match kind {
+        // The ChannelData length must account for the whole UDP payload: no padding, no
+        // trailing bytes (those datagrams go to userspace, which forwards what it may).
+        ActionKind::StripChannel => {
+            let cd_len = usize::from(be16([old.cd[2], old.cd[3]]));
+            if key.channel == 0 || cd_len + CHANNEL_DATA_HLEN != payload_len {
+                return None;
+            }
+            cd_len
+        }
+        ActionKind::AddChannel => payload_len + CHANNEL_DATA_HLEN,
+        ActionKind::RewriteOnly => payload_len,
+    };
+    let new_udp_len = (UDP_HLEN + out_payload) as u16;
+    let ip_len = if v4 { IPV4_HLEN } else { IPV6_HLEN };
+    let tot_len = (ip_len + usize::from(new_udp_len)) as u16;
+
+    // Next hop first: nothing is changed if it cannot be resolved.
+    fib.family = if v4 { AF_INET } else { AF_INET6 };
+    fib.l4_protocol = IPPROTO_UDP;
+    fib.sport = action.src_port;
+    fib.dport = action.dst_port;
+    fib.tot_len = tot_len;
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib.flowinfo = 0;
+    fib.src = action.src;
+    fib.dst = action.dst;
+    fib.vlan = 0;
+    // SAFETY: `fib` is a valid bpf_fib_lookup of the size passed.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx.cast(),
+            core::ptr::from_mut(fib).cast(),
+            size_of::<FibLookup>() as i32,
+            0,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+
+    let eth_tail_len = l3 - 12;
+    match eth_tail_len {
+        2 => old.eth_tail[..2].copy_from_slice(&frame.read::<2>(12)?),
+        6 => old.eth_tail[..6].copy_from_slice(&frame.read::<6>(12)?),
+        10 => old.eth_tail.copy_from_slice(&frame.read::<10>(12)?),
+        _ => return None,
+    }
+
+    // The UDP checksum, updated for every word that changes (RFC 1624): pseudo-header
+    // addresses and length, ports, length, and the ChannelData header removed or added.
+    let old_csum = be16([old.udp[6], old.udp[7]]);
+    let old_len = [old.udp[4], old.udp[5]];
+    let new_len = new_udp_len.to_be_bytes();
+    let mut delta = 0;
+    if v4 {
+        delta = csum::sub(
+            delta,
+            &[
+                old.ip4[12],
+                old.ip4[13],
+                old.ip4[14],
+                old.ip4[15],
+                old.ip4[16],
+                old.ip4[17],
+                old.ip4[18],
+                old.ip4[19],
+            ],
+        );
+        delta = csum::add(
+            delta,
+            &[
+                action.src[0],
+                action.src[1],
+                action.src[2],
+                action.src[3],
+                action.dst[0],
+                action.dst[1],
+                action.dst[2],
+                action.dst[3],
+            ],
+        );
+    } else {
+        delta = csum::sub(delta, &key.src);
+        delta = csum::sub(delta, &key.dst);
+        delta = csum::add(delta, &action.src);
+        delta = csum::add(delta, &action.dst);
+    }
+    // The length is in the pseudo-header and in the UDP header: twice each.
+    delta = csum::sub(
+        delta,
+        &[
+            old.udp[0], old.udp[1], old.udp[2], old.udp[3], old_len[0], old_len[1], old_len[0],
+            old_len[1],
+        ],
+    );
+    delta = csum::add(
+        delta,
+        &[
+            action.src_port[0],
+            action.src_port[1],
+            action.dst_port[0],
+            action.dst_port[1],
+            new_len[0],
+            new_len[1],
+            new_len[0],
+            new_len[1],
+        ],
+    );
+    let new_cd = [
+        (action.channel >> 8) as u8,
+        action.channel as u8,
+        (payload_len >> 8) as u8,
+        payload_len as u8,
+    ];
+    match kind {
+        ActionKind::StripChannel => delta = csum::sub(delta, &old.cd),
+        ActionKind::AddChannel => delta = csum::add(delta, &new_cd),
+        ActionKind::RewriteOnly => {}
+    }
+    let new_csum = if v4 && old_csum == 0 {
+        0 // IPv4 UDP without a checksum stays without one (RFC 768).
+    } else {
+        match csum::update(old_csum, delta) {
+            0 => 0xFFFF,
+            c => c,
+        }
+    };
+
+    // Move the head: 4 bytes less for a stripped header, 4 more for an added one.
+    let shift: i32 = match kind {
+        ActionKind::StripChannel => CHANNEL_DATA_HLEN as i32,
+        ActionKind::AddChannel => -(CHANNEL_DATA_HLEN as i32),
+        ActionKind::RewriteOnly => 0,
+    };
+    // SAFETY: a plain helper call; every packet pointer is re-derived afterwards.
+    if shift != 0 && unsafe { bpf_xdp_adjust_head(ctx.ctx, shift) } != 0 {
+        return None;
+    }
+
+    // Write the new headers at the (new) start of the frame.
+    frame.write(0, &fib.dmac)?;
+    frame.write(6, &fib.smac)?;
+    match eth_tail_len {
+        2 => frame.write(12, &[old.eth_tail[0], old.eth_tail[1]])?,
+        6 => frame.write(
+            12,
+            &[
+                old.eth_tail[0],
+                old.eth_tail[1],
+                old.eth_tail[2],
+                old.eth_tail[3],
+                old.eth_tail[4],
+                old.eth_tail[5],
+            ],
+        )?,
+        _ => frame.write(12, &old.eth_tail)?,
+    }
+    if v4 {
+        let mut ip = old.ip4;
+        ip[2..4].copy_from_slice(&tot_len.to_be_bytes());
+        ip[8] = TTL;
+        ip[10] = 0;
+        ip[11] = 0;
+        ip[12..16].copy_from_slice(&action.src[..4]);
+        ip[16..20].copy_from_slice(&action.dst[..4]);
+        let sum = csum::finish(csum::add(0, &ip));
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+        frame.write(l3, &ip)?;
+    } else {
+        let mut ip = old.ip6;
+        ip[4..6].copy_from_slice(&new_udp_len.to_be_bytes());
+        ip[7] = TTL;
+        ip[8..24].copy_from_slice(&action.src);
+        ip[24..40].copy_from_slice(&action.dst);
+        frame.write(l3, &ip)?;
+    }
+    let c = new_csum.to_be_bytes();
+    let udp = [
+        action.src_port[0],
+        action.src_port[1],
+        action.dst_port[0],
+        action.dst_port[1],
+        new_len[0],
+        new_len[1],
+        c[0],
+        c[1],
+    ];
+    frame.write(l4, &udp)?;
+    if kind == ActionKind::AddChannel {
+        frame.write(l4 + UDP_HLEN, &new_cd)?;
+    }
+
+    maps::count_flow(action.stats_index, u64::from(tot_len) + l3 as u64, now);
+    if fib.ifindex == ctx.ingress_ifindex() as u32 {
+        Some(xdp_action::XDP_TX)
+    } else {
+        Some(maps::redirect(fib.ifindex))
+    }
+}
