@@ -29,7 +29,7 @@ pub struct FlowKey {
     /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
     pub family: u8,
     /// Explicit padding, always zero (keys are compared bytewise by the kernel).
-    pub _pad: u8,
+    pub pad: u8,
 }
 
 const _: () = assert!(size_of::<FlowKey>() == 40);
@@ -99,9 +99,10 @@ const _: () = assert!(size_of::<FlowStats>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY (all three): repr(C), no implicit padding (sizes asserted above), and every bit
-    // pattern is a valid value.
+    // SAFETY: repr(C), no implicit padding (size asserted above), every bit pattern valid.
     unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowAction {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowStats {}
 }
