@@ -115,7 +115,11 @@ impl fmt::Display for VerdictCounters {
         )?;
         for v in Verdict::ALL {
             let c = self.get(v);
-            let action = if v.passes() { "pass" } else { "drop" };
+            let action = match v {
+                Verdict::Forwarded => "tx",
+                _ if v.passes() => "pass",
+                _ => "drop",
+            };
             writeln!(
                 f,
                 "{:<10} {action:>6} {:>12} {:>14}",
@@ -339,4 +343,73 @@ fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
         .ok_or(DataplaneError::Missing("relay_xdp program"))?
         .try_into()
         .map_err(|_| DataplaneError::Missing("XDP program named relay_xdp"))
+}
+
+/// The kernel entries of a TURN channel: client -> peer (strip the ChannelData header, send
+/// from the relayed address) and peer -> client (add it, send from the listener), with the
+/// counter slots `stats`. `None` when the fast path cannot carry the flow: stream clients,
+/// or a client and peer of different families (the kernel does not translate).
+pub fn channel_entries(
+    flow: &crate::turn::ChannelFlow,
+    stats: [u32; 2],
+) -> Option<[(FlowKey, FlowAction); 2]> {
+    use relay_common::flow::{ActionKind, FAMILY_IPV4, FAMILY_IPV6};
+    if flow.client.transport != crate::turn::Transport::Udp
+        || flow.client.client.is_ipv4() != flow.peer.is_ipv4()
+    {
+        return None;
+    }
+    let family = if flow.peer.is_ipv4() {
+        FAMILY_IPV4
+    } else {
+        FAMILY_IPV6
+    };
+    let octets = |a: std::net::SocketAddr| {
+        let mut o = [0; 16];
+        match a.ip() {
+            std::net::IpAddr::V4(v4) => o[..4].copy_from_slice(&v4.octets()),
+            std::net::IpAddr::V6(v6) => o = v6.octets(),
+        }
+        o
+    };
+    let key = |src: std::net::SocketAddr, dst: std::net::SocketAddr, channel| FlowKey {
+        src: octets(src),
+        dst: octets(dst),
+        src_port: src.port().to_be_bytes(),
+        dst_port: dst.port().to_be_bytes(),
+        channel,
+        family,
+        pad: 0,
+    };
+    let action = |kind: ActionKind,
+                  src: std::net::SocketAddr,
+                  dst: std::net::SocketAddr,
+                  stats_index| FlowAction {
+        src: octets(src),
+        dst: octets(dst),
+        src_port: src.port().to_be_bytes(),
+        dst_port: dst.port().to_be_bytes(),
+        channel: flow.channel,
+        kind: kind as u8,
+        family,
+        stats_index,
+        tenant: 0,
+        // Userspace removes the flow when its permission or channel ends.
+        expires_ns: u64::MAX,
+    };
+    Some([
+        (
+            key(flow.client.client, flow.client.server, flow.channel),
+            action(ActionKind::StripChannel, flow.relayed, flow.peer, stats[0]),
+        ),
+        (
+            key(flow.peer, flow.relayed, 0),
+            action(
+                ActionKind::AddChannel,
+                flow.client.server,
+                flow.client.client,
+                stats[1],
+            ),
+        ),
+    ])
 }

@@ -26,23 +26,44 @@ enum Command {
     /// Serve STUN/TURN (UDP, TCP, TLS) until SIGINT/SIGTERM; with --interface, also attach
     /// the XDP program there.
     Run(Box<Settings>),
+    /// Attach the XDP program to an interface and count what arrives there, per verdict,
+    /// until SIGINT/SIGTERM; no TURN. A diagnostic, and what the lab runs on the veth peers
+    /// of XDP_TX (a veth delivers XDP_TX'd frames only to a peer that runs XDP).
+    Attach {
+        #[arg(long, short = 'i', value_name = "IF")]
+        interface: String,
+        #[arg(long, value_enum, default_value_t = relay::dataplane::XdpModeChoice::Auto)]
+        xdp_mode: relay::dataplane::XdpModeChoice,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
         Command::Run(settings) => run(*settings),
+        Command::Attach {
+            interface,
+            xdp_mode,
+        } => attach(&interface, xdp_mode),
     }
 }
 
 fn run(settings: Settings) -> anyhow::Result<()> {
     let run = settings.load()?.resolve(&local_addresses()?)?;
-    let mut xdp: Option<(Dataplane, AttachedMode, String)> = None;
+    let mut dataplane = None;
+    let mut attached: Option<(AttachedMode, String)> = None;
     if let Some(interface) = &run.interface {
         preflight::check()?;
-        let mut dataplane = Dataplane::load()?;
-        let mode = dataplane.attach(interface, run.xdp_mode)?;
-        xdp = Some((dataplane, mode, interface.clone()));
+        let mut loaded = Dataplane::load()?;
+        let mode = loaded.attach(interface, run.xdp_mode)?;
+        let changes = relay::dataplane::enable_forwarding(interface).with_context(|| {
+            format!("enabling forwarding on {interface} for the fast path's next-hop lookup")
+        })?;
+        for change in changes {
+            log::info!("fast path: {change}");
+        }
+        dataplane = Some(loaded);
+        attached = Some((mode, interface.clone()));
     }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -60,11 +81,12 @@ fn run(settings: Settings) -> anyhow::Result<()> {
             };
             let _ = tx.send(name);
         };
-        relay::io::serve(run, shutdown).await?;
-        anyhow::Ok(rx.await.unwrap_or("shutdown"))
+        let dataplane = relay::io::serve(run, dataplane, shutdown).await?;
+        anyhow::Ok((rx.await.unwrap_or("shutdown"), dataplane))
     })?;
+    let (signal_name, dataplane) = signal_name;
 
-    if let Some((dataplane, mode, interface)) = xdp {
+    if let (Some(dataplane), Some((mode, interface))) = (dataplane, attached) {
         let counters = dataplane.verdict_counters()?;
         drop(dataplane);
         log::info!("{signal_name}: XDP detached from {interface}");
@@ -72,6 +94,29 @@ fn run(settings: Settings) -> anyhow::Result<()> {
     } else {
         log::info!("{signal_name}: stopped");
     }
+    Ok(())
+}
+
+fn attach(interface: &str, mode: relay::dataplane::XdpModeChoice) -> anyhow::Result<()> {
+    preflight::check()?;
+    let mut dataplane = Dataplane::load()?;
+    let mode = dataplane.attach(interface, mode)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let signal_name = runtime.block_on(async {
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        log::info!("counting on {interface} until SIGINT or SIGTERM");
+        anyhow::Ok(tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = sigint.recv() => "SIGINT",
+        })
+    })?;
+    let counters = dataplane.verdict_counters()?;
+    drop(dataplane);
+    log::info!("{signal_name}: XDP detached from {interface}");
+    println!("XDP verdicts on {interface} ({mode} mode):\n{counters}");
     Ok(())
 }
 

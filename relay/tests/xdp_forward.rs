@@ -159,7 +159,10 @@ struct Row {
 }
 
 /// Installs a channel's two flows for `v6` and returns the rows that exercise them.
-#[expect(clippy::too_many_lines, reason = "one block per row reads best as one table")]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one block per row reads best as one table"
+)]
 fn channel_rows(dp: &mut Dataplane, v6: bool, stats: u32) -> Vec<Row> {
     let fam = if v6 { "IPv6" } else { "IPv4" };
     let (client, relay, peer) = (

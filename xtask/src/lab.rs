@@ -143,15 +143,31 @@ impl Lab {
 
     /// A command that will run inside `host`'s namespace.
     pub fn command(&self, host: Host, program: &str) -> Command {
+        self.command_in(host.name(), program)
+    }
+
+    /// A command that will run inside any namespace of the lab, by its short name (a
+    /// host's, or `sw`, the switch's).
+    pub fn command_in(&self, name: &str, program: &str) -> Command {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns(host), program]);
+        cmd.args(["netns", "exec", &netns_name(&self.prefix, name), program]);
         cmd
     }
 
     /// Runs `f` on a thread that has entered `host`'s network namespace. Sockets it opens
     /// belong to that namespace and may be returned and used from any thread.
     pub fn in_netns<T: Send>(&self, host: Host, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
-        let path = format!("/run/netns/{}", self.netns(host));
+        self.in_netns_named(host.name(), f)
+    }
+
+    /// As [`Lab::in_netns`], for any namespace of the lab by its short name (a host's, or
+    /// `sw`, the switch's).
+    pub fn in_netns_named<T: Send>(
+        &self,
+        name: &str,
+        f: impl FnOnce() -> T + Send,
+    ) -> anyhow::Result<T> {
+        let path = format!("/run/netns/{}", netns_name(&self.prefix, name));
         let ns = File::open(&path).with_context(|| format!("opening {path}"))?;
         std::thread::scope(|scope| {
             scope
@@ -161,7 +177,7 @@ impl Lab {
                     Ok(f())
                 })
                 .join()
-                .map_err(|_| anyhow::anyhow!("thread in {host} panicked"))?
+                .map_err(|_| anyhow::anyhow!("thread in {name} panicked"))?
         })
     }
 

@@ -15,19 +15,89 @@ use super::{
     datapath::{Command, Event},
     wake::Wake,
 };
-use crate::turn::{ClientTuple, Output, Server, Transport};
+use crate::{
+    dataplane::{Dataplane, channel_entries},
+    turn::{ChannelFlow, ClientTuple, Output, Server, Transport},
+};
+
+/// The kernel's copy of the channel flows, when an XDP program is attached.
+pub(crate) struct KernelFlows {
+    pub(crate) dataplane: Dataplane,
+    installed: HashMap<ChannelFlow, [u32; 2]>,
+    free: Vec<u32>,
+}
+
+impl KernelFlows {
+    /// Counter slots of the program's `FLOW_STATS` array.
+    const SLOTS: u32 = 65536;
+
+    pub(crate) fn new(dataplane: Dataplane) -> Self {
+        Self {
+            dataplane,
+            installed: HashMap::new(),
+            free: (0..Self::SLOTS).rev().collect(),
+        }
+    }
+
+    fn up(&mut self, flow: ChannelFlow) {
+        if self.installed.contains_key(&flow) || self.free.len() < 2 {
+            return;
+        }
+        let stats = [self.free.pop().unwrap_or(0), self.free.pop().unwrap_or(0)];
+        let Some(entries) = channel_entries(&flow, stats) else {
+            self.free.extend(stats);
+            return;
+        };
+        for (key, action) in &entries {
+            if let Err(e) = self.dataplane.insert_flow(key, action) {
+                // Userspace still forwards the channel: slower, not lost.
+                log::warn!(
+                    "fast path: cannot install channel {:#06x} of {}: {e}",
+                    flow.channel,
+                    flow.client
+                );
+            }
+        }
+        self.installed.insert(flow, stats);
+    }
+
+    fn down(&mut self, flow: &ChannelFlow) {
+        let Some(stats) = self.installed.remove(flow) else {
+            return;
+        };
+        if let Some(entries) = channel_entries(flow, stats) {
+            for (key, _) in &entries {
+                if let Err(e) = self.dataplane.remove_flow(key) {
+                    log::warn!(
+                        "fast path: cannot remove channel {:#06x} of {}: {e}",
+                        flow.channel,
+                        flow.client
+                    );
+                }
+            }
+        }
+        self.free.extend(stats);
+    }
+}
 
 pub(crate) struct Control {
     pub(crate) server: Server,
+    kernel: Option<KernelFlows>,
     commands: Sender<Command>,
     wake: Arc<Wake>,
     streams: HashMap<ClientTuple, tokio::sync::mpsc::Sender<Vec<u8>>>,
 }
 
 impl Control {
-    pub(crate) fn new(server: Server, commands: Sender<Command>, wake: Arc<Wake>) -> Self {
+    pub(crate) fn new(
+        server: Server,
+        kernel: Option<KernelFlows>,
+        commands: Sender<Command>,
+        wake: Arc<Wake>,
+    ) -> Self {
         Self {
             server,
+            kernel,
             commands,
             wake,
             streams: HashMap::new(),
@@ -39,7 +109,7 @@ impl Control {
         mut self,
         mut events: EventReceiver<Event>,
         shutdown: impl Future<Output = ()>,
-    ) {
+    ) -> Option<Dataplane> {
         tokio::pin!(shutdown);
         loop {
             let deadline = self.server.poll_timeout();
@@ -61,6 +131,8 @@ impl Control {
         }
         let _ = self.commands.send(Command::Stop);
         self.wake.wake();
+        // The data plane goes back to the caller, its flows still installed.
+        self.kernel.map(|k| k.dataplane)
     }
 
     fn on_event(&mut self, event: Event) {
@@ -136,8 +208,21 @@ impl Control {
                     continue;
                 }
                 Output::Release { addr } => Command::RemoveRelay { addr },
-                Output::FlowUp(flow) => Command::FlowUp(flow),
-                Output::FlowDown(flow) => Command::FlowDown(flow),
+                // Both the kernel and the userspace data path get the flow: a packet the
+                // kernel passes up (no route yet, a padded datagram) is still fast in
+                // userspace.
+                Output::FlowUp(flow) => {
+                    if let Some(kernel) = &mut self.kernel {
+                        kernel.up(flow);
+                    }
+                    Command::FlowUp(flow)
+                }
+                Output::FlowDown(flow) => {
+                    if let Some(kernel) = &mut self.kernel {
+                        kernel.down(&flow);
+                    }
+                    Command::FlowDown(flow)
+                }
             };
             let _ = self.commands.send(command);
             commands += 1;

@@ -31,8 +31,14 @@ pub enum Backend {
     Mmsg,
 }
 
-/// Serves TURN until `shutdown` resolves. Must run inside a tokio runtime.
-pub async fn serve(run: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// Serves TURN until `shutdown` resolves, installing channel flows in `dataplane`'s XDP
+/// program when there is one, and hands the data plane back. Must run inside a tokio
+/// runtime.
+pub async fn serve(
+    run: RunConfig,
+    dataplane: Option<crate::dataplane::Dataplane>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Option<crate::dataplane::Dataplane>> {
     let mut listeners = Vec::new();
     for addr in &run.udp {
         let socket = bind_listener(*addr)
@@ -114,13 +120,14 @@ pub async fn serve(run: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let server = Server::new(run.turn, Instant::now(), unix, rand::random());
-    control::Control::new(server, commands_tx, wake)
+    let kernel = dataplane.map(control::KernelFlows::new);
+    let dataplane = control::Control::new(server, kernel, commands_tx, wake)
         .run(events_rx, shutdown)
         .await;
     thread
         .join()
         .map_err(|_| anyhow::anyhow!("the UDP data path thread panicked"))?;
-    Ok(())
+    Ok(dataplane)
 }
 
 fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<UdpSocket> {
