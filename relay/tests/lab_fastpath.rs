@@ -136,3 +136,54 @@ fn channel_traffic_is_forwarded_in_xdp_both_ways_over_ipv4_and_ipv6() {
         "XDP forwarded {forwarded} of {channel_packets} channel packets (want at least 99%)\n{stdout}"
     );
 }
+
+/// The kernel does not enforce `--max-bps` yet: with a limit set, channel traffic must stay
+/// in userspace, where the limit holds, and the relay says so.
+#[test]
+fn with_max_bps_channels_stay_in_userspace() {
+    let lab = Lab::up("fp-maxbps").unwrap();
+    let _switch = xdp_on_switch_port(&lab);
+    let relay = RunningRelay::start(
+        &lab,
+        Host::Relay,
+        &[
+            "run",
+            "--interface",
+            "eth0",
+            "--listening-ip",
+            "10.77.0.1",
+            "--relay-ip",
+            "10.77.0.1",
+            "--realm",
+            "lab",
+            "--user",
+            "alice:wonderland",
+            "--allowed-peer-ip",
+            "10.77.0.21",
+            "--max-bps",
+            "10000000",
+        ],
+        "TURN on",
+    );
+    assert!(
+        relay.logged("channel traffic is relayed in userspace"),
+        "{:?}",
+        relay.log_lines()
+    );
+    let _peer = Background(
+        lab.command(Host::Peer, "turnutils_peer")
+            .args(["-L", "10.77.0.21", "-p", &PEER_PORT.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    lab.wait_udp_bound(Host::Peer, PEER_PORT).unwrap();
+    let (sent, received, lost, text) = uclient(&lab, &["-e", "10.77.0.21", "10.77.0.1"]);
+    assert!(
+        sent == MESSAGES * CLIENTS && received == sent && lost == 0,
+        "{text}"
+    );
+    let stdout = relay.stop(Signal::SIGTERM);
+    assert_eq!(verdict_row(&stdout, "forwarded").0, 0, "{stdout}");
+}

@@ -23,6 +23,8 @@ use crate::{
 /// The kernel's copy of the channel flows, when an XDP program is attached.
 pub(crate) struct KernelFlows {
     pub(crate) dataplane: Dataplane,
+    /// False when flows must stay in userspace (`--max-bps` is enforced only there).
+    enabled: bool,
     installed: HashMap<ChannelFlow, [u32; 2]>,
     free: Vec<u32>,
 }
@@ -31,16 +33,17 @@ impl KernelFlows {
     /// Counter slots of the program's `FLOW_STATS` array.
     const SLOTS: u32 = 65536;
 
-    pub(crate) fn new(dataplane: Dataplane) -> Self {
+    pub(crate) fn new(dataplane: Dataplane, enabled: bool) -> Self {
         Self {
             dataplane,
+            enabled,
             installed: HashMap::new(),
             free: (0..Self::SLOTS).rev().collect(),
         }
     }
 
     fn up(&mut self, flow: ChannelFlow) {
-        if self.installed.contains_key(&flow) || self.free.len() < 2 {
+        if !self.enabled || self.installed.contains_key(&flow) || self.free.len() < 2 {
             return;
         }
         let stats = [self.free.pop().unwrap_or(0), self.free.pop().unwrap_or(0)];

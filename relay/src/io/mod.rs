@@ -119,8 +119,16 @@ pub async fn serve(
     let unix = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    let run_max_bps = run.turn.max_bps;
     let server = Server::new(run.turn, Instant::now(), unix, rand::random());
-    let kernel = dataplane.map(control::KernelFlows::new);
+    // The kernel does not enforce --max-bps yet: with a limit, channels stay in userspace.
+    let fast_path = run_max_bps.is_none();
+    if dataplane.is_some() && !fast_path {
+        log::warn!(
+            "--max-bps is set: channel traffic is relayed in userspace, where the limit holds, not by XDP"
+        );
+    }
+    let kernel = dataplane.map(|d| control::KernelFlows::new(d, fast_path));
     let dataplane = control::Control::new(server, kernel, commands_tx, wake)
         .run(events_rx, shutdown)
         .await;
