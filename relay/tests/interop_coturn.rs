@@ -5,10 +5,11 @@
 
 mod support;
 
-use std::process::Stdio;
-
 use support::{RunningRelay, TempDir};
-use xtask::lab::{Background, Host, Lab};
+use xtask::{
+    coturn::{self, Report, Session},
+    lab::{Background, Host, Lab},
+};
 
 const PEER_PORT: u16 = 3480;
 const MESSAGES: u32 = 50;
@@ -71,22 +72,8 @@ fn setup(name: &str, extra: &[&str]) -> Setup {
     args.extend(["--alt-tls-listening-port".into(), "443".into()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let relay = RunningRelay::start(&lab, Host::Relay, &args, "TURN on");
-    let peer = lab
-        .command(Host::Peer, "turnutils_peer")
-        .args([
-            "-L",
-            "10.77.0.21",
-            "-L",
-            "fd77::21",
-            "-p",
-            &PEER_PORT.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("turnutils_peer (cargo xtask setup installs coturn)");
-    let peer = Background(peer);
-    lab.wait_udp_bound(Host::Peer, PEER_PORT).unwrap();
+    let peer =
+        coturn::start_peer(&lab, Host::Peer, &["10.77.0.21", "fd77::21"], PEER_PORT).unwrap();
     Setup {
         lab,
         relay: Some(relay),
@@ -95,70 +82,27 @@ fn setup(name: &str, extra: &[&str]) -> Setup {
     }
 }
 
-/// What turnutils_uclient reported at the end.
-#[derive(Debug)]
-struct Report {
-    sent: u32,
-    received: u32,
-    lost: u32,
-    output: String,
-}
+const SESSION: Session = Session {
+    messages: MESSAGES,
+    clients: CLIENTS,
+    length: LENGTH,
+    peer_port: PEER_PORT,
+};
 
 fn uclient(lab: &Lab, flags: &[&str]) -> Report {
-    let n = MESSAGES.to_string();
-    let m = CLIENTS.to_string();
-    let l = LENGTH.to_string();
-    let out = lab
-        .command(Host::ClientA, "turnutils_uclient")
-        .args([
-            "-n",
-            &n,
-            "-m",
-            &m,
-            "-l",
-            &l,
-            "-r",
-            &PEER_PORT.to_string(),
-            "-c",
-        ])
-        .args(flags)
-        .output()
-        .expect("turnutils_uclient (cargo xtask setup installs coturn)");
-    let output =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let field = |key: &str| -> Option<u32> {
-        output.lines().rev().find_map(|l| {
-            let rest = &l[l.find(key)? + key.len()..];
-            rest.split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()
-        })
-    };
-    Report {
-        sent: field("tot_send_msgs=").unwrap_or(0),
-        received: field("tot_recv_msgs=").unwrap_or(0),
-        lost: field("Total lost packets ").unwrap_or(u32::MAX),
-        output,
-    }
+    coturn::uclient(lab, Host::ClientA, &SESSION, flags).unwrap()
 }
 
 /// Every message out and back, nothing lost.
 fn assert_clean(report: &Report, what: &str) {
-    let want = MESSAGES * CLIENTS;
     assert!(
-        report.sent == want && report.received == want && report.lost == 0,
-        "{what}: sent {} received {} lost {} (want {want} each way, 0 lost)\n{}",
+        report.is_clean(&SESSION),
+        "{what}: sent {} received {} lost {} (want {} each way, 0 lost)\n{}",
         report.sent,
         report.received,
         report.lost,
-        report
-            .output
-            .lines()
-            .rev()
-            .take(15)
-            .collect::<Vec<_>>()
-            .join("\n")
+        MESSAGES * CLIENTS,
+        report.tail()
     );
 }
 
@@ -362,14 +306,7 @@ fn deny_io_uring() -> std::io::Result<()> {
 fn without_io_uring_the_relay_falls_back_to_mmsg_and_says_so() {
     use std::os::unix::process::CommandExt as _;
     let lab = Lab::up("ic-seccomp").unwrap();
-    let peer = Background(
-        lab.command(Host::Peer, "turnutils_peer")
-            .args(["-L", "10.77.0.21", "-p", &PEER_PORT.to_string()])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    lab.wait_udp_bound(Host::Peer, PEER_PORT).unwrap();
+    let peer = coturn::start_peer(&lab, Host::Peer, &["10.77.0.21"], PEER_PORT).unwrap();
     let mut command = lab.command(Host::Relay, env!("CARGO_BIN_EXE_relay"));
     // SAFETY: deny_io_uring only makes async-signal-safe prctl calls.
     unsafe { command.pre_exec(deny_io_uring) };

@@ -4,12 +4,13 @@
 
 mod support;
 
-use std::process::Stdio;
-
 use nix::sys::signal::Signal;
 use relay::dataplane::{Dataplane, XdpModeChoice};
 use support::{RunningRelay, verdict_row};
-use xtask::lab::{Background, Host, Lab};
+use xtask::{
+    coturn::{self, Report, Session},
+    lab::{Host, Lab},
+};
 
 const PEER_PORT: u16 = 3480;
 const MESSAGES: u32 = 200;
@@ -27,44 +28,17 @@ fn xdp_on_switch_port(lab: &Lab) -> Dataplane {
     .unwrap()
 }
 
-fn uclient(lab: &Lab, flags: &[&str]) -> (u32, u32, u32, String) {
-    let out = lab
-        .command(Host::ClientA, "turnutils_uclient")
-        .args([
-            "-n",
-            &MESSAGES.to_string(),
-            "-m",
-            &CLIENTS.to_string(),
-            "-l",
-            "172",
-            "-c",
-            "-r",
-            &PEER_PORT.to_string(),
-        ])
-        .args(["-u", "alice", "-w", "wonderland"])
-        .args(flags)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let field = |key: &str| -> u32 {
-        text.lines()
-            .rev()
-            .find_map(|l| {
-                l[l.find(key)? + key.len()..]
-                    .split(|c: char| !c.is_ascii_digit())
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(u32::MAX)
-    };
-    (
-        field("tot_send_msgs="),
-        field("tot_recv_msgs="),
-        field("Total lost packets "),
-        text,
-    )
+const SESSION: Session = Session {
+    messages: MESSAGES,
+    clients: CLIENTS,
+    length: 172,
+    peer_port: PEER_PORT,
+};
+
+fn uclient(lab: &Lab, flags: &[&str]) -> Report {
+    let mut all = vec!["-u", "alice", "-w", "wonderland"];
+    all.extend(flags);
+    coturn::uclient(lab, Host::ClientA, &SESSION, &all).unwrap()
 }
 
 #[test]
@@ -97,36 +71,18 @@ fn channel_traffic_is_forwarded_in_xdp_both_ways_over_ipv4_and_ipv6() {
         ],
         "TURN on",
     );
-    let _peer = Background(
-        lab.command(Host::Peer, "turnutils_peer")
-            .args([
-                "-L",
-                "10.77.0.21",
-                "-L",
-                "fd77::21",
-                "-p",
-                &PEER_PORT.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    lab.wait_udp_bound(Host::Peer, PEER_PORT).unwrap();
+    let _peer =
+        coturn::start_peer(&lab, Host::Peer, &["10.77.0.21", "fd77::21"], PEER_PORT).unwrap();
 
     let mut channel_packets = 0;
     for (name, flags) in [
         ("IPv4", &["-e", "10.77.0.21", "10.77.0.1"][..]),
         ("IPv6", &["-x", "-e", "fd77::21", "fd77::1"][..]),
     ] {
-        let (sent, received, lost, text) = uclient(&lab, flags);
-        let want = MESSAGES * CLIENTS;
-        assert!(
-            sent == want && received == want && lost == 0,
-            "{name}: sent {sent} received {received} lost {lost}\n{text}"
-        );
+        let report = uclient(&lab, flags);
+        assert!(report.is_clean(&SESSION), "{name}: {}", report.tail());
         // Each message crosses the relay twice: to the peer, and echoed back.
-        channel_packets += 2 * u64::from(sent);
+        channel_packets += 2 * u64::from(report.sent);
     }
     let stdout = relay.stop(Signal::SIGTERM);
     let (forwarded, _) = verdict_row(&stdout, "forwarded");
@@ -170,20 +126,9 @@ fn with_max_bps_channels_stay_in_userspace() {
         "{:?}",
         relay.log_lines()
     );
-    let _peer = Background(
-        lab.command(Host::Peer, "turnutils_peer")
-            .args(["-L", "10.77.0.21", "-p", &PEER_PORT.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    lab.wait_udp_bound(Host::Peer, PEER_PORT).unwrap();
-    let (sent, received, lost, text) = uclient(&lab, &["-e", "10.77.0.21", "10.77.0.1"]);
-    assert!(
-        sent == MESSAGES * CLIENTS && received == sent && lost == 0,
-        "{text}"
-    );
+    let _peer = coturn::start_peer(&lab, Host::Peer, &["10.77.0.21"], PEER_PORT).unwrap();
+    let report = uclient(&lab, &["-e", "10.77.0.21", "10.77.0.1"]);
+    assert!(report.is_clean(&SESSION), "{}", report.tail());
     let stdout = relay.stop(Signal::SIGTERM);
     assert_eq!(verdict_row(&stdout, "forwarded").0, 0, "{stdout}");
 }

@@ -22,23 +22,30 @@ use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
-use xtask::lab::{Background, Host, Lab};
+use xtask::{
+    coturn,
+    lab::{Background, Host, Lab},
+};
 
 const CONFIG: &str = include_str!("demo.toml");
 const PEER_PORT: u16 = 3480;
-/// Per session: 2 clients x 250 packets of 172 bytes (RTP + 160 bytes of G.711), one every
-/// 20 ms: 5 s of a call each way.
 const CLIENTS: u32 = 2;
 const PACKETS: u32 = 250;
 const BROKEN_FRAMES: u32 = 5;
 
-/// A TURN session as turnutils_uclient reported it.
+/// Each session: 2 clients x 250 packets of 172 bytes (RTP + 160 bytes of G.711), one
+/// every 20 ms: 5 s of a call each way.
+const SESSION: coturn::Session = coturn::Session {
+    messages: PACKETS,
+    clients: CLIENTS,
+    length: 172,
+    peer_port: PEER_PORT,
+};
+
+/// A TURN session, named, as turnutils_uclient reported it.
 struct Session {
     name: &'static str,
-    sent: u32,
-    received: u32,
-    lost: u32,
-    rtt_ms: String,
+    report: coturn::Report,
 }
 
 pub(crate) fn run() -> anyhow::Result<()> {
@@ -100,22 +107,7 @@ fn demo(lab: &Lab, relay: &std::path::Path, config: &std::path::Path) -> anyhow:
             break;
         }
     }
-    let peer = Background(
-        lab.command(Host::Peer, "turnutils_peer")
-            .args([
-                "-L",
-                "10.77.0.21",
-                "-L",
-                "fd77::21",
-                "-p",
-                &PEER_PORT.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting turnutils_peer (run `cargo xtask setup`: it installs coturn)")?,
-    );
-    lab.wait_udp_bound(Host::Peer, PEER_PORT)?;
+    let peer = coturn::start_peer(lab, Host::Peer, &["10.77.0.21", "fd77::21"], PEER_PORT)?;
 
     let started = Instant::now();
     let sessions = sessions(lab)?;
@@ -198,44 +190,12 @@ fn sessions(lab: &Lab) -> anyhow::Result<[Session; 3]> {
     ])
 }
 
-/// Runs turnutils_uclient from client A with `flags` and reads its closing figures.
+/// Runs turnutils_uclient from client A with `flags`.
 fn session(lab: &Lab, name: &'static str, flags: &[&str]) -> anyhow::Result<Session> {
     println!("demo: TURN session over {name}");
-    let out = lab
-        .command(Host::ClientA, "turnutils_uclient")
-        .args([
-            "-n",
-            &PACKETS.to_string(),
-            "-m",
-            &CLIENTS.to_string(),
-            "-l",
-            "172",
-            "-c",
-            "-r",
-            &PEER_PORT.to_string(),
-        ])
-        .args(flags)
-        .output()
-        .context("running turnutils_uclient (run `cargo xtask setup`: it installs coturn)")?;
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let field = |key: &str| -> Option<String> {
-        text.lines().rev().find_map(|l| {
-            let rest = &l[l.find(key)? + key.len()..];
-            Some(
-                rest.split(|c: char| !(c.is_ascii_digit() || c == '.'))
-                    .next()?
-                    .to_owned(),
-            )
-        })
-    };
-    let number = |key: &str| field(key).and_then(|v| v.parse().ok());
     Ok(Session {
         name,
-        sent: number("tot_send_msgs=").unwrap_or(0),
-        received: number("tot_recv_msgs=").unwrap_or(0),
-        lost: number("Total lost packets ").unwrap_or(u32::MAX),
-        rtt_ms: field("Average round trip delay ").unwrap_or_else(|| "?".into()),
+        report: coturn::uclient(lab, Host::ClientA, &SESSION, flags)?,
     })
 }
 
@@ -263,12 +223,12 @@ fn report(sessions: &[Session], table: &str, mode: &str, elapsed: Duration) -> a
         println!(
             "- {}: turnutils_uclient sent {} packets through Relay to turnutils_peer, which echoed them; {} came back, {} lost, average round trip {:.2} ms (uclient counts whole ms).",
             s.name,
-            s.sent,
-            s.received,
-            s.lost,
-            s.rtt_ms.parse::<f64>().unwrap_or(f64::NAN)
+            s.report.sent,
+            s.report.received,
+            s.report.lost,
+            s.report.rtt_ms.unwrap_or(f64::NAN)
         );
-        ok &= s.sent == want && s.received == want && s.lost == 0;
+        ok &= s.report.is_clean(&SESSION);
     }
     let (udp4, udp4_bytes) = count("udp4");
     let (udp6, udp6_bytes) = count("udp6");

@@ -1,3 +1,4 @@
 //! Shared by the `cargo xtask` commands and Relay's integration tests.
 
+pub mod coturn;
 pub mod lab;

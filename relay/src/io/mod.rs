@@ -104,6 +104,14 @@ pub async fn serve(
         tokio::spawn(stream::serve(l, run.tls_config.clone(), events_tx.clone()));
     }
     drop(events_tx);
+    // The kernel does not enforce --max-bps yet: with a limit, channels stay in userspace.
+    // Said before the ready line below.
+    let fast_path = run.turn.max_bps.is_none();
+    if dataplane.is_some() && !fast_path {
+        log::warn!(
+            "--max-bps is set: channel traffic is relayed in userspace, where the limit holds, not by XDP"
+        );
+    }
     log::info!(
         "TURN on UDP {:?}, TCP {:?}, TLS {:?}; relaying from {:?} ports {}-{}; realm {:?} ({:?} backend)",
         run.udp,
@@ -119,15 +127,7 @@ pub async fn serve(
     let unix = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let run_max_bps = run.turn.max_bps;
     let server = Server::new(run.turn, Instant::now(), unix, rand::random());
-    // The kernel does not enforce --max-bps yet: with a limit, channels stay in userspace.
-    let fast_path = run_max_bps.is_none();
-    if dataplane.is_some() && !fast_path {
-        log::warn!(
-            "--max-bps is set: channel traffic is relayed in userspace, where the limit holds, not by XDP"
-        );
-    }
     let kernel = dataplane.map(|d| control::KernelFlows::new(d, fast_path));
     let dataplane = control::Control::new(server, kernel, commands_tx, wake)
         .run(events_rx, shutdown)
