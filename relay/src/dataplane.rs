@@ -347,11 +347,13 @@ fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
 
 /// The kernel entries of a TURN channel: client -> peer (strip the ChannelData header, send
 /// from the relayed address) and peer -> client (add it, send from the listener), with the
-/// counter slots `stats`. `None` when the fast path cannot carry the flow: stream clients,
-/// or a client and peer of different families (the kernel does not translate).
+/// counter slots `stats`, until `expires_ns` (CLOCK_MONOTONIC; the program passes packets up
+/// after it). `None` when the fast path cannot carry the flow: stream clients, or a client
+/// and peer of different families (the kernel does not translate).
 pub fn channel_entries(
     flow: &crate::turn::ChannelFlow,
     stats: [u32; 2],
+    expires_ns: u64,
 ) -> Option<[(FlowKey, FlowAction); 2]> {
     use relay_common::flow::{ActionKind, FAMILY_IPV4, FAMILY_IPV6};
     if flow.client.transport != crate::turn::Transport::Udp
@@ -394,8 +396,7 @@ pub fn channel_entries(
         family,
         stats_index,
         tenant: 0,
-        // Userspace removes the flow when its permission or channel ends.
-        expires_ns: u64::MAX,
+        expires_ns,
     };
     Some([
         (

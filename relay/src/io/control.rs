@@ -42,12 +42,19 @@ impl KernelFlows {
         }
     }
 
-    fn up(&mut self, flow: ChannelFlow) {
-        if !self.enabled || self.installed.contains_key(&flow) || self.free.len() < 2 {
+    /// Installs a flow, or updates its expiry when it is installed already.
+    fn up(&mut self, flow: ChannelFlow, expires: Instant) {
+        if !self.enabled {
             return;
         }
-        let stats = [self.free.pop().unwrap_or(0), self.free.pop().unwrap_or(0)];
-        let Some(entries) = channel_entries(&flow, stats) else {
+        let stats = match self.installed.get(&flow) {
+            Some(stats) => *stats,
+            None if self.free.len() >= 2 => {
+                [self.free.pop().unwrap_or(0), self.free.pop().unwrap_or(0)]
+            }
+            None => return,
+        };
+        let Some(entries) = channel_entries(&flow, stats, monotonic_ns(expires)) else {
             self.free.extend(stats);
             return;
         };
@@ -68,7 +75,7 @@ impl KernelFlows {
         let Some(stats) = self.installed.remove(flow) else {
             return;
         };
-        if let Some(entries) = channel_entries(flow, stats) {
+        if let Some(entries) = channel_entries(flow, stats, 0) {
             for (key, _) in &entries {
                 if let Err(e) = self.dataplane.remove_flow(key) {
                     log::warn!(
@@ -214,9 +221,9 @@ impl Control {
                 // Both the kernel and the userspace data path get the flow: a packet the
                 // kernel passes up (no route yet, a padded datagram) is still fast in
                 // userspace.
-                Output::FlowUp(flow) => {
+                Output::FlowUp(flow, expires) => {
                     if let Some(kernel) = &mut self.kernel {
-                        kernel.up(flow);
+                        kernel.up(flow, expires);
                     }
                     Command::FlowUp(flow)
                 }
@@ -289,5 +296,54 @@ fn set_int(socket: &Socket, level: i32, name: i32, value: i32) -> std::io::Resul
         Err(std::io::Error::last_os_error())
     } else {
         Ok(())
+    }
+}
+
+/// `at` on the kernel's CLOCK_MONOTONIC, in nanoseconds: the clock of `bpf_ktime_get_ns`
+/// (Rust's `Instant` reads the same clock on Linux, but does not show its value).
+fn monotonic_ns(at: Instant) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec for the kernel to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    let now = Instant::now();
+    let now_ns = ts
+        .tv_sec
+        .unsigned_abs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec.unsigned_abs());
+    match at.checked_duration_since(now) {
+        Some(ahead) => now_ns.saturating_add(ahead.as_nanos() as u64),
+        None => now_ns.saturating_sub(now.duration_since(at).as_nanos() as u64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn instants_map_onto_the_kernels_monotonic_clock() {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid timespec for the kernel to fill.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+        let kernel_now = ts.tv_sec.unsigned_abs() * 1_000_000_000 + ts.tv_nsec.unsigned_abs();
+        let now = Instant::now();
+        assert!(
+            monotonic_ns(now).abs_diff(kernel_now) < 50_000_000,
+            "within 50 ms of the kernel's clock"
+        );
+        let later = monotonic_ns(now + Duration::from_secs(300)) - monotonic_ns(now);
+        assert!(later.abs_diff(300_000_000_000) < 1_000_000, "{later}");
+        let earlier =
+            monotonic_ns(now) - monotonic_ns(now.checked_sub(Duration::from_secs(1)).unwrap());
+        assert!(earlier.abs_diff(1_000_000_000) < 1_000_000, "{earlier}");
     }
 }

@@ -56,9 +56,10 @@ pub(super) struct Allocation {
     channels: HashMap<u16, Channel>,
     channel_by_peer: HashMap<SocketAddr, u16>,
     cooldowns: Vec<Cooldown>,
-    /// Flows installed in the fast path, with their peer: kept here, not looked up, so a
-    /// flow can be removed after its channel and reservation are long gone.
-    installed: HashMap<u16, SocketAddr>,
+    /// Flows installed in the fast path, with their peer and the expiry announced: kept
+    /// here, not looked up, so a flow can be removed after its channel and reservation are
+    /// long gone.
+    installed: HashMap<u16, (SocketAddr, Instant)>,
 }
 
 impl Allocation {
@@ -181,32 +182,37 @@ impl Allocation {
             .fold(self.expires, Instant::min)
     }
 
-    /// Channels that may use the fast path now (bound, and their peer permitted), compared
-    /// with those installed: returns (to install, to remove) and records the new set.
-    pub(super) fn sync_flows(&mut self, now: Instant) -> (Vec<Flow>, Vec<Flow>) {
-        let live: HashMap<u16, SocketAddr> = self
+    /// Channels that may use the fast path now (bound, and their peer permitted), each with
+    /// the instant its channel, permission or allocation ends, compared with what is
+    /// installed: returns the flows to install or whose expiry moved, and the flows to
+    /// remove, and records the new set.
+    pub(super) fn sync_flows(&mut self, now: Instant) -> (Vec<(Flow, Instant)>, Vec<Flow>) {
+        let live: HashMap<u16, (SocketAddr, Instant)> = self
             .channels
             .iter()
             .filter(|(_, c)| c.expires > now && self.has_permission(c.peer.ip(), now))
-            .map(|(n, c)| (*n, c.peer))
+            .map(|(n, c)| {
+                let permission = self.permissions.get(&c.peer.ip()).copied().unwrap_or(now);
+                (*n, (c.peer, c.expires.min(permission).min(self.expires)))
+            })
             .collect();
-        let add = live
+        let up = live
             .iter()
-            .filter(|(n, p)| self.installed.get(n) != Some(p))
-            .map(|(n, p)| (*n, *p))
+            .filter(|(n, v)| self.installed.get(n) != Some(v))
+            .map(|(n, (p, e))| ((*n, *p), *e))
             .collect();
-        let remove = self
+        let down = self
             .installed
             .iter()
-            .filter(|(n, p)| live.get(n) != Some(p))
-            .map(|(n, p)| (*n, *p))
+            .filter(|(n, (p, _))| live.get(n).map(|(lp, _)| lp) != Some(p))
+            .map(|(n, (p, _))| (*n, *p))
             .collect();
         self.installed = live;
-        (add, remove)
+        (up, down)
     }
 
     /// Every installed flow, for removal when the allocation ends.
     pub(super) fn installed_flows(&self) -> Vec<Flow> {
-        self.installed.iter().map(|(n, p)| (*n, *p)).collect()
+        self.installed.iter().map(|(n, (p, _))| (*n, *p)).collect()
     }
 }

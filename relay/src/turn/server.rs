@@ -102,8 +102,10 @@ pub enum Output {
     },
     /// Close the socket of a relayed (or reserved) address.
     Release { addr: SocketAddr },
-    /// A channel the fast path may forward, both ways, without asking the server.
-    FlowUp(ChannelFlow),
+    /// A channel the fast path may forward, both ways, without asking the server, until
+    /// the instant given (its channel, permission or allocation ends then, unless
+    /// refreshed: a refresh announces the flow again with the new instant).
+    FlowUp(ChannelFlow, Instant),
     /// A channel the fast path must stop forwarding.
     FlowDown(ChannelFlow),
 }
@@ -461,25 +463,27 @@ impl Server {
         if tuple.transport != Transport::Udp {
             return;
         }
-        for (up, (channel, peer)) in up
-            .into_iter()
-            .map(|f| (true, f))
-            .chain(down.into_iter().map(|f| (false, f)))
-        {
-            let Some(relayed) = alloc.relayed_for(peer) else {
-                continue;
-            };
-            let flow = ChannelFlow {
-                client: tuple,
-                relayed,
-                channel,
-                peer,
-            };
-            self.outputs.push_back(if up {
-                Output::FlowUp(flow)
-            } else {
-                Output::FlowDown(flow)
-            });
+        for ((channel, peer), expires) in up {
+            if let Some(relayed) = alloc.relayed_for(peer) {
+                let flow = ChannelFlow {
+                    client: tuple,
+                    relayed,
+                    channel,
+                    peer,
+                };
+                self.outputs.push_back(Output::FlowUp(flow, expires));
+            }
+        }
+        for (channel, peer) in down {
+            if let Some(relayed) = alloc.relayed_for(peer) {
+                let flow = ChannelFlow {
+                    client: tuple,
+                    relayed,
+                    channel,
+                    peer,
+                };
+                self.outputs.push_back(Output::FlowDown(flow));
+            }
         }
     }
 
@@ -821,6 +825,8 @@ impl Server {
             if let Some(alloc) = self.allocations.get_mut(&tuple) {
                 alloc.expires = now + lifetime;
             }
+            // The flows end with the allocation: their expiry moved with it.
+            self.sync_flows(tuple, now);
             self.rearm(tuple);
             b.add_u32(attr::LIFETIME, lifetime.as_secs() as u32);
         }

@@ -637,14 +637,16 @@ fn channel_bind_announces_the_flow_and_refuses_conflicts() {
         b.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
     });
     let out = h.client_sends(c.tuple, &req);
+    // Until the permission's end (300 s), the first of channel, permission and allocation.
+    let flow = ChannelFlow {
+        client: c.tuple,
+        relayed,
+        channel: 0x4000,
+        peer,
+    };
     assert_eq!(
         out[0],
-        Output::FlowUp(ChannelFlow {
-            client: c.tuple,
-            relayed,
-            channel: 0x4000,
-            peer
-        })
+        Output::FlowUp(flow, h.now + Duration::from_secs(300))
     );
     // Re-binding the same pair refreshes it; anything else conflicting is 400.
     assert_eq!(c.bind(&mut h, 0x4000, peer).class(), Class::Success);
@@ -672,6 +674,51 @@ fn channel_bind_announces_the_flow_and_refuses_conflicts() {
 }
 
 #[test]
+fn refreshing_a_permission_or_the_allocation_moves_the_flows_expiry() {
+    let mut h = Harness::new(config());
+    let mut c = Client::udp("10.77.0.11:40000", "alice", "secret");
+    let relayed = c.allocate(&mut h);
+    let peer = addr(PEER);
+    c.bind(&mut h, 0x4000, peer);
+    let flow = ChannelFlow {
+        client: c.tuple,
+        relayed,
+        channel: 0x4000,
+        peer,
+    };
+    let announced = |h: &Harness| -> Vec<Instant> {
+        h.history
+            .iter()
+            .filter_map(|o| match o {
+                Output::FlowUp(f, e) if *f == flow => Some(*e),
+                _ => None,
+            })
+            .collect()
+    };
+    let start = h.now;
+    assert_eq!(announced(&h), [start + Duration::from_secs(300)]);
+    h.advance(Duration::from_secs(200));
+    c.permit(&mut h, peer);
+    // The permission now ends at 500 s, the channel and the allocation at 600 s.
+    assert_eq!(
+        announced(&h).last(),
+        Some(&(start + Duration::from_secs(500)))
+    );
+    h.advance(Duration::from_secs(200));
+    c.bind(&mut h, 0x4000, peer);
+    // Channel 1000 s, permission 700 s, allocation still 600 s: the allocation ends first.
+    assert_eq!(
+        announced(&h).last(),
+        Some(&(start + Duration::from_secs(600)))
+    );
+    c.refresh(&mut h, 3600);
+    assert_eq!(
+        announced(&h).last(),
+        Some(&(start + Duration::from_secs(700)))
+    );
+}
+
+#[test]
 fn stream_clients_get_padded_channel_data_and_no_fast_path() {
     let mut h = Harness::new(config());
     let mut c = Client::new(Transport::Tcp, "10.77.0.11:40000", "alice", "secret");
@@ -683,7 +730,7 @@ fn stream_clients_get_padded_channel_data_and_no_fast_path() {
     });
     let out = h.client_sends(c.tuple, &req);
     assert!(
-        !out.iter().any(|o| matches!(o, Output::FlowUp(_))),
+        !out.iter().any(|o| matches!(o, Output::FlowUp(..))),
         "{out:?}"
     );
     let back = only_response(&h.peer_sends(relayed, addr(PEER), b"12345"));
@@ -936,11 +983,16 @@ mod properties {
             prop_assert_eq!(run.h.server.stats().allocations, 0);
             prop_assert_eq!(run.h.server.poll_timeout().map(|_| ()), None, "no timers left");
 
-            let mut up = HashSet::new();
+            let mut up = HashMap::new();
             for o in history {
                 match o {
-                    Output::FlowUp(f) => prop_assert!(up.insert(*f), "flow installed twice: {f:?}"),
-                    Output::FlowDown(f) => prop_assert!(up.remove(f), "flow removed but never installed: {f:?}"),
+                    // Announced again only when its expiry moved.
+                    Output::FlowUp(f, e) => {
+                        if let Some(before) = up.insert(*f, *e) {
+                            prop_assert!(before != *e, "flow announced twice unchanged: {f:?}");
+                        }
+                    }
+                    Output::FlowDown(f) => prop_assert!(up.remove(f).is_some(), "flow removed but never installed: {f:?}"),
                     _ => {}
                 }
             }
@@ -972,7 +1024,11 @@ fn a_late_timer_still_removes_the_flow() {
         channel: 0x4000,
         peer,
     };
-    assert!(h.history.contains(&Output::FlowUp(flow)));
+    assert!(
+        h.history
+            .iter()
+            .any(|o| matches!(o, Output::FlowUp(f, _) if *f == flow))
+    );
     assert!(
         h.advance(Duration::from_secs(900))
             .contains(&Output::FlowDown(flow))
