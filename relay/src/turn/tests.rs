@@ -203,11 +203,21 @@ impl Client {
         panic!("{method} kept being refused");
     }
 
-    fn allocate(&mut self, h: &mut Harness) -> SocketAddr {
-        let response = self.call(h, Method::ALLOCATE, |b| {
+    /// An Allocate for UDP relaying with `extra` attributes, answered as real clients
+    /// retry it; returns the final response.
+    fn try_allocate(
+        &mut self,
+        h: &mut Harness,
+        extra: impl Fn(&mut MessageBuilder),
+    ) -> Message<'static> {
+        leak(self.call(h, Method::ALLOCATE, |b| {
             b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-        });
-        let msg = Message::decode(&response).unwrap();
+            extra(b);
+        }))
+    }
+
+    fn allocate(&mut self, h: &mut Harness) -> SocketAddr {
+        let msg = self.try_allocate(h, |_| {});
         assert_eq!(msg.class(), Class::Success, "{:?}", error_code(&msg));
         assert!(
             msg.verify_integrity(&self.key()).is_ok(),
@@ -357,22 +367,17 @@ fn allocate_is_challenged_then_granted_with_integrity() {
 fn wrong_password_unknown_user_and_unknown_attributes() {
     let mut h = Harness::new(config());
     let mut c = Client::udp("10.77.0.11:40000", "alice", "not-the-password");
-    let r = leak(c.call(&mut h, Method::ALLOCATE, |b| {
-        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-    }));
+    let r = c.try_allocate(&mut h, |_| {});
     assert_eq!(error_code(&r), Some(401));
     let mut c = Client::udp("10.77.0.12:40000", "mallory", "x");
-    let r = leak(c.call(&mut h, Method::ALLOCATE, |b| {
-        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-    }));
+    let r = c.try_allocate(&mut h, |_| {});
     assert_eq!(error_code(&r), Some(401));
     assert!(h.server.stats().unauthorized >= 2);
 
     let mut c = Client::udp("10.77.0.11:40001", "alice", "secret");
-    let r = leak(c.call(&mut h, Method::ALLOCATE, |b| {
-        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
-            .add(0x7F01, b"????");
-    }));
+    let r = c.try_allocate(&mut h, |b| {
+        b.add(0x7F01, b"????");
+    });
     assert_eq!(error_code(&r), Some(420));
     assert_eq!(r.get(attr::UNKNOWN_ATTRIBUTES), Some(&[0x7F, 0x01][..]));
     assert_eq!(h.server.stats().allocations, 0);
@@ -408,9 +413,7 @@ fn retransmitted_allocate_gets_the_same_answer_and_a_new_one_437() {
         .add_message_integrity(&c.key());
     let again = leak(only_response(&h.client_sends(c.tuple, &b.build())));
     assert_eq!(again.class(), Class::Success);
-    let r = leak(c.call(&mut h, Method::ALLOCATE, |b| {
-        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-    }));
+    let r = c.try_allocate(&mut h, |_| {});
     assert_eq!(error_code(&r), Some(437));
 }
 
@@ -428,10 +431,9 @@ fn transport_and_family_errors() {
     let mut v4_only = config();
     v4_only.relay_ips.truncate(1);
     let mut h = Harness::new(v4_only);
-    let r = leak(c.call(&mut h, Method::ALLOCATE, |b| {
-        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
-            .add(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
-    }));
+    let r = c.try_allocate(&mut h, |b| {
+        b.add(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+    });
     assert_eq!(error_code(&r), Some(440));
 }
 
@@ -439,10 +441,9 @@ fn transport_and_family_errors() {
 fn ipv6_and_dual_allocations() {
     let mut h = Harness::new(config());
     let mut c = Client::udp("10.77.0.11:40000", "alice", "secret");
-    let r = leak(c.call(&mut h, Method::ALLOCATE, |b| {
-        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
-            .add(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
-    }));
+    let r = c.try_allocate(&mut h, |b| {
+        b.add(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+    });
     assert_eq!(
         relayed(&r)
             .iter()
@@ -452,10 +453,9 @@ fn ipv6_and_dual_allocations() {
     );
 
     let mut c = Client::udp("10.77.0.11:40001", "alice", "secret");
-    let r = leak(c.call(&mut h, Method::ALLOCATE, |b| {
-        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
-            .add(attr::ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]);
-    }));
+    let r = c.try_allocate(&mut h, |b| {
+        b.add(attr::ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+    });
     let both = relayed(&r);
     assert_eq!(both.len(), 2);
     assert!(both[0].is_ipv4() && both[1].is_ipv6());
@@ -770,16 +770,12 @@ fn quotas() {
     let mut h = Harness::new(cfg);
     Client::udp("10.77.0.11:1", "alice", "secret").allocate(&mut h);
     let mut again = Client::udp("10.77.0.11:2", "alice", "secret");
-    let r = leak(again.call(&mut h, Method::ALLOCATE, |b| {
-        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-    }));
+    let r = again.try_allocate(&mut h, |_| {});
     assert_eq!(error_code(&r), Some(486));
     Client::udp("10.77.0.12:1", "bob", "hunter2").allocate(&mut h);
     let user = format!("{}:carol", UNIX_START + 3600);
     let mut carol = Client::udp("10.77.0.13:1", &user, &rest_password(b"north", &user));
-    let r = leak(carol.call(&mut h, Method::ALLOCATE, |b| {
-        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-    }));
+    let r = carol.try_allocate(&mut h, |_| {});
     assert_eq!(error_code(&r), Some(508));
 }
 
@@ -798,32 +794,28 @@ fn rest_credentials_allocate_until_they_expire() {
 fn even_port_reservation_and_its_token() {
     let mut h = Harness::new(config());
     let mut c = Client::udp("10.77.0.11:40000", "alice", "secret");
-    let r = leak(c.call(&mut h, Method::ALLOCATE, |b| {
-        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
-            .add(attr::EVEN_PORT, &[0x80]);
-    }));
+    let r = c.try_allocate(&mut h, |b| {
+        b.add(attr::EVEN_PORT, &[0x80]);
+    });
     let even = relayed(&r)[0];
     assert_eq!(even.port() % 2, 0);
     let token = r.get(attr::RESERVATION_TOKEN).unwrap().to_vec();
     let mut c2 = Client::udp("10.77.0.11:40001", "alice", "secret");
-    let r = leak(c2.call(&mut h, Method::ALLOCATE, |b| {
-        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
-            .add(attr::RESERVATION_TOKEN, &token);
-    }));
+    let r = c2.try_allocate(&mut h, |b| {
+        b.add(attr::RESERVATION_TOKEN, &token);
+    });
     assert_eq!(relayed(&r), [SocketAddr::new(even.ip(), even.port() + 1)]);
     // A token is good once.
     let mut c3 = Client::udp("10.77.0.11:40002", "alice", "secret");
-    let r = leak(c3.call(&mut h, Method::ALLOCATE, |b| {
-        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
-            .add(attr::RESERVATION_TOKEN, &token);
-    }));
+    let r = c3.try_allocate(&mut h, |b| {
+        b.add(attr::RESERVATION_TOKEN, &token);
+    });
     assert_eq!(error_code(&r), Some(508));
     // An unused reservation is released after 30 s.
     let mut c4 = Client::udp("10.77.0.11:40003", "alice", "secret");
-    let r = leak(c4.call(&mut h, Method::ALLOCATE, |b| {
-        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
-            .add(attr::EVEN_PORT, &[0x80]);
-    }));
+    let r = c4.try_allocate(&mut h, |b| {
+        b.add(attr::EVEN_PORT, &[0x80]);
+    });
     let reserved = SocketAddr::new(relayed(&r)[0].ip(), relayed(&r)[0].port() + 1);
     assert!(
         h.advance(Duration::from_secs(30))
@@ -836,9 +828,7 @@ fn a_failed_bind_is_508_and_leaves_nothing_behind() {
     let mut h = Harness::new(config());
     h.fail_binds = true;
     let mut c = Client::udp("10.77.0.11:40000", "alice", "secret");
-    let r = leak(c.call(&mut h, Method::ALLOCATE, |b| {
-        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-    }));
+    let r = c.try_allocate(&mut h, |_| {});
     assert_eq!(error_code(&r), Some(508));
     h.fail_binds = false;
     c.allocate(&mut h);
@@ -930,10 +920,7 @@ mod properties {
         fn apply(&mut self, op: &Op) {
             match *op {
                 Op::Allocate(c) => {
-                    let r = self.clients[c].call(&mut self.h, Method::ALLOCATE, |b| {
-                        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-                    });
-                    let msg = Message::decode(&r).unwrap();
+                    let msg = self.clients[c].try_allocate(&mut self.h, |_| {});
                     if msg.class() == Class::Success {
                         self.relayed[c] = relayed(&msg).first().copied();
                     }
