@@ -5,7 +5,7 @@
 
 mod support;
 
-use support::{RunningRelay, TempDir};
+use support::{RunningRelay, TempDir, lab_relay_args};
 use xtask::{
     coturn::{self, Report, Session},
     lab::{Background, Host, Lab},
@@ -17,35 +17,17 @@ const CLIENTS: u32 = 2;
 /// Audio-sized: an RTP header and 160 bytes of G.711.
 const LENGTH: u32 = 172;
 
-/// The relay's arguments for the lab, with `extra`.
-fn relay_args(extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "run",
-        "--listening-ip",
-        "10.77.0.1",
-        "--listening-ip",
-        "fd77::1",
-        "--relay-ip",
-        "10.77.0.1",
-        "--relay-ip",
-        "fd77::1",
-        "--realm",
-        "lab",
-        "--user",
-        "alice:wonderland",
-        "--use-auth-secret",
-        "--static-auth-secret",
-        "north",
-        "--allowed-peer-ip",
-        "10.77.0.0/24",
-        "--allowed-peer-ip",
-        "fd77::/64",
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    args
-}
+/// What every relay of this suite has besides the lab's base configuration: REST
+/// credentials, and the lab's private range opened for turnutils_peer.
+const INTEROP: &[&str] = &[
+    "--use-auth-secret",
+    "--static-auth-secret",
+    "north",
+    "--allowed-peer-ip",
+    "10.77.0.0/24",
+    "--allowed-peer-ip",
+    "fd77::/64",
+];
 
 struct Setup {
     lab: Lab,
@@ -62,16 +44,21 @@ fn setup(name: &str, extra: &[&str]) -> Setup {
     let (cert_path, key_path) = (certs.0.join("cert.pem"), certs.0.join("key.pem"));
     std::fs::write(&cert_path, key.cert.pem()).unwrap();
     std::fs::write(&key_path, key.key_pair.serialize_pem()).unwrap();
-    let mut args = relay_args(extra);
-    args.extend([
-        "--cert".into(),
+    let (cert, pkey) = (
         cert_path.display().to_string(),
-        "--pkey".into(),
         key_path.display().to_string(),
+    );
+    let mut args = INTEROP.to_vec();
+    args.extend([
+        "--cert",
+        &cert,
+        "--pkey",
+        &pkey,
+        "--alt-tls-listening-port",
+        "443",
     ]);
-    args.extend(["--alt-tls-listening-port".into(), "443".into()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let relay = RunningRelay::start(&lab, Host::Relay, &args, "TURN on");
+    args.extend(extra);
+    let relay = RunningRelay::in_lab(&lab, &args);
     let peer =
         coturn::start_peer(&lab, Host::Peer, &["10.77.0.21", "fd77::21"], PEER_PORT).unwrap();
     Setup {
@@ -310,9 +297,7 @@ fn without_io_uring_the_relay_falls_back_to_mmsg_and_says_so() {
     let mut command = lab.command(Host::Relay, env!("CARGO_BIN_EXE_relay"));
     // SAFETY: deny_io_uring only makes async-signal-safe prctl calls.
     unsafe { command.pre_exec(deny_io_uring) };
-    let args = relay_args(&[]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let relay = RunningRelay::start_command(command, &args, "TURN on");
+    let relay = RunningRelay::start_command(command, &lab_relay_args(INTEROP), "TURN on");
     assert!(
         relay.logged("io_uring unavailable"),
         "{:?}",
@@ -333,9 +318,9 @@ fn without_io_uring_the_relay_falls_back_to_mmsg_and_says_so() {
     let mut command = lab.command(Host::Relay, env!("CARGO_BIN_EXE_relay"));
     // SAFETY: as above.
     unsafe { command.pre_exec(deny_io_uring) };
-    let mut args = relay_args(&["--io", "uring"]);
-    args[0] = "run".into();
-    let out = command.args(&args).output().unwrap();
+    let mut args = INTEROP.to_vec();
+    args.extend(["--io", "uring"]);
+    let out = command.args(lab_relay_args(&args)).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -350,22 +335,8 @@ fn without_io_uring_the_relay_falls_back_to_mmsg_and_says_so() {
 #[test]
 fn client_to_client_through_one_relay_needs_no_configuration() {
     let lab = Lab::up("ic-c2c").unwrap();
-    let _relay = RunningRelay::start(
-        &lab,
-        Host::Relay,
-        &[
-            "run",
-            "--listening-ip",
-            "10.77.0.1",
-            "--relay-ip",
-            "10.77.0.1",
-            "--realm",
-            "lab",
-            "--user",
-            "alice:wonderland",
-        ],
-        "TURN on",
-    );
+    // The lab's base configuration only: no peer range opened.
+    let _relay = RunningRelay::in_lab(&lab, &[]);
     for transport in [&[][..], &["-t"][..]] {
         for mode in [&[][..], &["-s"][..]] {
             let mut flags = vec!["-y"];

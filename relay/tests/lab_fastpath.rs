@@ -45,31 +45,16 @@ fn uclient(lab: &Lab, flags: &[&str]) -> Report {
 fn channel_traffic_is_forwarded_in_xdp_both_ways_over_ipv4_and_ipv6() {
     let lab = Lab::up("fp-uclient").unwrap();
     let _switch = xdp_on_switch_port(&lab);
-    let relay = RunningRelay::start(
+    let relay = RunningRelay::in_lab(
         &lab,
-        Host::Relay,
         &[
-            "run",
             "--interface",
             "eth0",
-            "--listening-ip",
-            "10.77.0.1",
-            "--listening-ip",
-            "fd77::1",
-            "--relay-ip",
-            "10.77.0.1",
-            "--relay-ip",
-            "fd77::1",
-            "--realm",
-            "lab",
-            "--user",
-            "alice:wonderland",
             "--allowed-peer-ip",
             "10.77.0.21",
             "--allowed-peer-ip",
             "fd77::21",
         ],
-        "TURN on",
     );
     let _peer =
         coturn::start_peer(&lab, Host::Peer, &["10.77.0.21", "fd77::21"], PEER_PORT).unwrap();
@@ -99,27 +84,16 @@ fn channel_traffic_is_forwarded_in_xdp_both_ways_over_ipv4_and_ipv6() {
 fn with_max_bps_channels_stay_in_userspace() {
     let lab = Lab::up("fp-maxbps").unwrap();
     let _switch = xdp_on_switch_port(&lab);
-    let relay = RunningRelay::start(
+    let relay = RunningRelay::in_lab(
         &lab,
-        Host::Relay,
         &[
-            "run",
             "--interface",
             "eth0",
-            "--listening-ip",
-            "10.77.0.1",
-            "--relay-ip",
-            "10.77.0.1",
-            "--realm",
-            "lab",
-            "--user",
-            "alice:wonderland",
             "--allowed-peer-ip",
             "10.77.0.21",
             "--max-bps",
             "10000000",
         ],
-        "TURN on",
     );
     assert!(
         relay.logged("channel traffic is relayed in userspace"),

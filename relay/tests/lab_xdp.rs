@@ -12,15 +12,13 @@ use nix::sys::{
     signal::Signal,
     socket::{setsockopt, sockopt},
 };
-use support::{RunningRelay, verdict_row, xdp_attachment};
+use support::{RunningRelay, lab_relay_args, verdict_row, xdp_attachment};
 use xtask::lab::{Host, Lab};
 
 const DATAGRAMS: usize = 200;
 const PAYLOAD: usize = 172;
 /// A port of a test socket on the relay host (TURN has 3478).
 const PORT: u16 = 5004;
-/// TURN refuses to start without credentials; these tests are about XDP.
-const CREDENTIALS: [&str; 2] = ["--user", "lab:lab"];
 
 /// Sends `DATAGRAMS` datagrams from client-a to `to` and waits until a socket in the relay's
 /// namespace has received every one of them (UDP over a lossless veth: none may be missing).
@@ -64,21 +62,7 @@ fn send_and_receive(lab: &Lab, to: SocketAddr) {
 #[test]
 fn native_xdp_counts_real_udp_and_detaches_on_sigint() {
     let lab = Lab::up("rt-count").unwrap();
-    let relay = RunningRelay::start(
-        &lab,
-        Host::Relay,
-        &[
-            "run",
-            CREDENTIALS[0],
-            CREDENTIALS[1],
-            "--interface",
-            "eth0",
-            "--xdp-mode",
-            "native",
-        ],
-        // Logged once the signal handlers are in place.
-        "TURN on",
-    );
+    let relay = RunningRelay::in_lab(&lab, &["--interface", "eth0", "--xdp-mode", "native"]);
     assert!(
         relay.logged("XDP attached to eth0 in native (driver) mode"),
         "{:?}",
@@ -117,21 +101,7 @@ fn native_xdp_counts_real_udp_and_detaches_on_sigint() {
 #[test]
 fn generic_mode_on_request_and_detach_on_sigterm() {
     let lab = Lab::up("rt-generic").unwrap();
-    let relay = RunningRelay::start(
-        &lab,
-        Host::Relay,
-        &[
-            "run",
-            CREDENTIALS[0],
-            CREDENTIALS[1],
-            "--interface",
-            "eth0",
-            "--xdp-mode",
-            "generic",
-        ],
-        // Logged once the signal handlers are in place.
-        "TURN on",
-    );
+    let relay = RunningRelay::in_lab(&lab, &["--interface", "eth0", "--xdp-mode", "generic"]);
     assert!(
         relay.logged("XDP attached to eth0 in generic (skb) mode"),
         "{:?}",
@@ -156,13 +126,7 @@ fn unknown_interface_is_a_clear_error() {
     let lab = Lab::up("rt-noif").unwrap();
     let out = lab
         .command(Host::Relay, env!("CARGO_BIN_EXE_relay"))
-        .args([
-            "run",
-            CREDENTIALS[0],
-            CREDENTIALS[1],
-            "--interface",
-            "nosuch0",
-        ])
+        .args(lab_relay_args(&["--interface", "nosuch0"]))
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -178,12 +142,7 @@ fn unknown_interface_is_a_clear_error() {
 #[test]
 fn broken_frames_from_the_wire_are_dropped_and_counted() {
     let lab = Lab::up("rt-broken").unwrap();
-    let relay = RunningRelay::start(
-        &lab,
-        Host::Relay,
-        &["run", CREDENTIALS[0], CREDENTIALS[1], "--interface", "eth0"],
-        "TURN on",
-    );
+    let relay = RunningRelay::in_lab(&lab, &["--interface", "eth0"]);
     let mut ipv4_udp = vec![0x45, 0, 0, 44, 0, 0, 0x40, 0, 64, 17, 0, 0];
     ipv4_udp.extend_from_slice(&Host::ClientB.ipv4().octets());
     ipv4_udp.extend_from_slice(&Host::Relay.ipv4().octets());

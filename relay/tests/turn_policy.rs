@@ -98,28 +98,10 @@ fn error(msg: &Message<'_>) -> Option<u16> {
         .map(|v| decode_error_code(v).unwrap().0)
 }
 
-fn start(lab: &Lab, extra: &[&str]) -> RunningRelay {
-    let mut args = vec![
-        "run",
-        "--listening-ip",
-        "10.77.0.1",
-        "--relay-ip",
-        "10.77.0.1",
-        "--relay-ip",
-        "fd77::1",
-        "--realm",
-        "lab",
-        "--user",
-        "alice:wonderland",
-    ];
-    args.extend(extra);
-    RunningRelay::start(lab, Host::Relay, &args, "TURN on")
-}
-
 #[test]
 fn denied_peers_are_refused_403_by_default() {
     let lab = Lab::up("tp-deny").unwrap();
-    let _relay = start(&lab, &[]);
+    let _relay = RunningRelay::in_lab(&lab, &[]);
     let mut client = TurnClient::new(&lab);
     client.allocate(attr::FAMILY_IPV4);
     for peer in [
@@ -151,7 +133,7 @@ fn denied_peers_are_refused_403_by_default() {
 #[test]
 fn send_to_a_denied_peer_never_arrives() {
     let lab = Lab::up("tp-send").unwrap();
-    let _relay = start(&lab, &[]);
+    let _relay = RunningRelay::in_lab(&lab, &[]);
     // Something listening on the relay host's loopback: the target an attacker would want.
     let victim = lab
         .in_netns(Host::Relay, || UdpSocket::bind("127.0.0.1:5000"))
@@ -179,7 +161,7 @@ fn send_to_a_denied_peer_never_arrives() {
 #[test]
 fn operators_open_ranges_with_allowed_peer_ip() {
     let lab = Lab::up("tp-allow").unwrap();
-    let _relay = start(
+    let _relay = RunningRelay::in_lab(
         &lab,
         &[
             "--allowed-peer-ip",
@@ -201,7 +183,7 @@ fn operators_open_ranges_with_allowed_peer_ip() {
 #[test]
 fn garbage_from_anyone_disturbs_no_one() {
     let lab = Lab::up("tp-garbage").unwrap();
-    let _relay = start(&lab, &[]);
+    let _relay = RunningRelay::in_lab(&lab, &[]);
     let mut client = TurnClient::new(&lab);
     let relayed = client.allocate(attr::FAMILY_IPV4);
     lab.in_netns(Host::ClientB, || {
@@ -234,7 +216,7 @@ fn garbage_from_anyone_disturbs_no_one() {
 fn max_bps_limits_each_allocation() {
     const BPS: u64 = 400_000;
     let lab = Lab::up("tp-bps").unwrap();
-    let _relay = start(
+    let _relay = RunningRelay::in_lab(
         &lab,
         &["--max-bps", "400000", "--allowed-peer-ip", "10.77.0.21"],
     );

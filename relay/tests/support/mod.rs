@@ -27,7 +27,38 @@ pub(crate) struct RunningRelay {
     seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
+/// The relay's base configuration in the lab: the relay host's addresses of both families,
+/// realm `lab`, the user `alice:wonderland`. Tests add the flags they are about.
+const LAB_RELAY: &[&str] = &[
+    "--listening-ip",
+    "10.77.0.1",
+    "--listening-ip",
+    "fd77::1",
+    "--relay-ip",
+    "10.77.0.1",
+    "--relay-ip",
+    "fd77::1",
+    "--realm",
+    "lab",
+    "--user",
+    "alice:wonderland",
+];
+
+/// `relay run` with the lab's base configuration and `extra`.
+pub(crate) fn lab_relay_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run"];
+    args.extend(LAB_RELAY);
+    args.extend(extra);
+    args
+}
+
 impl RunningRelay {
+    /// `relay run` on the lab's relay host with the base configuration and `extra`, once it
+    /// serves (its ready line comes after its signal handlers and start-up warnings).
+    pub(crate) fn in_lab(lab: &Lab, extra: &[&str]) -> Self {
+        Self::start(lab, Host::Relay, &lab_relay_args(extra), "TURN on")
+    }
+
     /// Starts `relay <args>` in `host`'s namespace and waits for the log line that contains
     /// `ready` (an event, not a sleep).
     pub(crate) fn start(lab: &Lab, host: Host, args: &[&str], ready: &str) -> Self {
