@@ -19,11 +19,54 @@ use std::{
 
 use socket2::{SockAddr, SockAddrStorage};
 
-use super::datapath::{Command, Datapath, Io, SocketId};
+use super::{
+    datapath::{Command, Datapath, Io, SocketId},
+    msghdr,
+};
 use crate::io::wake::Wake;
 
 const BATCH: usize = 64;
 const BUF: usize = 2048;
+
+/// Receive buffers and the headers that point into them, built once per data path thread
+/// and reused by every recvmmsg. The vectors never grow after `new`, so the pointers
+/// between them stay valid.
+struct RecvBatch {
+    bufs: Vec<[u8; BUF]>,
+    names: Vec<SockAddrStorage>,
+    /// Not read: the headers point at them.
+    _iovs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+}
+
+impl RecvBatch {
+    fn new() -> Self {
+        let mut bufs = vec![[0_u8; BUF]; BATCH];
+        let mut names: Vec<SockAddrStorage> =
+            (0..BATCH).map(|_| SockAddrStorage::zeroed()).collect();
+        let mut iovs: Vec<libc::iovec> = bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: BUF,
+            })
+            .collect();
+        let msgs = iovs
+            .iter_mut()
+            .zip(names.iter_mut())
+            .map(|(iov, name)| libc::mmsghdr {
+                msg_hdr: msghdr(std::ptr::from_mut(name).cast(), name.size_of(), iov),
+                msg_len: 0,
+            })
+            .collect();
+        Self {
+            bufs,
+            names,
+            _iovs: iovs,
+            msgs,
+        }
+    }
+}
 
 struct Queued {
     to: SockAddr,
@@ -69,7 +112,7 @@ impl Mmsg {
     pub(crate) fn run(mut self, mut dp: Datapath, commands: &Receiver<Command>, wake: &Wake) {
         const WAKE_TOKEN: u64 = u64::MAX;
         self.watch(wake.fd(), WAKE_TOKEN);
-        let mut bufs = vec![[0_u8; BUF]; BATCH];
+        let mut batch = RecvBatch::new();
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
         loop {
             // SAFETY: `events` has room for its length.
@@ -94,7 +137,7 @@ impl Mmsg {
                         }
                     }
                 } else {
-                    self.drain_socket(&mut dp, token as SocketId, &mut bufs);
+                    self.drain_socket(&mut dp, token as SocketId, &mut batch);
                 }
             }
             self.flush();
@@ -102,42 +145,22 @@ impl Mmsg {
     }
 
     /// Receives from `id` until it would block, a batch per system call.
-    fn drain_socket(&mut self, dp: &mut Datapath, id: SocketId, bufs: &mut [[u8; BUF]]) {
+    fn drain_socket(&mut self, dp: &mut Datapath, id: SocketId, batch: &mut RecvBatch) {
         let Some(fd) = self.sockets.get(&id).map(AsRawFd::as_raw_fd) else {
             return;
         };
         loop {
-            let mut names: Vec<SockAddrStorage> =
-                (0..bufs.len()).map(|_| SockAddrStorage::zeroed()).collect();
-            let mut iovs: Vec<libc::iovec> = bufs
-                .iter_mut()
-                .map(|b| libc::iovec {
-                    iov_base: b.as_mut_ptr().cast(),
-                    iov_len: BUF,
-                })
-                .collect();
-            let mut msgs: Vec<libc::mmsghdr> = iovs
-                .iter_mut()
-                .zip(names.iter_mut())
-                .map(|(iov, name)| {
-                    // SAFETY: all-zero msghdr is valid; the pointers set below outlive the call.
-                    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-                    hdr.msg_namelen = name.size_of();
-                    hdr.msg_name = std::ptr::from_mut(name).cast();
-                    hdr.msg_iov = iov;
-                    hdr.msg_iovlen = 1;
-                    libc::mmsghdr {
-                        msg_hdr: hdr,
-                        msg_len: 0,
-                    }
-                })
-                .collect();
-            // SAFETY: every mmsghdr points at live buffers of the stated sizes.
+            // The kernel shortens each name length to the address it wrote: reset them.
+            for (m, name) in batch.msgs.iter_mut().zip(&batch.names) {
+                m.msg_hdr.msg_namelen = name.size_of();
+                m.msg_len = 0;
+            }
+            // SAFETY: every mmsghdr points at live buffers of the stated sizes (RecvBatch).
             let n = unsafe {
                 libc::recvmmsg(
                     fd,
-                    msgs.as_mut_ptr(),
-                    msgs.len() as u32,
+                    batch.msgs.as_mut_ptr(),
+                    batch.msgs.len() as u32,
                     libc::MSG_DONTWAIT,
                     std::ptr::null_mut(),
                 )
@@ -145,21 +168,19 @@ impl Mmsg {
             if n <= 0 {
                 return; // EAGAIN (drained) or an error reported on the next read.
             }
-            let lens: Vec<(u32, usize)> = msgs[..n as usize]
-                .iter()
-                .map(|m| (m.msg_hdr.msg_namelen, m.msg_len as usize))
-                .collect();
-            for (i, (name, (namelen, len))) in names.into_iter().zip(lens).enumerate() {
-                // SAFETY: the kernel filled the storage with `namelen` bytes of address.
-                let from = unsafe { SockAddr::new(name, namelen) };
+            for i in 0..n as usize {
+                let m = &batch.msgs[i];
+                // SAFETY: the storage is plain old data, copied out as the kernel left it.
+                let name = unsafe { std::ptr::read(&raw const batch.names[i]) };
+                // SAFETY: the kernel filled the storage with `msg_namelen` bytes of address.
+                let from = unsafe { SockAddr::new(name, m.msg_hdr.msg_namelen) };
                 let Some(from) = from.as_socket() else {
                     continue;
                 };
-                let len = len.min(BUF);
-                let data = bufs[i];
-                dp.on_datagram(self, id, from, &data[..len]);
+                let len = (m.msg_len as usize).min(BUF);
+                dp.on_datagram(self, id, from, &batch.bufs[i][..len]);
             }
-            if (n as usize) < bufs.len() {
+            if (n as usize) < BATCH {
                 return;
             }
         }
@@ -183,17 +204,9 @@ impl Mmsg {
                 let mut msgs: Vec<libc::mmsghdr> = chunk
                     .iter()
                     .zip(iovs.iter_mut())
-                    .map(|(q, iov)| {
-                        // SAFETY: all-zero msghdr is valid; the pointers outlive the call.
-                        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-                        hdr.msg_name = q.to.as_ptr().cast_mut().cast();
-                        hdr.msg_namelen = q.to.len();
-                        hdr.msg_iov = iov;
-                        hdr.msg_iovlen = 1;
-                        libc::mmsghdr {
-                            msg_hdr: hdr,
-                            msg_len: 0,
-                        }
+                    .map(|(q, iov)| libc::mmsghdr {
+                        msg_hdr: msghdr(q.to.as_ptr().cast_mut().cast(), q.to.len(), iov),
+                        msg_len: 0,
                     })
                     .collect();
                 let mut sent = 0;

@@ -138,6 +138,18 @@ pub async fn serve(
     Ok(dataplane)
 }
 
+/// A `msghdr` for one datagram: its address and one buffer, no control data. Both UDP
+/// backends build their receive and send headers with it.
+fn msghdr(name: *mut libc::c_void, namelen: u32, iov: *mut libc::iovec) -> libc::msghdr {
+    // SAFETY: all-zero is a valid msghdr (no control data, no flags).
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_name = name;
+    hdr.msg_namelen = namelen;
+    hdr.msg_iov = iov;
+    hdr.msg_iovlen = 1;
+    hdr
+}
+
 fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<UdpSocket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),

@@ -22,6 +22,7 @@ use socket2::{SockAddr, SockAddrStorage};
 
 use super::{
     datapath::{Command, Datapath, Io, SocketId},
+    msghdr,
     wake::Wake,
 };
 
@@ -180,13 +181,12 @@ impl Io for UringIo {
             iov_base: slot.data.as_mut_ptr().cast(),
             iov_len: slot.data.len(),
         };
-        // SAFETY: all-zero msghdr is valid; the pointers set point into the boxed slot,
-        // which stays put until its completion frees it.
-        slot.hdr = unsafe { std::mem::zeroed() };
-        slot.hdr.msg_name = slot.to.as_ptr().cast_mut().cast();
-        slot.hdr.msg_namelen = slot.to.len();
-        slot.hdr.msg_iov = &raw mut slot.iov;
-        slot.hdr.msg_iovlen = 1;
+        // The pointers point into the slot, which stays put until its completion frees it.
+        slot.hdr = msghdr(
+            slot.to.as_ptr().cast_mut().cast(),
+            slot.to.len(),
+            &raw mut slot.iov,
+        );
         let entry = opcode::SendMsg::new(types::Fd(socket.as_raw_fd()), &raw const slot.hdr)
             .build()
             .user_data(KIND_SEND | index as u64);
