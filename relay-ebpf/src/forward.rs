@@ -224,19 +224,20 @@ pub(crate) fn forward(ctx: &XdpContext, f: &UdpFrame) -> Option<u32> {
             old_len[1],
         ],
     );
-    delta = csum::add(
-        delta,
-        &[
-            action.src_port[0],
-            action.src_port[1],
-            action.dst_port[0],
-            action.dst_port[1],
-            new_len[0],
-            new_len[1],
-            new_len[0],
-            new_len[1],
-        ],
-    );
+    // The new UDP header, its checksum still zero (so adding it adds nothing for that
+    // word), and the new length once more for the pseudo-header.
+    let mut udp = [
+        action.src_port[0],
+        action.src_port[1],
+        action.dst_port[0],
+        action.dst_port[1],
+        new_len[0],
+        new_len[1],
+        0,
+        0,
+    ];
+    delta = csum::add(delta, &udp);
+    delta = csum::add(delta, &new_len);
     let new_cd = [
         (action.channel >> 8) as u8,
         action.channel as u8,
@@ -305,17 +306,7 @@ pub(crate) fn forward(ctx: &XdpContext, f: &UdpFrame) -> Option<u32> {
         ip[24..40].copy_from_slice(&action.dst);
         frame.write(l3, &ip)?;
     }
-    let c = new_csum.to_be_bytes();
-    let udp = [
-        action.src_port[0],
-        action.src_port[1],
-        action.dst_port[0],
-        action.dst_port[1],
-        new_len[0],
-        new_len[1],
-        c[0],
-        c[1],
-    ];
+    udp[6..8].copy_from_slice(&new_csum.to_be_bytes());
     frame.write(l4, &udp)?;
     if kind == ActionKind::AddChannel {
         frame.write(l4 + UDP_HLEN, &new_cd)?;
