@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::server::ClientTuple;
+use super::server::{ChannelFlow, ClientTuple};
 use crate::stun::TransactionId;
 
 /// RFC 8656 section 9: permissions last 300 s.
@@ -92,6 +92,18 @@ impl Allocation {
             .iter()
             .copied()
             .find(|r| r.is_ipv4() == peer.is_ipv4())
+    }
+
+    /// The fast-path flow of `channel` to `peer`: this allocation's client and the relayed
+    /// address of the peer's family.
+    pub(super) fn channel_flow(&self, channel: u16, peer: SocketAddr) -> Option<ChannelFlow> {
+        let relayed = self.relayed_for(peer)?;
+        Some(ChannelFlow {
+            client: self.tuple,
+            relayed,
+            channel,
+            peer,
+        })
     }
 
     pub(super) fn has_permission(&self, peer: IpAddr, now: Instant) -> bool {

@@ -428,13 +428,8 @@ impl Server {
             Vec::new()
         };
         for (channel, peer) in flows {
-            if let Some(relayed) = alloc.relayed_for(peer) {
-                self.outputs.push_back(Output::FlowDown(ChannelFlow {
-                    client: tuple,
-                    relayed,
-                    channel,
-                    peer,
-                }));
+            if let Some(flow) = alloc.channel_flow(channel, peer) {
+                self.outputs.push_back(Output::FlowDown(flow));
             }
         }
         for relayed in &alloc.relayed {
@@ -464,24 +459,12 @@ impl Server {
             return;
         }
         for ((channel, peer), expires) in up {
-            if let Some(relayed) = alloc.relayed_for(peer) {
-                let flow = ChannelFlow {
-                    client: tuple,
-                    relayed,
-                    channel,
-                    peer,
-                };
+            if let Some(flow) = alloc.channel_flow(channel, peer) {
                 self.outputs.push_back(Output::FlowUp(flow, expires));
             }
         }
         for (channel, peer) in down {
-            if let Some(relayed) = alloc.relayed_for(peer) {
-                let flow = ChannelFlow {
-                    client: tuple,
-                    relayed,
-                    channel,
-                    peer,
-                };
+            if let Some(flow) = alloc.channel_flow(channel, peer) {
                 self.outputs.push_back(Output::FlowDown(flow));
             }
         }
