@@ -183,7 +183,7 @@ fn operators_open_ranges_with_allowed_peer_ip() {
 #[test]
 fn garbage_from_anyone_disturbs_no_one() {
     let lab = Lab::up("tp-garbage").unwrap();
-    let _relay = RunningRelay::in_lab(&lab, &[]);
+    let relay = RunningRelay::in_lab(&lab, &[]);
     let mut client = TurnClient::new(&lab);
     let relayed = client.allocate(attr::FAMILY_IPV4);
     lab.in_netns(Host::ClientB, || {
@@ -207,6 +207,23 @@ fn garbage_from_anyone_disturbs_no_one() {
         b.add_u32(attr::LIFETIME, 600);
     });
     assert_eq!(Message::decode(&r).unwrap().class(), Class::Success);
+    // The drops were counted, and the relay says so when it stops.
+    let (_, log) = relay.stop_logged(nix::sys::signal::Signal::SIGTERM);
+    let exit = log
+        .iter()
+        .find(|l| l.contains("TURN server at exit"))
+        .expect("no exit counts");
+    let malformed: u64 = exit
+        .split("dropped: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no malformed count in {exit:?}"));
+    assert!(malformed >= 1000, "{exit}");
+    assert!(
+        log.iter().any(|l| l.contains("UDP data path at exit")),
+        "{log:?}"
+    );
 }
 
 /// `--max-bps` holds an allocation to its budget: what reaches the peer never exceeds the

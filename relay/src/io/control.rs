@@ -141,6 +141,7 @@ impl Control {
         }
         let _ = self.commands.send(Command::Stop);
         self.wake.wake();
+        log::info!("TURN server at exit: {}", self.server.stats());
         // The data plane goes back to the caller, its flows still installed.
         self.kernel.map(|k| k.dataplane)
     }

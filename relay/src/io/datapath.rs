@@ -90,7 +90,7 @@ struct Relay {
     limit: Option<(TokenBucket, u64)>,
 }
 
-/// Counters of the data path, for metrics and tests.
+/// Counters of the data path, logged when the relay stops (and read by tests).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Stats {
     /// ChannelData forwarded by the flow table, each way.
@@ -102,6 +102,10 @@ pub(crate) struct Stats {
     pub(crate) over_limit: u64,
     /// Datagrams dropped because the control task's queue was full.
     pub(crate) control_full: u64,
+    /// Sends the kernel refused (a full socket buffer, an ICMP error); filled by the backend.
+    pub(crate) send_errors: u64,
+    /// Datagrams larger than a receive buffer, dropped; filled by the io_uring backend.
+    pub(crate) truncated: u64,
 }
 
 pub(crate) struct Datapath {
@@ -115,6 +119,24 @@ pub(crate) struct Datapath {
     epoch: Instant,
     scratch: Vec<u8>,
     pub(crate) stats: Stats,
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} channel datagrams forwarded to peers and {} to clients by the flow table, {} handed \
+             to the TURN server; dropped: {} over --max-bps, {} on a full control queue, {} \
+             truncated; {} send errors",
+            self.fast_to_peer,
+            self.fast_to_client,
+            self.up,
+            self.over_limit,
+            self.control_full,
+            self.truncated,
+            self.send_errors
+        )
+    }
 }
 
 impl Datapath {

@@ -20,7 +20,7 @@ use std::{
 use socket2::{SockAddr, SockAddrStorage};
 
 use super::{
-    datapath::{Command, Datapath, Io, SocketId},
+    datapath::{Command, Datapath, Io, SocketId, Stats},
     msghdr,
 };
 use crate::io::wake::Wake;
@@ -78,7 +78,7 @@ pub(crate) struct Mmsg {
     sockets: HashMap<SocketId, UdpSocket>,
     /// Sends queued per socket during a batch.
     queue: HashMap<SocketId, Vec<Queued>>,
-    pub(crate) send_errors: u64,
+    send_errors: u64,
 }
 
 impl Mmsg {
@@ -108,8 +108,21 @@ impl Mmsg {
         }
     }
 
-    /// Runs until a `Stop` command.
-    pub(crate) fn run(mut self, mut dp: Datapath, commands: &Receiver<Command>, wake: &Wake) {
+    /// Runs until a `Stop` command; returns the data path's counts.
+    pub(crate) fn run(
+        mut self,
+        mut dp: Datapath,
+        commands: &Receiver<Command>,
+        wake: &Wake,
+    ) -> Stats {
+        self.serve_loop(&mut dp, commands, wake);
+        Stats {
+            send_errors: self.send_errors,
+            ..dp.stats
+        }
+    }
+
+    fn serve_loop(&mut self, dp: &mut Datapath, commands: &Receiver<Command>, wake: &Wake) {
         const WAKE_TOKEN: u64 = u64::MAX;
         self.watch(wake.fd(), WAKE_TOKEN);
         let mut batch = RecvBatch::new();
@@ -132,12 +145,12 @@ impl Mmsg {
                 if token == WAKE_TOKEN {
                     wake.clear();
                     while let Ok(c) = commands.try_recv() {
-                        if !dp.on_command(&mut self, c) {
+                        if !dp.on_command(self, c) {
                             return;
                         }
                     }
                 } else {
-                    self.drain_socket(&mut dp, token as SocketId, &mut batch);
+                    self.drain_socket(dp, token as SocketId, &mut batch);
                 }
             }
             self.flush();

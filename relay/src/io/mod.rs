@@ -132,9 +132,10 @@ pub async fn serve(
     let dataplane = control::Control::new(server, kernel, commands_tx, wake)
         .run(events_rx, shutdown)
         .await;
-    thread
+    let stats = thread
         .join()
         .map_err(|_| anyhow::anyhow!("the UDP data path thread panicked"))?;
+    log::info!("UDP data path at exit: {stats}");
     Ok(dataplane)
 }
 

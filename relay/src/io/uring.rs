@@ -21,7 +21,7 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use socket2::{SockAddr, SockAddrStorage};
 
 use super::{
-    datapath::{Command, Datapath, Io, SocketId},
+    datapath::{Command, Datapath, Io, SocketId, Stats},
     msghdr,
     wake::Wake,
 };
@@ -305,8 +305,22 @@ impl Uring {
         Ok(())
     }
 
-    /// Runs until a `Stop` command.
-    pub(crate) fn run(mut self, mut dp: Datapath, commands: &Receiver<Command>, wake: &Wake) {
+    /// Runs until a `Stop` command; returns the data path's counts.
+    pub(crate) fn run(
+        mut self,
+        mut dp: Datapath,
+        commands: &Receiver<Command>,
+        wake: &Wake,
+    ) -> Stats {
+        self.serve_loop(&mut dp, commands, wake);
+        Stats {
+            send_errors: self.io.send_errors,
+            truncated: self.io.truncated,
+            ..dp.stats
+        }
+    }
+
+    fn serve_loop(&mut self, dp: &mut Datapath, commands: &Receiver<Command>, wake: &Wake) {
         self.arm_wake(wake);
         if let Err(e) = self.submit_queued() {
             log::error!("io_uring submit: {e}");
@@ -328,7 +342,7 @@ impl Uring {
             );
             for &(user_data, result, flags) in &completions {
                 match user_data & KIND_MASK {
-                    KIND_RECV => self.on_recv(&mut dp, user_data, result, flags),
+                    KIND_RECV => self.on_recv(dp, user_data, result, flags),
                     KIND_SEND => {
                         self.io.free_slots.push((user_data & !KIND_MASK) as usize);
                         if result < 0 {

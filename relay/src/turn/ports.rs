@@ -57,10 +57,6 @@ impl PortPool {
     pub fn release(&mut self, addr: SocketAddr) {
         self.in_use.remove(&addr);
     }
-
-    pub fn in_use(&self) -> usize {
-        self.in_use.len()
-    }
 }
 
 #[cfg(test)]

@@ -119,7 +119,7 @@ pub struct ChannelFlow {
     pub peer: SocketAddr,
 }
 
-/// Counted drops and refusals, for metrics and tests.
+/// Counted drops and refusals, logged when the relay stops (and read by tests).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     pub allocations: usize,
@@ -129,6 +129,17 @@ pub struct Stats {
     pub unpermitted: u64,
     /// Requests refused for credentials (401, 438, 441).
     pub unauthorized: u64,
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} allocations; dropped: {} malformed, {} without allocation or permission; {} \
+             requests refused for credentials",
+            self.allocations, self.malformed, self.unpermitted, self.unauthorized
+        )
+    }
 }
 
 /// RFC 8656 section 7.2: a reserved port is held this long for its RESERVATION-TOKEN.

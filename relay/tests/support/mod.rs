@@ -25,6 +25,8 @@ pub(crate) struct RunningRelay {
     pub(crate) log: mpsc::Receiver<String>,
     /// Every line logged so far.
     seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The thread reading the log; it ends when the relay closes stderr.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// The relay's base configuration in the lab: the relay host's addresses of both families,
@@ -81,14 +83,19 @@ impl RunningRelay {
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
         let seen_by_reader = std::sync::Arc::clone(&seen);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("relay: {line}");
                 seen_by_reader.lock().unwrap().push(line.clone());
                 let _ = tx.send(line);
             }
         });
-        let relay = Self { child, log, seen };
+        let relay = Self {
+            child,
+            log,
+            seen,
+            reader: Some(reader),
+        };
         relay.wait_for_log(ready);
         relay
     }
@@ -115,7 +122,12 @@ impl RunningRelay {
     }
 
     /// Sends `signal`, waits for a clean exit and returns what the relay printed on stdout.
-    pub(crate) fn stop(mut self, signal: Signal) -> String {
+    pub(crate) fn stop(self, signal: Signal) -> String {
+        self.stop_logged(signal).0
+    }
+
+    /// As [`RunningRelay::stop`], also returning every line the relay logged, to the last.
+    pub(crate) fn stop_logged(mut self, signal: Signal) -> (String, Vec<String>) {
         // `ip netns exec` execs the relay, so the child's pid is the relay's.
         nix::sys::signal::kill(Pid::from_raw(self.child.id().cast_signed()), signal).unwrap();
         let mut stdout = String::new();
@@ -130,7 +142,10 @@ impl RunningRelay {
             status.success(),
             "relay exited with {status} after {signal}; stdout:\n{stdout}"
         );
-        stdout
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        (stdout, self.log_lines())
     }
 }
 
