@@ -71,15 +71,10 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let signal_name = runtime.block_on(async {
-        let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-        let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let signal = shutdown_signal()?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let shutdown = async move {
-            let name = tokio::select! {
-                _ = sigterm.recv() => "SIGTERM",
-                _ = sigint.recv() => "SIGINT",
-            };
-            let _ = tx.send(name);
+            let _ = tx.send(signal.await);
         };
         let dataplane = relay::io::serve(run, dataplane, shutdown).await?;
         anyhow::Ok((rx.await.unwrap_or("shutdown"), dataplane))
@@ -105,19 +100,28 @@ fn attach(interface: &str, mode: relay::dataplane::XdpModeChoice) -> anyhow::Res
         .enable_all()
         .build()?;
     let signal_name = runtime.block_on(async {
-        let mut sigterm = signal(SignalKind::terminate())?;
-        let mut sigint = signal(SignalKind::interrupt())?;
+        let signal = shutdown_signal()?;
         log::info!("counting on {interface} until SIGINT or SIGTERM");
-        anyhow::Ok(tokio::select! {
-            _ = sigterm.recv() => "SIGTERM",
-            _ = sigint.recv() => "SIGINT",
-        })
+        anyhow::Ok(signal.await)
     })?;
     let counters = dataplane.verdict_counters()?;
     drop(dataplane);
     log::info!("{signal_name}: XDP detached from {interface}");
     println!("XDP verdicts on {interface} ({mode} mode):\n{counters}");
     Ok(())
+}
+
+/// Installs the SIGINT and SIGTERM handlers now (before the caller says it is ready) and
+/// resolves to the name of the first signal that arrives. Call inside the runtime.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = &'static str>> {
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = sigint.recv() => "SIGINT",
+        }
+    })
 }
 
 /// The host's addresses: the default listening IPs.
