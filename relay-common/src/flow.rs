@@ -64,14 +64,18 @@ pub struct FlowAction {
     pub family: u8,
     /// Index of this flow's counters in the per-CPU `FLOW_STATS` array.
     pub stats_index: u32,
-    /// The tenant whose token bucket the flow spends (0: none).
-    pub tenant: u32,
+    /// Index in `POLICERS` of the tenant's limit the flow spends (0: none).
+    pub tenant_policer: u32,
+    /// Index in `POLICERS` of the allocation's own limit, `--max-bps` (0: none).
+    pub allocation_policer: u32,
+    /// Explicit padding, always zero.
+    pub pad: u32,
     /// CLOCK_MONOTONIC nanoseconds after which the permission behind the flow is gone: the
     /// program then leaves the packet to userspace.
     pub expires_ns: u64,
 }
 
-const _: () = assert!(size_of::<FlowAction>() == 56);
+const _: () = assert!(size_of::<FlowAction>() == 64);
 
 impl FlowAction {
     pub const fn kind(&self) -> Option<ActionKind> {

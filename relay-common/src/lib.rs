@@ -4,12 +4,19 @@
 //! written on each field, size asserted at compile time, so that the kernel and userspace can
 //! never disagree about a layout.
 #![no_std]
+// The eBPF build needs the atomic intrinsics (see `atomic`).
+#![cfg_attr(
+    target_arch = "bpf",
+    feature(core_intrinsics),
+    expect(internal_features)
+)]
+
+mod atomic;
 
 pub mod csum;
 pub mod flow;
 pub mod parse;
-pub mod token_bucket;
+pub mod police;
 pub mod verdict;
 
-pub use token_bucket::TokenBucket;
 pub use verdict::{Counters, Verdict};

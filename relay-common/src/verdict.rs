@@ -25,11 +25,14 @@ pub enum Verdict {
     Malformed = 5,
     /// A packet of an installed flow, rewritten and sent on (XDP_TX or XDP_REDIRECT).
     Forwarded = 6,
+    /// A packet of an installed flow over its tenant's or allocation's rate limit. Dropped
+    /// (and counted per policer in `POLICED`), not passed: userspace would only drop it too.
+    OverLimit = 7,
 }
 
 impl Verdict {
     /// Number of verdicts: the size of the `VERDICTS` map.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
 
     /// Every verdict, in map-index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
@@ -40,12 +43,13 @@ impl Verdict {
         Self::Truncated,
         Self::Malformed,
         Self::Forwarded,
+        Self::OverLimit,
     ];
 
     /// Whether the program lets the frame go on to the network stack (`XDP_PASS`) or drops it
     /// (`XDP_DROP`).
     pub const fn passes(self) -> bool {
-        !matches!(self, Self::Truncated | Self::Malformed)
+        !matches!(self, Self::Truncated | Self::Malformed | Self::OverLimit)
     }
 
     /// The XDP action this verdict maps to (values from `enum xdp_action` in the kernel
@@ -53,7 +57,7 @@ impl Verdict {
     pub const fn xdp_action(self) -> u32 {
         match self {
             Self::Forwarded => XDP_TX,
-            Self::Truncated | Self::Malformed => XDP_DROP,
+            Self::Truncated | Self::Malformed | Self::OverLimit => XDP_DROP,
             _ => XDP_PASS,
         }
     }
@@ -73,6 +77,7 @@ impl Verdict {
             Self::Truncated => "truncated",
             Self::Malformed => "malformed",
             Self::Forwarded => "forwarded",
+            Self::OverLimit => "over-limit",
         }
     }
 }
@@ -125,7 +130,7 @@ mod tests {
 
     #[test]
     fn only_broken_frames_are_dropped() {
-        let dropped: [Verdict; 2] = [Verdict::Truncated, Verdict::Malformed];
+        let dropped = [Verdict::Truncated, Verdict::Malformed, Verdict::OverLimit];
         for v in Verdict::ALL {
             assert_eq!(v.passes(), !dropped.contains(&v), "{v:?}");
             let want = match v {

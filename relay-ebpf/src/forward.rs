@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use relay_common::{
-    csum,
+    Verdict, csum,
     flow::{ActionKind, FAMILY_IPV4, FAMILY_IPV6, FlowKey},
     parse::{Frame as _, UdpFrame},
 };
@@ -70,10 +70,11 @@ struct Old {
     cd: [u8; CHANNEL_DATA_HLEN],
 }
 
-/// Tries the fast path for a parsed UDP frame: `Some(action)` when the packet was rewritten
-/// and is to be sent (XDP_TX or XDP_REDIRECT), `None` to leave it to the stack.
+/// Tries the fast path for a parsed UDP frame: `Some((Forwarded, XDP_TX or XDP_REDIRECT))`
+/// when the packet was rewritten and is to be sent, `Some((OverLimit, XDP_DROP))` when its
+/// flow is over a rate limit, `None` to leave it to the stack.
 #[inline(always)]
-pub(crate) fn forward(ctx: &XdpContext, f: &UdpFrame) -> Option<u32> {
+pub(crate) fn forward(ctx: &XdpContext, f: &UdpFrame) -> Option<(Verdict, u32)> {
     let frame = XdpFrame(ctx);
     let v4 = f.ip_version == 4;
     // IPv4 options and IPv6 extension headers stay with the stack.
@@ -167,6 +168,23 @@ pub(crate) fn forward(ctx: &XdpContext, f: &UdpFrame) -> Option<u32> {
     };
     if rc != 0 {
         return None;
+    }
+
+    // The limits count relayed bytes (the application data, without the ChannelData
+    // header), as the userspace data path does, so both spend the same budget alike.
+    let relayed = match kind {
+        ActionKind::StripChannel => out_payload,
+        ActionKind::AddChannel | ActionKind::RewriteOnly => payload_len,
+    } as u64;
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    if !maps::police(
+        action.allocation_policer,
+        action.tenant_policer,
+        now,
+        relayed,
+        frame_len,
+    ) {
+        return Some((Verdict::OverLimit, xdp_action::XDP_DROP));
     }
 
     let eth_tail_len = l3 - 12;
@@ -313,9 +331,10 @@ pub(crate) fn forward(ctx: &XdpContext, f: &UdpFrame) -> Option<u32> {
     }
 
     maps::count_flow(action.stats_index, u64::from(tot_len) + l3 as u64, now);
-    if fib.ifindex == ctx.ingress_ifindex() as u32 {
-        Some(xdp_action::XDP_TX)
+    let sent = if fib.ifindex == ctx.ingress_ifindex() as u32 {
+        xdp_action::XDP_TX
     } else {
-        Some(maps::redirect(fib.ifindex))
-    }
+        maps::redirect(fib.ifindex)
+    };
+    Some((Verdict::Forwarded, sent))
 }

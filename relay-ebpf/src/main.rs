@@ -7,7 +7,6 @@ mod maps;
 mod parse;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
-use relay_common::Verdict;
 
 /// Forwards the packets of installed flows; classifies and counts everything, and passes
 /// or drops what is not forwarded.
@@ -16,8 +15,8 @@ fn relay_xdp(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let verdict = match relay_common::parse::udp_frame(&parse::XdpFrame(&ctx)) {
         Ok(frame) => {
-            if let Some(action) = forward::forward(&ctx, &frame) {
-                maps::count(Verdict::Forwarded, len);
+            if let Some((verdict, action)) = forward::forward(&ctx, &frame) {
+                maps::count(verdict, len);
                 return action;
             }
             frame.verdict()

@@ -4,11 +4,12 @@ use crate::forward::Scratch;
 use aya_ebpf::{
     bindings::xdp_action,
     macros::map,
-    maps::{DevMapHash, HashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray},
 };
 use relay_common::{
     Counters, Verdict,
     flow::{FlowAction, FlowKey, FlowStats},
+    police::Policer,
 };
 
 /// Packets and bytes per verdict, per CPU; the daemon sums the CPUs.
@@ -22,6 +23,16 @@ static FLOWS: HashMap<FlowKey, FlowAction> = HashMap::with_max_entries(MAX_FLOWS
 /// Counters of each flow, per CPU, indexed by `FlowAction::stats_index`.
 #[map]
 static FLOW_STATS: PerCpuArray<FlowStats> = PerCpuArray::with_max_entries(MAX_FLOWS, 0);
+
+/// Rate limits: tenants' and allocations' policers, indexed by `FlowAction::tenant_policer`
+/// and `allocation_policer` (0 is never configured). Memory-mappable: the daemon's userspace
+/// data path spends the same budgets through its mapping of this array.
+#[map]
+static POLICERS: Array<Policer> = Array::with_max_entries(MAX_POLICERS, BPF_F_MMAPABLE);
+
+/// Packets and bytes each policer dropped in the kernel, per CPU.
+#[map]
+static POLICED: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_POLICERS, 0);
 
 /// Interfaces a flow may leave by when it is not the one it came in on, keyed by ifindex.
 #[map]
@@ -39,6 +50,10 @@ pub(crate) fn scratch() -> Option<*mut Scratch> {
 
 /// Two flows per TURN channel: room for 32768 channels.
 pub(crate) const MAX_FLOWS: u32 = 65536;
+/// Tenants plus one per allocation with `--max-bps`.
+pub(crate) const MAX_POLICERS: u32 = 32768;
+/// `BPF_F_MMAPABLE` (UAPI): the array can be mapped into the daemon's memory.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Adds one frame of `bytes` bytes to `verdict`'s counters on this CPU.
 #[inline(always)]
@@ -81,4 +96,47 @@ pub(crate) fn redirect(ifindex: u32) -> u32 {
     DEVICES
         .redirect(ifindex, u64::from(xdp_action::XDP_PASS))
         .unwrap_or(xdp_action::XDP_PASS)
+}
+
+/// Whether a packet of `bytes` relayed bytes (a frame of `frame` bytes) fits the budgets
+/// of policers `allocation` and `tenant` (0: none) at `now_ns`. A packet refused by either
+/// spends neither, and is counted against the policer that refused it.
+#[inline(always)]
+pub(crate) fn police(allocation: u32, tenant: u32, now_ns: u64, bytes: u64, frame: u64) -> bool {
+    let allocation = policer(allocation);
+    if let Some((index, p)) = allocation {
+        if !p.admit(now_ns, bytes) {
+            count_policed(index, frame);
+            return false;
+        }
+    }
+    if let Some((index, p)) = policer(tenant) {
+        if !p.admit(now_ns, bytes) {
+            if let Some((_, a)) = allocation {
+                a.refund(bytes);
+            }
+            count_policed(index, frame);
+            return false;
+        }
+    }
+    true
+}
+
+#[inline(always)]
+fn policer(index: u32) -> Option<(u32, &'static Policer)> {
+    if index == 0 {
+        return None;
+    }
+    POLICERS.get(index).map(|p| (index, p))
+}
+
+#[inline(always)]
+fn count_policed(index: u32, frame: u64) {
+    if let Some(c) = POLICED.get_ptr_mut(index) {
+        // SAFETY: as in `count`: a per-CPU value, written only by this CPU.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += frame;
+        }
+    }
 }

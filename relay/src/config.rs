@@ -18,8 +18,10 @@ use crate::{
         self,
         auth::Credentials,
         policy::{IpRange, PeerPolicy},
+        tenant::Tenant,
     },
 };
+use relay_common::police::Limit;
 
 /// The UDP datapath's I/O backend.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
@@ -124,7 +126,34 @@ pub struct Settings {
     /// XDP attach mode: auto tries native (driver) mode and falls back to generic (skb).
     #[arg(long, value_enum, value_name = "MODE")]
     pub xdp_mode: Option<XdpModeChoice>,
+    /// Tenants and their shared limits: in the TOML file only, as `[[tenant]]` tables.
+    #[arg(skip)]
+    #[serde(default)]
+    pub tenant: Vec<TenantSettings>,
 }
+
+/// A `[[tenant]]` table: who belongs to the tenant, and the limits they share.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TenantSettings {
+    pub name: String,
+    /// Static users (`user = ["NAME:PASSWORD"]`) of the tenant, by name.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Patterns (`*` matches anything) on the user part of REST usernames `EXPIRY:USER`.
+    #[serde(default)]
+    pub rest_users: Vec<String>,
+    /// Packets per second the tenant's allocations may relay, both directions together.
+    pub packets_per_second: Option<u64>,
+    /// Bits per second of relayed data (without IP, UDP or ChannelData headers).
+    pub bits_per_second: Option<u64>,
+    /// Burst above the rates, as milliseconds of traffic at the rate [default: 250].
+    pub burst_ms: Option<u64>,
+}
+
+/// Most tenants a relay takes: the kernel's policer array is shared with the allocations'
+/// `--max-bps` limits.
+pub const MAX_TENANTS: usize = 1024;
 
 /// A setting that is wrong, named as the operator wrote it.
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +227,7 @@ impl Settings {
             io: self.io.or(file.io),
             interface: self.interface.or(file.interface),
             xdp_mode: self.xdp_mode.or(file.xdp_mode),
+            tenant: vec(self.tenant, file.tenant),
         }
     }
 
@@ -340,6 +370,7 @@ impl Settings {
         let mut own: Vec<SocketAddr> = udp.clone();
         own.extend(&tls);
 
+        let tenants = tenants(&self.tenant, &users, rest_secret.is_some())?;
         let max_lifetime = Duration::from_secs(self.max_allocate_lifetime.unwrap_or(3600));
         if max_lifetime < Duration::from_secs(600) {
             return Err(bad(
@@ -363,6 +394,7 @@ impl Settings {
                 max_bps: self.max_bps,
                 user_quota: self.user_quota,
                 total_quota: self.total_quota,
+                tenants,
             },
             udp,
             tcp,
@@ -373,6 +405,70 @@ impl Settings {
             xdp_mode: self.xdp_mode.unwrap_or_default(),
         })
     }
+}
+
+/// Checks the `[[tenant]]` tables against each other and the credentials.
+fn tenants(
+    list: &[TenantSettings],
+    users: &HashMap<String, String>,
+    rest: bool,
+) -> Result<Vec<Tenant>, ConfigError> {
+    if list.len() > MAX_TENANTS {
+        return Err(bad("tenant", format!("at most {MAX_TENANTS} tenants")));
+    }
+    let mut out: Vec<Tenant> = Vec::new();
+    for t in list {
+        let named = |problem: String| bad("tenant", format!("{:?}: {problem}", t.name));
+        if t.name.is_empty() {
+            return Err(bad("tenant", "a tenant without a name"));
+        }
+        if out.iter().any(|o| o.name == t.name) {
+            return Err(named("named twice".to_owned()));
+        }
+        for u in &t.users {
+            if !users.contains_key(u) {
+                return Err(named(format!("user {u:?} is not a configured user")));
+            }
+            if let Some(o) = out.iter().find(|o| o.users.contains(u)) {
+                return Err(named(format!(
+                    "user {u:?} is in tenant {:?} already",
+                    o.name
+                )));
+            }
+        }
+        if !t.rest_users.is_empty() && !rest {
+            return Err(named("rest-users needs use-auth-secret".to_owned()));
+        }
+        if t.users.is_empty() && t.rest_users.is_empty() {
+            return Err(named(
+                "no users and no rest-users: nobody belongs to it".to_owned(),
+            ));
+        }
+        let (pps, bps) = (
+            t.packets_per_second.unwrap_or(0),
+            t.bits_per_second.unwrap_or(0),
+        );
+        if pps == 0 && bps == 0 {
+            return Err(named(
+                "give packets-per-second or bits-per-second (or both), above 0".to_owned(),
+            ));
+        }
+        let burst_ms = t.burst_ms.unwrap_or(250);
+        if burst_ms > 60_000 {
+            return Err(named("burst-ms above 60000".to_owned()));
+        }
+        out.push(Tenant {
+            name: t.name.clone(),
+            users: t.users.clone(),
+            rest_users: t.rest_users.clone(),
+            limit: Limit {
+                packets_per_sec: pps,
+                bits_per_sec: bps,
+                burst_ns: burst_ms * 1_000_000,
+            },
+        });
+    }
+    Ok(out)
 }
 
 /// `NAME:PASSWORD` with the password hidden, for error messages.
@@ -528,5 +624,70 @@ mod tests {
             run.turn.external_ips.get(&LOCAL[0]),
             Some(&"203.0.113.5".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn tenants_resolve_with_their_limits_and_bad_ones_are_named() {
+        let base =
+            "user = [\"alice:a\", \"bob:b\"]\nuse-auth-secret = true\nstatic-auth-secret = \"s\"\n";
+        let run = settings(&format!(
+            "{base}[[tenant]]\nname = \"north\"\nusers = [\"alice\"]\nrest-users = [\"ward-*\"]\n\
+             packets-per-second = 2000\nbits-per-second = 8000000\nburst-ms = 100\n"
+        ))
+        .unwrap()
+        .resolve(LOCAL)
+        .unwrap();
+        let [north] = run.turn.tenants.as_slice() else {
+            panic!("{:?}", run.turn.tenants)
+        };
+        assert_eq!(
+            north.limit,
+            Limit {
+                packets_per_sec: 2000,
+                bits_per_sec: 8_000_000,
+                burst_ns: 100_000_000
+            }
+        );
+        for (tenant, why) in [
+            (
+                "name = \"x\"\nusers = [\"carol\"]\npackets-per-second = 1",
+                "not a configured user",
+            ),
+            (
+                "name = \"x\"\nusers = [\"alice\"]",
+                "packets-per-second or bits-per-second",
+            ),
+            ("name = \"x\"\npackets-per-second = 1", "nobody belongs"),
+            (
+                "name = \"\"\nusers = [\"alice\"]\npackets-per-second = 1",
+                "without a name",
+            ),
+            (
+                "name = \"x\"\nusers = [\"alice\"]\npackets-per-second = 1\nburst-ms = 999999",
+                "burst-ms",
+            ),
+            (
+                "name = \"x\"\nusers = [\"alice\"]\npackets-per-second = 1\n[[tenant]]\nname = \"y\"\nusers = [\"alice\"]\npackets-per-second = 1",
+                "in tenant \"x\" already",
+            ),
+            (
+                "name = \"x\"\nusers = [\"alice\"]\npackets-per-second = 1\n[[tenant]]\nname = \"x\"\nusers = [\"bob\"]\npackets-per-second = 1",
+                "named twice",
+            ),
+        ] {
+            let err = settings(&format!("{base}[[tenant]]\n{tenant}"))
+                .unwrap()
+                .resolve(LOCAL)
+                .err()
+                .unwrap_or_else(|| panic!("{tenant:?} was accepted"));
+            assert_eq!(err.field, "tenant");
+            assert!(err.to_string().contains(why), "{tenant:?}: {err}");
+        }
+        let err = settings("user = [\"a:b\"]\n[[tenant]]\nname = \"x\"\nrest-users = [\"*\"]\npackets-per-second = 1")
+            .unwrap()
+            .resolve(LOCAL)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("use-auth-secret"), "{err}");
     }
 }

@@ -22,6 +22,8 @@ const PROGRAM: &str = "relay_xdp";
 const VERDICTS_MAP: &str = "VERDICTS";
 const FLOWS_MAP: &str = "FLOWS";
 const FLOW_STATS_MAP: &str = "FLOW_STATS";
+const POLICERS_MAP: &str = "POLICERS";
+const POLICED_MAP: &str = "POLICED";
 
 /// How the operator asked for the program to be attached.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -82,6 +84,8 @@ pub enum DataplaneError {
     Map(#[from] MapError),
     #[error("BPF_PROG_TEST_RUN failed: {0}")]
     TestRun(#[source] ProgramError),
+    #[error("cannot map the policers into memory: {0}")]
+    Mmap(#[source] std::io::Error),
     #[error("the object has no {0}: relay and relay-ebpf are out of step")]
     Missing(&'static str),
 }
@@ -262,6 +266,33 @@ impl Dataplane {
             }))
     }
 
+    /// The program's policers, mapped into this process: the userspace data path spends the
+    /// same budgets as the kernel.
+    pub fn policers(&self) -> Result<crate::policers::Policers, DataplaneError> {
+        use std::os::fd::AsFd as _;
+        let map = self
+            .ebpf
+            .map(POLICERS_MAP)
+            .ok_or(DataplaneError::Missing("POLICERS map"))?;
+        let aya::maps::Map::Array(data) = map else {
+            return Err(DataplaneError::Missing("POLICERS array"));
+        };
+        crate::policers::Policers::mapped(data.fd().as_fd()).map_err(DataplaneError::Mmap)
+    }
+
+    /// Packets (and their frame bytes) policer `slot` dropped in the kernel, over all CPUs.
+    pub fn policed(&self, slot: u32) -> Result<Counters, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(POLICED_MAP)
+            .ok_or(DataplaneError::Missing("POLICED map"))?;
+        let array = PerCpuArray::<_, Counters>::try_from(map)?;
+        Ok(array
+            .get(&slot, 0)?
+            .iter()
+            .fold(Counters::default(), |a, c| a.add(*c)))
+    }
+
     /// Runs the program once over `frame` with `BPF_PROG_TEST_RUN`, as the packet tests do.
     /// The kernel refuses frames shorter than an Ethernet header (`EINVAL`): XDP never sees
     /// them.
@@ -347,12 +378,14 @@ fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
 
 /// The kernel entries of a TURN channel: client -> peer (strip the ChannelData header, send
 /// from the relayed address) and peer -> client (add it, send from the listener), with the
-/// counter slots `stats`, until `expires_ns` (CLOCK_MONOTONIC; the program passes packets up
-/// after it). `None` when the fast path cannot carry the flow: stream clients, or a client
+/// counter slots `stats`, spending the budgets of policer slots `[allocation, tenant]`
+/// (0: none), until `expires_ns` (CLOCK_MONOTONIC; the program passes packets up after it).
+/// `None` when the fast path cannot carry the flow: stream clients, or a client
 /// and peer of different families (the kernel does not translate).
 pub fn channel_entries(
     flow: &crate::turn::ChannelFlow,
     stats: [u32; 2],
+    [allocation_policer, tenant_policer]: [u32; 2],
     expires_ns: u64,
 ) -> Option<[(FlowKey, FlowAction); 2]> {
     use relay_common::flow::{ActionKind, FAMILY_IPV4, FAMILY_IPV6};
@@ -395,7 +428,9 @@ pub fn channel_entries(
         kind: kind as u8,
         family,
         stats_index,
-        tenant: 0,
+        tenant_policer,
+        allocation_policer,
+        pad: 0,
         expires_ns,
     };
     Some([

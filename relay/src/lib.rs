@@ -1,9 +1,11 @@
 //! Relay's daemon as a library: the `relay` binary is a thin command line over these modules,
 //! and the integration tests drive the same code.
 
+pub mod clock;
 pub mod config;
 pub mod dataplane;
 pub mod io;
+pub mod policers;
 pub mod preflight;
 pub mod stun;
 pub mod turn;

@@ -11,9 +11,13 @@ use std::net::IpAddr;
 
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice, VlanId};
 use relay::dataplane::Dataplane;
-use relay_common::flow::{ActionKind, FAMILY_IPV4, FAMILY_IPV6, FlowAction, FlowKey};
+use relay_common::{
+    Verdict,
+    flow::{ActionKind, FAMILY_IPV4, FAMILY_IPV6, FlowAction, FlowKey},
+};
 use xtask::lab::{Host, Lab};
 
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const LISTEN_PORT: u16 = 3478;
@@ -77,7 +81,9 @@ fn action(
             FAMILY_IPV6
         },
         stats_index,
-        tenant: 0,
+        tenant_policer: 0,
+        allocation_policer: 0,
+        pad: 0,
         expires_ns: u64::MAX,
     }
 }
@@ -387,6 +393,79 @@ fn removed_flows_are_no_longer_forwarded() {
         // Removing again is fine.
         dp.remove_flow(&key(client, CLIENT_PORT, relay, LISTEN_PORT, CHANNEL))
             .unwrap();
+    })
+    .unwrap();
+}
+
+/// The kernel spends the policers the daemon configured through its mapping of the same
+/// array: over the budget a flow's packets are dropped and counted against the policer that
+/// refused them; a refusal by the tenant spends nothing of the allocation; and the daemon's
+/// userspace admission sees what the kernel spent.
+#[test]
+fn policers_drop_over_the_limit_in_the_kernel_and_share_budgets_with_userspace() {
+    const TENANT: u32 = 1;
+    const ALLOCATION: u32 = 7;
+    let lab = Lab::up("xf-police").unwrap();
+    lab.in_netns(Host::Relay, || {
+        let ifindex = nix::net::if_::if_nametoindex("eth0").unwrap();
+        relay::dataplane::enable_forwarding("eth0").unwrap();
+        let mut dp = Dataplane::load().unwrap();
+        let (client, relay, peer) = (
+            ip(Host::ClientA, false),
+            ip(Host::Relay, false),
+            ip(Host::Peer, false),
+        );
+        let mut to_peer = action(
+            ActionKind::StripChannel,
+            relay,
+            RELAYED_PORT,
+            peer,
+            PEER_PORT,
+            3,
+        );
+        to_peer.tenant_policer = TENANT;
+        to_peer.allocation_policer = ALLOCATION;
+        dp.insert_flow(
+            &key(client, CLIENT_PORT, relay, LISTEN_PORT, CHANNEL),
+            &to_peer,
+        )
+        .unwrap();
+        // One bit per second, so minutes per packet: the bursts hold 3 packets for the
+        // tenant, 5 for the allocation, and nothing refills while the test runs.
+        let policers = dp.policers().unwrap();
+        let per_packet = 8 * DATA.len() as u64 * 1_000_000_000;
+        let limit = |packets| relay_common::police::Limit {
+            packets_per_sec: 0,
+            bits_per_sec: 1,
+            burst_ns: packets * per_packet,
+        };
+        policers.configure(TENANT, limit(3));
+        policers.configure(ALLOCATION, limit(5));
+        let frame = udp_frame(
+            (Host::ClientA, client, CLIENT_PORT),
+            (Host::Relay, relay, LISTEN_PORT),
+            None,
+            &channel_data(CHANNEL, DATA),
+        );
+        let actions: Vec<u32> = (0..5)
+            .map(|_| dp.test_run_on(&frame, ifindex).unwrap().action)
+            .collect();
+        assert_eq!(actions, [XDP_TX, XDP_TX, XDP_TX, XDP_DROP, XDP_DROP]);
+        let over = dp.verdict_counters().unwrap().get(Verdict::OverLimit);
+        assert_eq!(over.packets, 2);
+        assert_eq!(dp.policed(TENANT).unwrap().packets, 2);
+        assert_eq!(dp.policed(ALLOCATION).unwrap().packets, 0);
+        // The allocation spent 3 of its 5 in the kernel: userspace may send 2 more on it
+        // alone, then not; the tenant has nothing left for userspace either.
+        let now = relay::clock::monotonic_now_ns();
+        let bytes = DATA.len() as u64;
+        assert!(!policers.admit([0, TENANT], now, bytes));
+        assert!(policers.admit([ALLOCATION, 0], now, bytes));
+        assert!(policers.admit([ALLOCATION, 0], now, bytes));
+        assert!(!policers.admit([ALLOCATION, 0], now, bytes));
+        // Now the allocation refuses first, in the kernel too.
+        assert_eq!(dp.test_run_on(&frame, ifindex).unwrap().action, XDP_DROP);
+        assert_eq!(dp.policed(ALLOCATION).unwrap().packets, 1);
     })
     .unwrap();
 }

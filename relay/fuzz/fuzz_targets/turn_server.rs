@@ -27,6 +27,7 @@ fn server(now: Instant) -> Server {
         max_bps: None,
         user_quota: Some(4),
         total_quota: Some(8),
+        tenants: vec![],
     };
     Server::new(config, now, 1_800_000_000, 0)
 }

@@ -16,15 +16,16 @@ use super::{
     wake::Wake,
 };
 use crate::{
+    clock::monotonic_ns,
     dataplane::{Dataplane, channel_entries},
-    turn::{ChannelFlow, ClientTuple, Output, Server, Transport},
+    policers::{Policers, Slots},
+    turn::{ChannelFlow, ClientTuple, Output, Server, Transport, tenant::Tenant},
 };
+use relay_common::police::Limit;
 
 /// The kernel's copy of the channel flows, when an XDP program is attached.
 pub(crate) struct KernelFlows {
     pub(crate) dataplane: Dataplane,
-    /// False when flows must stay in userspace (`--max-bps` is enforced only there).
-    enabled: bool,
     installed: HashMap<ChannelFlow, [u32; 2]>,
     free: Vec<u32>,
 }
@@ -33,20 +34,17 @@ impl KernelFlows {
     /// Counter slots of the program's `FLOW_STATS` array.
     const SLOTS: u32 = 65536;
 
-    pub(crate) fn new(dataplane: Dataplane, enabled: bool) -> Self {
+    pub(crate) fn new(dataplane: Dataplane) -> Self {
         Self {
             dataplane,
-            enabled,
             installed: HashMap::new(),
             free: (0..Self::SLOTS).rev().collect(),
         }
     }
 
-    /// Installs a flow, or updates its expiry when it is installed already.
-    fn up(&mut self, flow: ChannelFlow, expires: Instant) {
-        if !self.enabled {
-            return;
-        }
+    /// Installs a flow spending the budgets of policer slots `[allocation, tenant]`, or
+    /// updates its expiry when it is installed already.
+    fn up(&mut self, flow: ChannelFlow, expires: Instant, policers: [u32; 2]) {
         let stats = match self.installed.get(&flow) {
             Some(stats) => *stats,
             None if self.free.len() >= 2 => {
@@ -54,7 +52,7 @@ impl KernelFlows {
             }
             None => return,
         };
-        let Some(entries) = channel_entries(&flow, stats, monotonic_ns(expires)) else {
+        let Some(entries) = channel_entries(&flow, stats, policers, monotonic_ns(expires)) else {
             self.free.extend(stats);
             return;
         };
@@ -75,7 +73,7 @@ impl KernelFlows {
         let Some(stats) = self.installed.remove(flow) else {
             return;
         };
-        if let Some(entries) = channel_entries(flow, stats, 0) {
+        if let Some(entries) = channel_entries(flow, stats, [0, 0], 0) {
             for (key, _) in &entries {
                 if let Err(e) = self.dataplane.remove_flow(key) {
                     log::warn!(
@@ -90,9 +88,106 @@ impl KernelFlows {
     }
 }
 
+/// The rate limits: which policer slots each relayed address spends.
+pub(crate) struct Limits {
+    pub(crate) policers: Arc<Policers>,
+    slots: Slots,
+    tenants: Vec<Tenant>,
+    /// Relayed address -> `[allocation, tenant]` slots (0: none).
+    by_relayed: HashMap<SocketAddr, [u32; 2]>,
+    /// Relayed addresses per allocation slot, to free it with the last.
+    users: HashMap<u32, usize>,
+}
+
+impl Limits {
+    /// Configures every tenant's slot in `policers`.
+    pub(crate) fn new(policers: Arc<Policers>, tenants: Vec<Tenant>) -> Self {
+        let slots = Slots::new(tenants.len());
+        for (i, t) in tenants.iter().enumerate() {
+            policers.configure(slots.tenant(i), t.limit);
+        }
+        Self {
+            policers,
+            slots,
+            tenants,
+            by_relayed: HashMap::new(),
+            users: HashMap::new(),
+        }
+    }
+
+    /// Slots for a new allocation: its own `--max-bps` (burst: one second's worth, as
+    /// coturn's) and its tenant's.
+    fn assign(&mut self, max_bps: Option<u64>, tenant: Option<usize>) -> [u32; 2] {
+        let tenant = tenant.map_or(0, |t| self.slots.tenant(t));
+        let allocation = max_bps.map_or(0, |bps| {
+            let Some(slot) = self.slots.take() else {
+                log::warn!("no policer slot left: an allocation goes without its --max-bps");
+                return 0;
+            };
+            self.policers.configure(
+                slot,
+                Limit {
+                    packets_per_sec: 0,
+                    bits_per_sec: bps,
+                    burst_ns: 1_000_000_000,
+                },
+            );
+            slot
+        });
+        [allocation, tenant]
+    }
+
+    fn bound(&mut self, addr: SocketAddr, slots: [u32; 2]) {
+        self.by_relayed.insert(addr, slots);
+        if slots[0] != 0 {
+            *self.users.entry(slots[0]).or_default() += 1;
+        }
+    }
+
+    fn release_slot(&mut self, slot: u32) {
+        if slot == 0 {
+            return;
+        }
+        match self.users.get_mut(&slot) {
+            Some(n) if *n > 1 => *n -= 1,
+            _ => {
+                self.users.remove(&slot);
+                self.slots.give_back(slot);
+            }
+        }
+    }
+
+    fn released(&mut self, addr: SocketAddr) {
+        if let Some([allocation, _]) = self.by_relayed.remove(&addr) {
+            self.release_slot(allocation);
+        }
+    }
+
+    fn of(&self, relayed: SocketAddr) -> [u32; 2] {
+        self.by_relayed.get(&relayed).copied().unwrap_or_default()
+    }
+
+    /// One line per tenant: what its limit dropped, in the kernel and in userspace.
+    fn report(&self, kernel: Option<&Dataplane>) {
+        for (i, t) in self.tenants.iter().enumerate() {
+            let slot = self.slots.tenant(i);
+            let in_kernel = kernel
+                .and_then(|d| d.policed(slot).ok())
+                .map_or(0, |c| c.packets);
+            log::info!(
+                "tenant {:?} at exit: {} packets dropped over its limit ({in_kernel} by XDP, {} in userspace)",
+                t.name,
+                in_kernel + self.policers.dropped(slot),
+                self.policers.dropped(slot),
+            );
+        }
+    }
+}
+
 pub(crate) struct Control {
     pub(crate) server: Server,
     kernel: Option<KernelFlows>,
+    limits: Limits,
     commands: Sender<Command>,
     wake: Arc<Wake>,
     streams: HashMap<ClientTuple, tokio::sync::mpsc::Sender<Vec<u8>>>,
@@ -102,12 +197,14 @@ impl Control {
     pub(crate) fn new(
         server: Server,
         kernel: Option<KernelFlows>,
+        limits: Limits,
         commands: Sender<Command>,
         wake: Arc<Wake>,
     ) -> Self {
         Self {
             server,
             kernel,
+            limits,
             commands,
             wake,
             streams: HashMap::new(),
@@ -142,6 +239,8 @@ impl Control {
         let _ = self.commands.send(Command::Stop);
         self.wake.wake();
         log::info!("TURN server at exit: {}", self.server.stats());
+        self.limits
+            .report(self.kernel.as_ref().map(|k| &k.dataplane));
         // The data plane goes back to the caller, its flows still installed.
         self.kernel.map(|k| k.dataplane)
     }
@@ -199,16 +298,19 @@ impl Control {
                     id,
                     addrs,
                     max_bps,
+                    tenant,
                     dont_fragment,
                 } => {
                     let now = Instant::now();
                     match bind_all(&addrs, dont_fragment) {
                         Ok(sockets) => {
+                            let policers = self.limits.assign(max_bps, tenant);
                             for (addr, socket) in addrs.into_iter().zip(sockets) {
+                                self.limits.bound(addr, policers);
                                 let _ = self.commands.send(Command::AddRelay {
                                     addr,
                                     socket,
-                                    max_bps,
+                                    policers,
                                 });
                                 commands += 1;
                             }
@@ -218,13 +320,16 @@ impl Control {
                     }
                     continue;
                 }
-                Output::Release { addr } => Command::RemoveRelay { addr },
+                Output::Release { addr } => {
+                    self.limits.released(addr);
+                    Command::RemoveRelay { addr }
+                }
                 // Both the kernel and the userspace data path get the flow: a packet the
                 // kernel passes up (no route yet, a padded datagram) is still fast in
                 // userspace.
                 Output::FlowUp(flow, expires) => {
                     if let Some(kernel) = &mut self.kernel {
-                        kernel.up(flow, expires);
+                        kernel.up(flow, expires, self.limits.of(flow.relayed));
                     }
                     Command::FlowUp(flow)
                 }
@@ -297,54 +402,5 @@ fn set_int(socket: &Socket, level: i32, name: i32, value: i32) -> std::io::Resul
         Err(std::io::Error::last_os_error())
     } else {
         Ok(())
-    }
-}
-
-/// `at` on the kernel's CLOCK_MONOTONIC, in nanoseconds: the clock of `bpf_ktime_get_ns`
-/// (Rust's `Instant` reads the same clock on Linux, but does not show its value).
-fn monotonic_ns(at: Instant) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec for the kernel to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    let now = Instant::now();
-    let now_ns = ts
-        .tv_sec
-        .unsigned_abs()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec.unsigned_abs());
-    match at.checked_duration_since(now) {
-        Some(ahead) => now_ns.saturating_add(ahead.as_nanos() as u64),
-        None => now_ns.saturating_sub(now.duration_since(at).as_nanos() as u64),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    #[test]
-    fn instants_map_onto_the_kernels_monotonic_clock() {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: a valid timespec for the kernel to fill.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-        let kernel_now = ts.tv_sec.unsigned_abs() * 1_000_000_000 + ts.tv_nsec.unsigned_abs();
-        let now = Instant::now();
-        assert!(
-            monotonic_ns(now).abs_diff(kernel_now) < 50_000_000,
-            "within 50 ms of the kernel's clock"
-        );
-        let later = monotonic_ns(now + Duration::from_secs(300)) - monotonic_ns(now);
-        assert!(later.abs_diff(300_000_000_000) < 1_000_000, "{later}");
-        let earlier =
-            monotonic_ns(now) - monotonic_ns(now.checked_sub(Duration::from_secs(1)).unwrap());
-        assert!(earlier.abs_diff(1_000_000_000) < 1_000_000, "{earlier}");
     }
 }

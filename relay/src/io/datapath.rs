@@ -1,5 +1,6 @@
 //! The UDP data path, whatever the backend: which socket is what, the userspace channel-flow
-//! table, the per-allocation bit-rate buckets, and what goes up to the control task.
+//! table, the rate limits (the same policers as the XDP program's), and what goes up to the
+//! control task.
 //!
 //! Like the XDP program in front of it, it forwards ChannelData of installed flows on its
 //! own and hands everything else to the TURN server, which owns the truth: a packet that
@@ -8,13 +9,14 @@
 use std::{
     collections::HashMap,
     net::{SocketAddr, UdpSocket},
-    time::Instant,
+    sync::Arc,
 };
 
-use relay_common::TokenBucket;
 use tokio::sync::mpsc::{Sender, error::TrySendError};
 
 use crate::{
+    clock::monotonic_now_ns,
+    policers::Policers,
     stun::{ChannelData, Kind, classify},
     turn::{ChannelFlow, ClientTuple, Transport},
 };
@@ -34,10 +36,11 @@ pub(crate) enum Command {
         peer: SocketAddr,
         data: Vec<u8>,
     },
+    /// A relayed socket, spending the budgets of policer slots `[allocation, tenant]`.
     AddRelay {
         addr: SocketAddr,
         socket: UdpSocket,
-        max_bps: Option<u64>,
+        policers: [u32; 2],
     },
     RemoveRelay {
         addr: SocketAddr,
@@ -86,8 +89,8 @@ enum Role {
 
 struct Relay {
     id: SocketId,
-    /// (bucket, bits per second); burst is one second's worth.
-    limit: Option<(TokenBucket, u64)>,
+    /// Policer slots `[allocation, tenant]` (0: none).
+    policers: [u32; 2],
 }
 
 /// Counters of the data path, logged when the relay stops (and read by tests).
@@ -98,7 +101,7 @@ pub(crate) struct Stats {
     pub(crate) fast_to_client: u64,
     /// Datagrams handed to the TURN server.
     pub(crate) up: u64,
-    /// Relayed datagrams dropped for an allocation's `--max-bps`.
+    /// Relayed datagrams dropped over an allocation's `--max-bps` or its tenant's limit.
     pub(crate) over_limit: u64,
     /// Datagrams dropped because the control task's queue was full.
     pub(crate) control_full: u64,
@@ -116,7 +119,7 @@ pub(crate) struct Datapath {
     by_client: HashMap<(SocketAddr, SocketAddr, u16), (SocketAddr, SocketAddr)>,
     by_peer: HashMap<(SocketAddr, SocketAddr), (SocketAddr, SocketAddr, u16)>,
     events: Sender<Event>,
-    epoch: Instant,
+    policers: Arc<Policers>,
     scratch: Vec<u8>,
     pub(crate) stats: Stats,
 }
@@ -126,7 +129,7 @@ impl std::fmt::Display for Stats {
         write!(
             f,
             "{} channel datagrams forwarded to peers and {} to clients by the flow table, {} handed \
-             to the TURN server; dropped: {} over --max-bps, {} on a full control queue, {} \
+             to the TURN server; dropped: {} over a rate limit, {} on a full control queue, {} \
              truncated; {} send errors",
             self.fast_to_peer,
             self.fast_to_client,
@@ -140,7 +143,7 @@ impl std::fmt::Display for Stats {
 }
 
 impl Datapath {
-    pub(crate) fn new(events: Sender<Event>) -> Self {
+    pub(crate) fn new(events: Sender<Event>, policers: Arc<Policers>) -> Self {
         Self {
             roles: Vec::new(),
             free_ids: Vec::new(),
@@ -149,7 +152,7 @@ impl Datapath {
             by_client: HashMap::new(),
             by_peer: HashMap::new(),
             events,
-            epoch: Instant::now(),
+            policers,
             scratch: Vec::with_capacity(2048),
             stats: Stats::default(),
         }
@@ -194,9 +197,11 @@ impl Datapath {
                 peer,
                 data,
             } => {
-                let now = self.now_ns();
-                if let Some(relay) = self.relays.get_mut(&relayed) {
-                    if allow(&mut relay.limit, now, data.len()) {
+                if let Some(relay) = self.relays.get(&relayed) {
+                    if self
+                        .policers
+                        .admit(relay.policers, monotonic_now_ns(), data.len() as u64)
+                    {
                         io.send(relay.id, peer, &data);
                     } else {
                         self.stats.over_limit += 1;
@@ -206,11 +211,10 @@ impl Datapath {
             Command::AddRelay {
                 addr,
                 socket,
-                max_bps,
+                policers,
             } => {
                 let id = self.new_id(Role::Relay(addr));
-                let limit = max_bps.map(|bps| (TokenBucket::full(bps, self.now_ns()), bps));
-                self.relays.insert(addr, Relay { id, limit });
+                self.relays.insert(addr, Relay { id, policers });
                 io.add(id, socket);
             }
             Command::RemoveRelay { addr } => {
@@ -269,9 +273,12 @@ impl Datapath {
             if let Some((relayed, peer)) =
                 self.by_client.get(&(listener, client, cd.channel)).copied()
             {
-                let now = self.now_ns();
-                if let Some(relay) = self.relays.get_mut(&relayed) {
-                    if allow(&mut relay.limit, now, cd.data.len()) {
+                if let Some(relay) = self.relays.get(&relayed) {
+                    let now = monotonic_now_ns();
+                    if self
+                        .policers
+                        .admit(relay.policers, now, cd.data.len() as u64)
+                    {
                         io.send(relay.id, peer, cd.data);
                         self.stats.fast_to_peer += 1;
                     } else {
@@ -298,12 +305,14 @@ impl Datapath {
         peer: SocketAddr,
         data: &[u8],
     ) {
-        let now = self.now_ns();
-        let Some(relay) = self.relays.get_mut(&relayed) else {
+        let Some(relay) = self.relays.get(&relayed) else {
             return;
         };
-        // Both directions count against the allocation's budget, as in coturn.
-        if !allow(&mut relay.limit, now, data.len()) {
+        // Both directions count against the budgets, as in coturn.
+        if !self
+            .policers
+            .admit(relay.policers, monotonic_now_ns(), data.len() as u64)
+        {
             self.stats.over_limit += 1;
             return;
         }
@@ -331,18 +340,6 @@ impl Datapath {
             Err(TrySendError::Full(_)) => self.stats.control_full += 1,
             Err(TrySendError::Closed(_)) => {}
         }
-    }
-
-    fn now_ns(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
-    }
-}
-
-/// Whether `bytes` of payload fit the allocation's bit-rate budget.
-fn allow(limit: &mut Option<(TokenBucket, u64)>, now_ns: u64, bytes: usize) -> bool {
-    match limit {
-        Some((bucket, bps)) => bucket.take(now_ns, bytes as u64 * 8, *bps, *bps),
-        None => true,
     }
 }
 
@@ -378,7 +375,8 @@ mod tests {
         UdpSocket::bind("127.0.0.1:0").unwrap()
     }
 
-    /// A data path with one listener (id 0) and one relayed socket (id 1) for `flow`.
+    /// A data path with one listener (id 0) and one relayed socket (id 1) for `flow`,
+    /// limited to `max_bps` when given.
     fn setup(
         max_bps: Option<u64>,
         queue: usize,
@@ -389,7 +387,19 @@ mod tests {
         ChannelFlow,
     ) {
         let (tx, rx) = tokio::sync::mpsc::channel(queue);
-        let mut dp = Datapath::new(tx);
+        let policers = Arc::new(Policers::own());
+        let slot = max_bps.map_or(0, |bps| {
+            policers.configure(
+                1,
+                relay_common::police::Limit {
+                    packets_per_sec: 0,
+                    bits_per_sec: bps,
+                    burst_ns: 1_000_000_000,
+                },
+            );
+            1
+        });
+        let mut dp = Datapath::new(tx, policers);
         let mut io = FakeIo::default();
         let listener = udp();
         let listen_addr = listener.local_addr().unwrap();
@@ -400,7 +410,7 @@ mod tests {
             Command::AddRelay {
                 addr: relayed,
                 socket: udp(),
-                max_bps,
+                policers: [slot, 0],
             },
         );
         let flow = ChannelFlow {

@@ -51,7 +51,14 @@ pub async fn serve(
     let (commands_tx, commands_rx) = mpsc::channel();
     let wake = Arc::new(wake::Wake::new().context("eventfd")?);
 
-    let mut dp = datapath::Datapath::new(events_tx.clone());
+    // With XDP, the kernel's policers, mapped: one budget per tenant whichever path a packet
+    // takes.
+    let policers = Arc::new(match &dataplane {
+        Some(d) => d.policers()?,
+        None => crate::policers::Policers::own(),
+    });
+    let limits = control::Limits::new(Arc::clone(&policers), run.turn.tenants.clone());
+    let mut dp = datapath::Datapath::new(events_tx.clone(), policers);
     let backend = match run.io {
         IoBackend::Mmsg => Err(None),
         IoBackend::Uring | IoBackend::Auto => uring::Uring::new().map_err(Some),
@@ -104,14 +111,6 @@ pub async fn serve(
         tokio::spawn(stream::serve(l, run.tls_config.clone(), events_tx.clone()));
     }
     drop(events_tx);
-    // The kernel does not enforce --max-bps yet: with a limit, channels stay in userspace.
-    // Said before the ready line below.
-    let fast_path = run.turn.max_bps.is_none();
-    if dataplane.is_some() && !fast_path {
-        log::warn!(
-            "--max-bps is set: channel traffic is relayed in userspace, where the limit holds, not by XDP"
-        );
-    }
     log::info!(
         "TURN on UDP {:?}, TCP {:?}, TLS {:?}; relaying from {:?} ports {}-{}; realm {:?} ({:?} backend)",
         run.udp,
@@ -128,8 +127,8 @@ pub async fn serve(
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let server = Server::new(run.turn, Instant::now(), unix, rand::random());
-    let kernel = dataplane.map(|d| control::KernelFlows::new(d, fast_path));
-    let dataplane = control::Control::new(server, kernel, commands_tx, wake)
+    let kernel = dataplane.map(control::KernelFlows::new);
+    let dataplane = control::Control::new(server, kernel, limits, commands_tx, wake)
         .run(events_rx, shutdown)
         .await;
     let stats = thread

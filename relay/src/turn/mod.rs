@@ -5,6 +5,7 @@ pub mod auth;
 pub mod policy;
 pub mod ports;
 mod server;
+pub mod tenant;
 #[cfg(test)]
 mod tests;
 

@@ -21,6 +21,7 @@ use super::{
     auth::{Authenticated, Authenticator, Credentials, Refusal},
     policy::PeerPolicy,
     ports::PortPool,
+    tenant::{Tenant, tenant_of},
 };
 use crate::stun::{
     ChannelData, Class, Kind, Message, MessageBuilder, Method, TransactionId,
@@ -79,6 +80,8 @@ pub struct Config {
     pub max_bps: Option<u64>,
     pub user_quota: Option<usize>,
     pub total_quota: Option<usize>,
+    /// Tenants, whose shared rate limits the data path enforces.
+    pub tenants: Vec<Tenant>,
 }
 
 /// What the server asks the I/O layer to do.
@@ -93,11 +96,14 @@ pub enum Output {
         data: Vec<u8>,
     },
     /// Open UDP sockets on all of `addrs` (all or none), then call [`Server::relay_bound`]
-    /// with `id`. `max_bps` is the allocation's budget; `dont_fragment` asks for DF.
+    /// with `id`. `max_bps` is the allocation's budget, `tenant` the index in
+    /// [`Config::tenants`] of the tenant whose budget it also spends; `dont_fragment` asks
+    /// for DF.
     Bind {
         id: u64,
         addrs: Vec<SocketAddr>,
         max_bps: Option<u64>,
+        tenant: Option<usize>,
         dont_fragment: bool,
     },
     /// Close the socket of a relayed (or reserved) address.
@@ -770,6 +776,7 @@ impl Server {
             id,
             addrs,
             max_bps: self.config.max_bps,
+            tenant: tenant_of(&self.config.tenants, &auth.username),
             dont_fragment: msg.get(attr::DONT_FRAGMENT).is_some(),
         });
         self.pending.insert(

@@ -56,6 +56,7 @@ fn config() -> Config {
         max_bps: None,
         user_quota: None,
         total_quota: None,
+        tenants: vec![],
     }
 }
 
