@@ -77,32 +77,3 @@ fn channel_traffic_is_forwarded_in_xdp_both_ways_over_ipv4_and_ipv6() {
         "XDP forwarded {forwarded} of {channel_packets} channel packets (want at least 99%)\n{stdout}"
     );
 }
-
-/// The kernel does not enforce `--max-bps` yet: with a limit set, channel traffic must stay
-/// in userspace, where the limit holds, and the relay says so.
-#[test]
-fn with_max_bps_channels_stay_in_userspace() {
-    let lab = Lab::up("fp-maxbps").unwrap();
-    let _switch = xdp_on_switch_port(&lab);
-    let relay = RunningRelay::in_lab(
-        &lab,
-        &[
-            "--interface",
-            "eth0",
-            "--allowed-peer-ip",
-            "10.77.0.21",
-            "--max-bps",
-            "10000000",
-        ],
-    );
-    assert!(
-        relay.logged("channel traffic is relayed in userspace"),
-        "{:?}",
-        relay.log_lines()
-    );
-    let _peer = coturn::start_peer(&lab, Host::Peer, &["10.77.0.21"], PEER_PORT).unwrap();
-    let report = uclient(&lab, &["-e", "10.77.0.21", "10.77.0.1"]);
-    assert!(report.is_clean(&SESSION), "{}", report.tail());
-    let stdout = relay.stop(Signal::SIGTERM);
-    assert_eq!(verdict_row(&stdout, "forwarded").0, 0, "{stdout}");
-}

@@ -2,6 +2,7 @@
 
 mod allocation;
 pub mod auth;
+pub mod client;
 pub mod policy;
 pub mod ports;
 mod server;

@@ -1,0 +1,247 @@
+//! Rate limits in the lab, through the relay binary with XDP attached: a tenant flooding at
+//! 10x its limit is held to it in the kernel while another tenant loses nothing, and
+//! `--max-bps` holds on the kernel path. Clients are `relay::turn::client` over real
+//! sockets in the lab's namespaces. Needs root.
+
+mod support;
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use nix::sys::signal::Signal;
+use relay::{
+    dataplane::{Dataplane, XdpModeChoice},
+    stun::ChannelData,
+    turn::client::Client,
+};
+use support::{RunningRelay, TempDir, verdict_row};
+use xtask::lab::{Host, Lab};
+
+const CHANNEL: u16 = 0x4001;
+const PAYLOAD: usize = 160;
+const SEND_FOR: Duration = Duration::from_secs(2);
+
+/// On veth, XDP_TX'd frames reach the switch only if its port runs XDP too.
+fn xdp_on_switch_port(lab: &Lab) -> Dataplane {
+    lab.in_netns_named("sw", || {
+        let mut dp = Dataplane::load().unwrap();
+        dp.attach("relay", XdpModeChoice::Auto).unwrap();
+        dp
+    })
+    .unwrap()
+}
+
+/// A sink on the peer host: counts datagrams per sender (the payload's first byte).
+struct Sink {
+    socket: UdpSocket,
+}
+
+impl Sink {
+    fn bind(lab: &Lab, port: u16) -> Self {
+        let socket = lab
+            .in_netns(Host::Peer, || {
+                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+                    .unwrap();
+                // Native XDP on veth charges a page per datagram: room for a 2 s flood.
+                s.set_recv_buffer_size(64 << 20).unwrap();
+                s.bind(&SocketAddr::from(([10, 77, 0, 21], port)).into())
+                    .unwrap();
+                UdpSocket::from(s)
+            })
+            .unwrap();
+        Self { socket }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.socket.local_addr().unwrap()
+    }
+
+    /// Counts until `done` is set and nothing more arrives for 500 ms.
+    fn count(&self, done: &AtomicBool) -> [u64; 2] {
+        self.socket
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut counts = [0; 2];
+        let mut buf = [0; 2048];
+        loop {
+            match self.socket.recv(&mut buf) {
+                Ok(n) if n == PAYLOAD && buf[0] < 2 => counts[usize::from(buf[0])] += 1,
+                Ok(_) => {}
+                Err(_) if done.load(Ordering::Acquire) => return counts,
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// A client on `host` with channel `CHANNEL` bound to `peer`.
+fn client(lab: &Lab, host: Host, user: &str, password: &str, peer: SocketAddr) -> Client {
+    let (user, password) = (user.to_owned(), password.to_owned());
+    lab.in_netns(host, move || {
+        let socket = UdpSocket::bind((host.ipv4(), 0)).unwrap();
+        let mut c =
+            Client::allocate(socket, "10.77.0.1:3478".parse().unwrap(), &user, &password).unwrap();
+        c.channel_bind(CHANNEL, peer).unwrap();
+        c
+    })
+    .unwrap()
+}
+
+/// Sends ChannelData of `PAYLOAD` bytes tagged `tag` at `rate` per second for `SEND_FOR`,
+/// paced in 1 ms steps; returns how many were sent.
+fn send_at(c: &Client, tag: u8, rate: u64) -> u64 {
+    let mut payload = vec![0; PAYLOAD];
+    payload[0] = tag;
+    let frame = ChannelData {
+        channel: CHANNEL,
+        data: &payload,
+    }
+    .encode(false);
+    let start = Instant::now();
+    let mut sent = 0;
+    while start.elapsed() < SEND_FOR {
+        let due = rate * start.elapsed().as_micros() as u64 / 1_000_000 + 1;
+        while sent < due {
+            c.socket().send_to(&frame, c.server()).unwrap();
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    sent
+}
+
+/// `tenant "NAME" at exit: N packets dropped over its limit (K by XDP, U in userspace)`.
+fn tenant_drops(log: &[String], name: &str) -> (u64, u64) {
+    let prefix = format!("tenant {name:?} at exit: ");
+    let line = log
+        .iter()
+        .find_map(|l| l.split_once(&prefix).map(|(_, rest)| rest.to_owned()))
+        .unwrap_or_else(|| panic!("no {prefix:?} in {log:#?}"));
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
+#[test]
+fn a_tenant_flooding_at_ten_times_its_limit_costs_another_tenant_nothing() {
+    const LIMIT_PPS: u64 = 1000;
+    let lab = Lab::up("lim-tenant").unwrap();
+    let _switch = xdp_on_switch_port(&lab);
+    let dir = TempDir::new("lim-tenant");
+    let config = dir.0.join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[tenant]]\nname = \"north\"\nusers = [\"alice\"]\npackets-per-second = {LIMIT_PPS}\nburst-ms = 100\n\n\
+             [[tenant]]\nname = \"school\"\nusers = [\"bob\"]\npackets-per-second = {LIMIT_PPS}\nburst-ms = 100\n"
+        ),
+    )
+    .unwrap();
+    let relay = RunningRelay::in_lab(
+        &lab,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--user",
+            "alice:wonderland",
+            "--user",
+            "bob:builder",
+            "--interface",
+            "eth0",
+            "--allowed-peer-ip",
+            "10.77.0.21",
+        ],
+    );
+    let sink = Sink::bind(&lab, 4000);
+    let flooder = client(&lab, Host::ClientA, "alice", "wonderland", sink.addr());
+    let quiet = client(&lab, Host::ClientB, "bob", "builder", sink.addr());
+
+    let done = AtomicBool::new(false);
+    let (sent, received) = std::thread::scope(|s| {
+        let counting = s.spawn(|| sink.count(&done));
+        let flood = s.spawn(|| send_at(&flooder, 0, 10 * LIMIT_PPS));
+        let steady = s.spawn(|| send_at(&quiet, 1, LIMIT_PPS / 2));
+        let sent = [flood.join().unwrap(), steady.join().unwrap()];
+        done.store(true, Ordering::Release);
+        (sent, counting.join().unwrap())
+    });
+    let (stdout, log) = relay.stop_logged(Signal::SIGTERM);
+    let (north_dropped, north_in_xdp) = tenant_drops(&log, "north");
+    let (school_dropped, _) = tenant_drops(&log, "school");
+    let summary = format!(
+        "sent {sent:?}, received {received:?}; north dropped {north_dropped} ({north_in_xdp} by XDP), school {school_dropped}\n{stdout}"
+    );
+    eprintln!("{summary}");
+
+    assert_eq!(
+        received[1], sent[1],
+        "the quiet tenant lost packets: {summary}"
+    );
+    assert_eq!(school_dropped, 0, "{summary}");
+    // The flooder gets its rate for the 2 s plus its 100 ms burst, give or take pacing.
+    let allowed = LIMIT_PPS * SEND_FOR.as_millis() as u64 / 1000 + LIMIT_PPS / 10;
+    assert!(
+        received[0] <= allowed * 11 / 10 && received[0] >= allowed * 8 / 10,
+        "the flooder got {} through, its limit allows about {allowed}: {summary}",
+        received[0]
+    );
+    // Every flood packet was either delivered or dropped by the limit, and the kernel did
+    // the dropping.
+    assert!(
+        received[0] + north_dropped >= sent[0] * 99 / 100,
+        "{summary}"
+    );
+    assert!(north_in_xdp * 100 >= north_dropped * 99, "{summary}");
+    assert!(
+        verdict_row(&stdout, "over-limit").0 >= north_in_xdp,
+        "{summary}"
+    );
+}
+
+/// `--max-bps` is enforced by the XDP program on the kernel path, both directions sharing
+/// the allocation's budget, as in userspace.
+#[test]
+fn max_bps_holds_on_the_kernel_path() {
+    // 160-byte payloads at 2000 pps offer 2.56 Mbit/s against 800 kbit/s.
+    const MAX_BPS: u64 = 800_000;
+    let lab = Lab::up("lim-maxbps").unwrap();
+    let _switch = xdp_on_switch_port(&lab);
+    let relay = RunningRelay::in_lab(
+        &lab,
+        &[
+            "--interface",
+            "eth0",
+            "--allowed-peer-ip",
+            "10.77.0.21",
+            "--max-bps",
+            &MAX_BPS.to_string(),
+        ],
+    );
+    let sink = Sink::bind(&lab, 4000);
+    let c = client(&lab, Host::ClientA, "alice", "wonderland", sink.addr());
+    let done = AtomicBool::new(false);
+    let (sent, received) = std::thread::scope(|s| {
+        let counting = s.spawn(|| sink.count(&done));
+        let sent = send_at(&c, 0, 2000);
+        done.store(true, Ordering::Release);
+        (sent, counting.join().unwrap()[0])
+    });
+    let stdout = relay.stop(Signal::SIGTERM);
+    let (over, _) = verdict_row(&stdout, "over-limit");
+    let (forwarded, _) = verdict_row(&stdout, "forwarded");
+    let summary = format!("sent {sent}, received {received}\n{stdout}");
+    eprintln!("{summary}");
+    // 2 s at the rate plus the one-second burst, in 1280-bit payloads.
+    let allowed = MAX_BPS * 3 / (PAYLOAD as u64 * 8);
+    assert!(
+        received <= allowed * 11 / 10 && received >= allowed * 8 / 10,
+        "{received} through, the limit allows about {allowed}: {summary}"
+    );
+    assert!(over >= (sent - received) * 99 / 100, "{summary}");
+    assert!(forwarded * 100 >= received * 99, "{summary}");
+}
