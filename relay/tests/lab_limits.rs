@@ -69,9 +69,8 @@ impl Sink {
         loop {
             match self.socket.recv(&mut buf) {
                 Ok(n) if n == PAYLOAD && buf[0] < 2 => counts[usize::from(buf[0])] += 1,
-                Ok(_) => {}
                 Err(_) if done.load(Ordering::Acquire) => return counts,
-                Err(_) => {}
+                Ok(_) | Err(_) => {}
             }
         }
     }
