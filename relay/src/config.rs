@@ -126,6 +126,21 @@ pub struct Settings {
     /// XDP attach mode: auto tries native (driver) mode and falls back to generic (skb).
     #[arg(long, value_enum, value_name = "MODE")]
     pub xdp_mode: Option<XdpModeChoice>,
+    /// Serve in userspace only, even with an interface configured.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub no_xdp: Option<bool>,
+    /// Name of this relay's data plane and state, for several relays on one host
+    /// [default: default]. Pins live under /sys/fs/bpf/relay/<instance>.
+    #[arg(long, value_name = "NAME")]
+    pub instance: Option<String>,
+    /// Directory of the allocation state a restarted relay takes up again
+    /// [default: /var/lib/relay].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// On SIGINT/SIGTERM, remove the XDP program and its maps too (by default they stay and
+    /// keep forwarding, so a restart or upgrade interrupts no media).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub detach_on_exit: Option<bool>,
     /// Tenants and their shared limits: in the TOML file only, as `[[tenant]]` tables.
     #[arg(skip)]
     #[serde(default)]
@@ -178,8 +193,13 @@ pub struct RunConfig {
     pub tls: Vec<SocketAddr>,
     pub tls_config: Option<Arc<rustls::ServerConfig>>,
     pub io: IoBackend,
+    /// The interface to attach XDP to; `None` with `--no-xdp`.
     pub interface: Option<String>,
     pub xdp_mode: XdpModeChoice,
+    pub instance: String,
+    /// The state file: `<state-dir>/<instance>.json`.
+    pub state_file: PathBuf,
+    pub detach_on_exit: bool,
 }
 
 impl Settings {
@@ -227,6 +247,10 @@ impl Settings {
             io: self.io.or(file.io),
             interface: self.interface.or(file.interface),
             xdp_mode: self.xdp_mode.or(file.xdp_mode),
+            no_xdp: self.no_xdp.or(file.no_xdp),
+            instance: self.instance.or(file.instance),
+            state_dir: self.state_dir.or(file.state_dir),
+            detach_on_exit: self.detach_on_exit.or(file.detach_on_exit),
             tenant: vec(self.tenant, file.tenant),
         }
     }
@@ -371,6 +395,8 @@ impl Settings {
         own.extend(&tls);
 
         let tenants = tenants(&self.tenant, &users, rest_secret.is_some())?;
+        let instance = self.instance.clone().unwrap_or_else(|| "default".to_owned());
+        check_instance(&instance)?;
         let max_lifetime = Duration::from_secs(self.max_allocate_lifetime.unwrap_or(3600));
         if max_lifetime < Duration::from_secs(600) {
             return Err(bad(
@@ -401,9 +427,38 @@ impl Settings {
             tls,
             tls_config,
             io: self.io.unwrap_or_default(),
-            interface: self.interface,
+            interface: self.interface.filter(|_| !self.no_xdp.unwrap_or(false)),
             xdp_mode: self.xdp_mode.unwrap_or_default(),
+            state_file: state_file(self.state_dir.as_deref(), &instance),
+            instance,
+            detach_on_exit: self.detach_on_exit.unwrap_or(false),
         })
+    }
+}
+
+/// Where `relay run --instance NAME --state-dir DIR` keeps its allocation state (and what
+/// `relay down` removes).
+pub fn state_file(state_dir: Option<&Path>, instance: &str) -> PathBuf {
+    state_dir
+        .unwrap_or(Path::new("/var/lib/relay"))
+        .join(format!("{instance}.json"))
+}
+
+/// An instance names a bpffs directory and a file: letters, digits, `-`, `_`, `.`.
+pub fn check_instance(instance: &str) -> Result<(), ConfigError> {
+    let ok = !instance.is_empty()
+        && instance.len() <= 64
+        && !instance.starts_with('.')
+        && instance
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(
+            "instance",
+            format!("{instance:?}: 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'"),
+        ))
     }
 }
 

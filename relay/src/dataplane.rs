@@ -1,12 +1,23 @@
-//! The kernel data plane: loads Relay's XDP program, attaches it to an interface, reads its
-//! counters, and detaches it when dropped.
+//! The kernel data plane: loads Relay's XDP program, attaches it to an interface, installs
+//! flows and reads its counters. Loaded with [`Dataplane::load`] it is private to this
+//! process and detached when dropped; loaded with [`Dataplane::load_pinned`] its maps,
+//! program and link are pinned under [`Pins`], so that it outlives the daemon (hitless
+//! restarts and upgrades) until [`Pins::remove`].
 
-use std::{fmt, time::Duration};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use aya::{
-    Ebpf, EbpfError,
-    maps::{HashMap as BpfHashMap, MapError, PerCpuArray},
-    programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode},
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapError, PerCpuArray, PerCpuValues},
+    programs::{
+        ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLinkId,
+    },
 };
 use relay_common::{
     Counters, Verdict,
@@ -24,6 +35,91 @@ const FLOWS_MAP: &str = "FLOWS";
 const FLOW_STATS_MAP: &str = "FLOW_STATS";
 const POLICERS_MAP: &str = "POLICERS";
 const POLICED_MAP: &str = "POLICED";
+const DEVICES_MAP: &str = "DEVICES";
+/// The maps that outlive the daemon (the per-CPU scratch map need not).
+const PINNED_MAPS: [&str; 6] = [
+    VERDICTS_MAP,
+    FLOWS_MAP,
+    FLOW_STATS_MAP,
+    POLICERS_MAP,
+    POLICED_MAP,
+    DEVICES_MAP,
+];
+/// Version of the maps' layout (the keys and values in relay-common). A daemon adopts only
+/// maps of its own layout: after an upgrade that changes it, the new program starts on new
+/// maps (and the daemon installs its flows there again).
+const LAYOUT: u32 = 2;
+/// Where bpffs is mounted.
+const BPFFS: &str = "/sys/fs/bpf";
+/// `BPF_FS_MAGIC` from the kernel's `magic.h`: the filesystem type of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Where an instance's data plane is pinned: `/sys/fs/bpf/relay/<instance>`, holding
+/// `maps-v<LAYOUT>/<MAP>`, the program `relay_xdp`, and one `link-<interface>` per attached
+/// interface.
+#[derive(Clone, Debug)]
+pub struct Pins {
+    dir: PathBuf,
+}
+
+impl Pins {
+    pub fn new(instance: &str) -> Self {
+        Self {
+            dir: Path::new(BPFFS).join("relay").join(instance),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn maps(&self) -> PathBuf {
+        self.dir.join(format!("maps-v{LAYOUT}"))
+    }
+
+    fn link(&self, interface: &str) -> PathBuf {
+        self.dir.join(format!("link-{interface}"))
+    }
+
+    fn program(&self) -> PathBuf {
+        self.dir.join(PROGRAM)
+    }
+
+    /// The interfaces a pinned link attaches the program to.
+    pub fn interfaces(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = entries
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                name.strip_prefix("link-").map(str::to_owned)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Removes every pin of the instance: unpinning a link detaches the program from its
+    /// interface (nothing else holds it once the daemon is gone). Returns whether there was
+    /// anything.
+    pub fn remove(&self) -> std::io::Result<bool> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// How [`Dataplane::attach_pinned`] found the interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// Attached anew, in this mode, and the link pinned.
+    New(AttachedMode),
+    /// An earlier run's pinned link: its program was replaced by this one atomically.
+    Adopted,
+}
 
 /// How the operator asked for the program to be attached.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -84,6 +180,14 @@ pub enum DataplaneError {
     Map(#[from] MapError),
     #[error("BPF_PROG_TEST_RUN failed: {0}")]
     TestRun(#[source] ProgramError),
+    #[error("pinning under {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[source] std::io::Error),
     #[error("cannot map the policers into memory: {0}")]
     Mmap(#[source] std::io::Error),
     #[error("the object has no {0}: relay and relay-ebpf are out of step")]
@@ -157,13 +261,92 @@ impl Dataplane {
         Ok(Self { ebpf })
     }
 
-    /// Attaches to `interface`. In `Auto` mode a refusal of native mode is logged and generic
-    /// mode is tried.
+    /// Loads the program with its maps pinned under `pins`: the maps an earlier run pinned
+    /// there (same layout) are adopted with their flows, counters and budgets; missing ones
+    /// are created and pinned. The program is pinned too. Returns whether maps were adopted.
+    pub fn load_pinned(pins: &Pins) -> Result<(Self, bool), DataplaneError> {
+        if XDP_OBJECT.is_empty() {
+            return Err(DataplaneError::NotBuilt);
+        }
+        let pin_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| DataplaneError::Pin { path, source }
+        };
+        ensure_bpffs().map_err(pin_err(Path::new(BPFFS)))?;
+        let maps = pins.maps();
+        std::fs::create_dir_all(&maps).map_err(pin_err(&maps))?;
+        let adopted = maps.join(FLOWS_MAP).exists();
+        let mut loader = EbpfLoader::new();
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, maps.join(name));
+        }
+        let mut ebpf = loader.load(XDP_OBJECT)?;
+        let program = xdp(&mut ebpf)?;
+        program.load().map_err(DataplaneError::Verify)?;
+        let path = pins.program();
+        // The previous run's program stays alive while its link holds it.
+        let _ = std::fs::remove_file(&path);
+        program.pin(&path).map_err(|e| DataplaneError::Pin {
+            path,
+            source: std::io::Error::other(e),
+        })?;
+        Ok((Self { ebpf }, adopted))
+    }
+
+    /// Attaches to `interface` through a pinned link: an earlier run's link there gets this
+    /// program in place of its own, atomically (no packet meets no program); otherwise the
+    /// program is attached as [`Dataplane::attach`] does and the link pinned. Either way the
+    /// attachment outlives this process, until [`Pins::remove`].
+    pub fn attach_pinned(
+        &mut self,
+        pins: &Pins,
+        interface: &str,
+        choice: XdpModeChoice,
+    ) -> Result<Attachment, DataplaneError> {
+        let path = pins.link(interface);
+        let pin_err = |source| DataplaneError::Pin {
+            path: path.clone(),
+            source,
+        };
+        let program = xdp(&mut self.ebpf)?;
+        if let Ok(pinned) = PinnedLink::from_pin(&path) {
+            let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(pinned))
+                .map_err(|e| pin_err(std::io::Error::other(e)))?;
+            let id = program
+                .attach_to_link(link)
+                .map_err(|e| pin_err(std::io::Error::other(e)))?;
+            // The pin holds the link from now on; the program must not detach it on drop.
+            drop(program.take_link(id).map_err(|e| pin_err(std::io::Error::other(e)))?);
+            log::info!("XDP on {interface}: the pinned link now runs this program");
+            return Ok(Attachment::Adopted);
+        }
+        let (mode, id) = self.attach_link(interface, choice)?;
+        let program = xdp(&mut self.ebpf)?;
+        let link = program
+            .take_link(id)
+            .map_err(|e| pin_err(std::io::Error::other(e)))?;
+        FdLink::try_from(link)
+            .map_err(|e| pin_err(std::io::Error::other(e)))?
+            .pin(&path)
+            .map_err(|e| pin_err(std::io::Error::other(e)))?;
+        Ok(Attachment::New(mode))
+    }
+
+    /// Attaches to `interface`, until the data plane is dropped. In `Auto` mode a refusal of
+    /// native mode is logged and generic mode is tried.
     pub fn attach(
         &mut self,
         interface: &str,
         choice: XdpModeChoice,
     ) -> Result<AttachedMode, DataplaneError> {
+        self.attach_link(interface, choice).map(|(mode, _)| mode)
+    }
+
+    fn attach_link(
+        &mut self,
+        interface: &str,
+        choice: XdpModeChoice,
+    ) -> Result<(AttachedMode, XdpLinkId), DataplaneError> {
         let program = xdp(&mut self.ebpf)?;
         let attach = |program: &mut Xdp, mode: AttachedMode| {
             let flags = match mode {
@@ -172,7 +355,7 @@ impl Dataplane {
             };
             program
                 .attach(interface, flags)
-                .map(|_| mode)
+                .map(|id| (mode, id))
                 .map_err(|source| match source {
                     ProgramError::UnknownInterface { .. } => {
                         DataplaneError::UnknownInterface(interface.to_owned())
@@ -187,11 +370,11 @@ impl Dataplane {
                     },
                 })
         };
-        let mode = match choice {
+        let (mode, id) = match choice {
             XdpModeChoice::Native => attach(program, AttachedMode::Native)?,
             XdpModeChoice::Generic => attach(program, AttachedMode::Generic)?,
             XdpModeChoice::Auto => match attach(program, AttachedMode::Native) {
-                Ok(mode) => mode,
+                Ok(attached) => attached,
                 Err(e @ DataplaneError::UnknownInterface(_)) => return Err(e),
                 Err(native) => {
                     log::warn!("{native}; falling back to generic (skb) mode");
@@ -200,7 +383,7 @@ impl Dataplane {
             },
         };
         log::info!("XDP attached to {interface} in {mode} mode");
-        Ok(mode)
+        Ok((mode, id))
     }
 
     /// Per-verdict counters summed over every CPU.
@@ -247,6 +430,31 @@ impl Dataplane {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Every flow key installed, for reconciling an adopted table with the daemon's state.
+    pub fn flow_keys(&self) -> Result<Vec<FlowKey>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(FLOWS_MAP)
+            .ok_or(DataplaneError::Missing("FLOWS map"))?;
+        Ok(BpfHashMap::<_, FlowKey, FlowAction>::try_from(map)?
+            .keys()
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Zeroes the counters at `index` (on every CPU), for a flow taking the slot over.
+    pub fn reset_flow_stats(&mut self, index: u32) -> Result<(), DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(FLOW_STATS_MAP)
+            .ok_or(DataplaneError::Missing("FLOW_STATS map"))?;
+        let mut array = PerCpuArray::<_, FlowStats>::try_from(map)?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io(e))?;
+        let zeros = PerCpuValues::try_from(vec![FlowStats::default(); cpus])
+            .map_err(DataplaneError::Io)?;
+        array.set(index, zeros, 0)?;
+        Ok(())
     }
 
     /// The counters of the flow at `index`, summed over CPUs (`last_seen_ns`: the latest).
@@ -367,6 +575,23 @@ pub fn enable_forwarding(interface: &str) -> std::io::Result<Vec<String>> {
         "1",
     )?;
     Ok(changed)
+}
+
+/// Mounts bpffs on /sys/fs/bpf where it is not (a fresh sysfs, as `ip netns exec` gives).
+fn ensure_bpffs() -> std::io::Result<()> {
+    let fs = nix::sys::statfs::statfs(BPFFS).map_err(std::io::Error::from)?;
+    if i64::from(fs.filesystem_type().0) == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    log::info!("mounting bpffs on {BPFFS}");
+    nix::mount::mount(
+        Some("bpf"),
+        BPFFS,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(std::io::Error::from)
 }
 
 fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {

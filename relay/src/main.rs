@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use relay::{
     config::Settings,
-    dataplane::{AttachedMode, Dataplane},
+    dataplane::{Attachment, Dataplane, Pins},
     preflight,
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -24,8 +24,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve STUN/TURN (UDP, TCP, TLS) until SIGINT/SIGTERM; with --interface, also attach
-    /// the XDP program there.
+    /// the XDP program there (pinned: it keeps forwarding after the relay stops, and the
+    /// next `relay run` of the same instance takes it over).
     Run(Box<Settings>),
+    /// Remove an instance's data plane (detaching XDP) and its saved allocation state.
+    Down {
+        #[arg(long, default_value = "default", value_name = "NAME")]
+        instance: String,
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<std::path::PathBuf>,
+    },
     /// Attach the XDP program to an interface and count what arrives there, per verdict,
     /// until SIGINT/SIGTERM; no TURN. A diagnostic, and what the lab runs on the veth peers
     /// of XDP_TX (a veth delivers XDP_TX'd frames only to a peer that runs XDP).
@@ -45,17 +53,56 @@ fn main() -> anyhow::Result<()> {
             interface,
             xdp_mode,
         } => attach(&interface, xdp_mode),
+        Command::Down {
+            instance,
+            state_dir,
+        } => down(&instance, state_dir.as_deref()),
     }
+}
+
+fn down(instance: &str, state_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    relay::config::check_instance(instance)?;
+    let pins = Pins::new(instance);
+    let interfaces = pins.interfaces();
+    if pins
+        .remove()
+        .with_context(|| format!("removing {}", pins.dir().display()))?
+    {
+        println!(
+            "removed the data plane pinned at {} (XDP detached from {})",
+            pins.dir().display(),
+            if interfaces.is_empty() { "nothing".to_owned() } else { interfaces.join(", ") }
+        );
+    } else {
+        println!("no data plane pinned at {}", pins.dir().display());
+    }
+    let state = relay::config::state_file(state_dir, instance);
+    match std::fs::remove_file(&state) {
+        Ok(()) => println!("removed the allocation state {}", state.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", state.display())),
+    }
+    Ok(())
 }
 
 fn run(settings: Settings) -> anyhow::Result<()> {
     let run = settings.load()?.resolve(&local_addresses()?)?;
     let mut dataplane = None;
-    let mut attached: Option<(AttachedMode, String)> = None;
+    let mut attached: Option<String> = None;
+    let pins = Pins::new(&run.instance);
+    let detach_on_exit = run.detach_on_exit;
     if let Some(interface) = &run.interface {
         preflight::check()?;
-        let mut loaded = Dataplane::load()?;
-        let mode = loaded.attach(interface, run.xdp_mode)?;
+        let (mut loaded, adopted) = Dataplane::load_pinned(&pins)?;
+        if adopted {
+            log::info!(
+                "adopting the data plane pinned at {}: its flows keep forwarding",
+                pins.dir().display()
+            );
+        }
+        if let Attachment::New(mode) = loaded.attach_pinned(&pins, interface, run.xdp_mode)? {
+            log::info!("XDP attached to {interface} in {mode} mode");
+        }
         let changes = relay::dataplane::enable_forwarding(interface).with_context(|| {
             format!("enabling forwarding on {interface} for the fast path's next-hop lookup")
         })?;
@@ -63,7 +110,7 @@ fn run(settings: Settings) -> anyhow::Result<()> {
             log::info!("fast path: {change}");
         }
         dataplane = Some(loaded);
-        attached = Some((mode, interface.clone()));
+        attached = Some(interface.clone());
     }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -81,11 +128,22 @@ fn run(settings: Settings) -> anyhow::Result<()> {
     })?;
     let (signal_name, dataplane) = signal_name;
 
-    if let (Some(dataplane), Some((mode, interface))) = (dataplane, attached) {
+    if let (Some(dataplane), Some(interface)) = (dataplane, attached) {
         let counters = dataplane.verdict_counters()?;
         drop(dataplane);
-        log::info!("{signal_name}: XDP detached from {interface}");
-        println!("XDP verdicts on {interface} ({mode} mode):\n{counters}");
+        if detach_on_exit {
+            pins.remove()
+                .with_context(|| format!("removing {}", pins.dir().display()))?;
+            log::info!("{signal_name}: XDP detached from {interface}, its pins removed");
+        } else {
+            log::info!(
+                "{signal_name}: XDP stays on {interface} and keeps forwarding installed channels \
+                 (pinned at {}; `relay down --instance {}` removes it)",
+                pins.dir().display(),
+                run_instance(&pins)
+            );
+        }
+        println!("XDP verdicts on {interface} since the data plane was created:\n{counters}");
     } else {
         log::info!("{signal_name}: stopped");
     }
@@ -109,6 +167,12 @@ fn attach(interface: &str, mode: relay::dataplane::XdpModeChoice) -> anyhow::Res
     log::info!("{signal_name}: XDP detached from {interface}");
     println!("XDP verdicts on {interface} ({mode} mode):\n{counters}");
     Ok(())
+}
+
+fn run_instance(pins: &Pins) -> String {
+    pins.dir()
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
 }
 
 /// Installs the SIGINT and SIGTERM handlers now (before the caller says it is ready) and
