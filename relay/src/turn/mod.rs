@@ -5,7 +5,9 @@ pub mod auth;
 pub mod policy;
 pub mod ports;
 mod server;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 
 pub use server::{ChannelFlow, ClientTuple, Config, Output, Server, Stats, Transport};
+pub use snapshot::{Snapshot, SnapshotError};
