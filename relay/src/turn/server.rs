@@ -5,6 +5,9 @@
 //! [`Server::poll_timeout`] and calls [`Server::handle_timeout`]. Relayed sockets are opened
 //! by the I/O layer on request ([`Output::Bind`]) and the result is fed back with
 //! [`Server::relay_bound`], so allocations are deterministic in tests.
+//!
+//! [`Server::snapshot`] and [`Server::restore`] carry the allocations over a restart of the
+//! process.
 
 use std::{
     cmp::Reverse,
@@ -22,6 +25,7 @@ use super::{
     auth::{Authenticated, Authenticator, Credentials, Refusal},
     policy::PeerPolicy,
     ports::PortPool,
+    snapshot::{SavedReservation, Snapshot, VERSION},
 };
 use crate::stun::{
     ChannelData, Class, Kind, Message, MessageBuilder, Method, TransactionId,
@@ -160,8 +164,17 @@ struct PendingAllocate {
     /// ADDRESS-ERROR-CODE for an additional family that could not be served.
     address_error: Option<u8>,
     fingerprint: bool,
+    dont_fragment: bool,
     /// The reservation this allocation consumed.
     used_reservation: Option<u64>,
+}
+
+/// What a [`Output::Bind`] issued by [`Server::restore`] binds again: the allocation of that
+/// id, or the reservation of that token.
+#[derive(Clone, Copy, Debug)]
+enum Restoring {
+    Allocation(ClientTuple),
+    Reservation(u64),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -174,7 +187,7 @@ pub struct Server {
     config: Config,
     auth: Authenticator,
     epoch: Instant,
-    unix_at_epoch: u64,
+    unix_ms_at_epoch: u64,
     rng: StdRng,
     allocations: HashMap<ClientTuple, Allocation>,
     /// Allocation ids for timers, and the relayed-address index.
@@ -185,6 +198,9 @@ pub struct Server {
     ports: PortPool,
     reservations: HashMap<u64, (SocketAddr, Instant)>,
     pending: HashMap<u64, PendingAllocate>,
+    /// Restored allocations and reservations whose sockets are being bound again, by bind
+    /// id: kept apart from `pending`, as there is no request to answer.
+    restoring: HashMap<u64, Restoring>,
     next_id: u64,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     outputs: VecDeque<Output>,
@@ -207,7 +223,7 @@ impl Server {
             config,
             auth,
             epoch,
-            unix_at_epoch,
+            unix_ms_at_epoch: unix_at_epoch.saturating_mul(1000),
             rng,
             allocations: HashMap::new(),
             ids: HashMap::new(),
@@ -216,6 +232,7 @@ impl Server {
             per_user: HashMap::new(),
             reservations: HashMap::new(),
             pending: HashMap::new(),
+            restoring: HashMap::new(),
             next_id: 1,
             timers: BinaryHeap::new(),
             outputs: VecDeque::new(),
@@ -244,7 +261,186 @@ impl Server {
     }
 
     fn unix(&self, now: Instant) -> u64 {
-        self.unix_at_epoch + now.saturating_duration_since(self.epoch).as_secs()
+        self.unix_ms(now) / 1000
+    }
+
+    /// Unix time in milliseconds at `at`: how the snapshot keeps time across processes.
+    fn unix_ms(&self, at: Instant) -> u64 {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        if at >= self.epoch {
+            self.unix_ms_at_epoch.saturating_add(ms(at - self.epoch))
+        } else {
+            self.unix_ms_at_epoch.saturating_sub(ms(self.epoch - at))
+        }
+    }
+
+    /// The allocations and reservations live at `now`, for [`Server::restore`].
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        let mut allocations: Vec<_> = self
+            .allocations
+            .values()
+            .filter(|a| a.expires > now)
+            .map(|a| a.save(now, |at| self.unix_ms(at)))
+            .collect();
+        // Sorted, so that the same state gives the same file.
+        allocations.sort_unstable_by_key(|a| (a.client, a.server, a.transport));
+        let mut reservations: Vec<_> = self
+            .reservations
+            .iter()
+            .filter(|(_, (_, expires))| *expires > now)
+            .map(|(token, (addr, expires))| SavedReservation {
+                addr: *addr,
+                token: *token,
+                expires_unix_ms: self.unix_ms(*expires),
+            })
+            .collect();
+        reservations.sort_unstable_by_key(|r| r.addr);
+        Snapshot {
+            version: VERSION,
+            taken_unix_ms: self.unix_ms(now),
+            allocations,
+            reservations,
+        }
+    }
+
+    /// A server that goes on with the allocations and reservations of `snapshot`, as
+    /// [`Server::new`] with `now` as its epoch and `unix_ms_now` (Unix milliseconds) as the
+    /// Unix time then. What expired meanwhile is dropped, and so are allocations of stream
+    /// clients, whose connections ended with the old process.
+    ///
+    /// The relayed sockets closed with the old process: [`Server::poll_output`] asks for each
+    /// allocation's (and reservation's) with an [`Output::Bind`], and once
+    /// [`Server::relay_bound`] confirms an allocation's, announces its channels to the fast
+    /// path again ([`Output::FlowUp`]). An allocation whose sockets cannot be bound again is
+    /// removed. Clients hold nonces of the old process: they are answered 438 and retry.
+    pub fn restore(
+        config: Config,
+        snapshot: &Snapshot,
+        now: Instant,
+        unix_ms_now: u64,
+        seed: u64,
+    ) -> Self {
+        let mut server = Self::new(config, now, unix_ms_now / 1000, seed);
+        server.unix_ms_at_epoch = unix_ms_now;
+        let max_lifetime = server.config.max_lifetime;
+        for saved in &snapshot.allocations {
+            if let Some(alloc) = Allocation::restore(saved, now, unix_ms_now, max_lifetime) {
+                server.adopt(alloc);
+            }
+        }
+        for r in &snapshot.reservations {
+            server.adopt_reservation(r, now, unix_ms_now);
+        }
+        let dropped = snapshot.allocations.len() + snapshot.reservations.len()
+            - server.allocations.len()
+            - server.reservations.len();
+        log::info!(
+            "restored {} allocations and {} reservations; dropped {dropped} (ended while the \
+             relay was down, or of stream clients)",
+            server.allocations.len(),
+            server.reservations.len()
+        );
+        server
+    }
+
+    /// Takes over a restored allocation under a new id: indexes, quota count, timer, and a
+    /// Bind for its sockets. Stream clients' allocations are dropped: their connections
+    /// ended with the old process (RFC 8656 section 7.3.1 ties them to the connection).
+    fn adopt(&mut self, alloc: Allocation) {
+        let tuple = alloc.tuple;
+        if tuple.transport.is_stream() {
+            return;
+        }
+        if self.allocations.contains_key(&tuple)
+            || alloc
+                .relayed
+                .iter()
+                .any(|r| self.by_relayed.contains_key(r))
+        {
+            log::warn!("allocation {tuple}: saved twice or sharing a relayed address; dropped");
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        for r in &alloc.relayed {
+            self.ports.take(*r);
+            self.by_relayed.insert(*r, tuple);
+        }
+        *self.per_user.entry(alloc.username.clone()).or_default() += 1;
+        self.ids.insert(id, tuple);
+        self.id_of.insert(tuple, id);
+        self.timers
+            .push(Reverse((alloc.next_expiry(), Timer::Allocation(id))));
+        self.outputs.push_back(Output::Bind {
+            id,
+            addrs: alloc.relayed.clone(),
+            max_bps: self.config.max_bps,
+            dont_fragment: alloc.dont_fragment,
+        });
+        self.restoring.insert(id, Restoring::Allocation(tuple));
+        log::info!(
+            "allocation {id}: {tuple} user {:?} relayed {:?} restored",
+            alloc.username,
+            alloc.relayed
+        );
+        self.allocations.insert(tuple, alloc);
+    }
+
+    /// Holds a saved reservation's port again, unless it lapsed meanwhile.
+    fn adopt_reservation(&mut self, saved: &SavedReservation, now: Instant, unix_ms_now: u64) {
+        let SavedReservation {
+            addr,
+            token,
+            expires_unix_ms,
+        } = *saved;
+        if expires_unix_ms <= unix_ms_now {
+            return;
+        }
+        if self.by_relayed.contains_key(&addr)
+            || self.reservations.contains_key(&token)
+            || self.reservations.values().any(|(a, _)| *a == addr)
+        {
+            log::warn!("reservation of {addr}: saved twice or in use; dropped");
+            return;
+        }
+        let left = Duration::from_millis(expires_unix_ms - unix_ms_now);
+        let expires = now + left.min(RESERVATION_LIFETIME);
+        self.ports.take(addr);
+        self.reservations.insert(token, (addr, expires));
+        self.timers
+            .push(Reverse((expires, Timer::Reservation(token))));
+        let id = self.next_id;
+        self.next_id += 1;
+        self.outputs.push_back(Output::Bind {
+            id,
+            addrs: vec![addr],
+            max_bps: self.config.max_bps,
+            dont_fragment: false,
+        });
+        self.restoring.insert(id, Restoring::Reservation(token));
+    }
+
+    /// [`Server::relay_bound`] for a bind that [`Server::restore`] asked for.
+    fn rebound(&mut self, now: Instant, id: u64, what: Restoring, result: std::io::Result<()>) {
+        match (what, result) {
+            (Restoring::Allocation(tuple), Ok(())) => self.sync_flows(tuple, now),
+            (Restoring::Allocation(tuple), Err(e)) => {
+                if let Some(alloc) = self.allocations.get(&tuple) {
+                    log::warn!(
+                        "allocation {id}: {tuple} dropped: binding {:?} again failed: {e}",
+                        alloc.relayed
+                    );
+                    self.remove_allocation(tuple);
+                }
+            }
+            (Restoring::Reservation(_), Ok(())) => {}
+            (Restoring::Reservation(token), Err(e)) => {
+                if let Some((addr, _)) = self.reservations.remove(&token) {
+                    log::warn!("reservation of {addr} dropped: binding it again failed: {e}");
+                    self.ports.release(addr);
+                }
+            }
+        }
     }
 
     /// A datagram or stream record from a client.
@@ -300,6 +496,9 @@ impl Server {
 
     /// The I/O layer's answer to [`Output::Bind`].
     pub fn relay_bound(&mut self, now: Instant, id: u64, result: Result<(), std::io::Error>) {
+        if let Some(what) = self.restoring.remove(&id) {
+            return self.rebound(now, id, what, result);
+        }
         let Some(p) = self.pending.remove(&id) else {
             return;
         };
@@ -370,6 +569,7 @@ impl Server {
             expires,
             p.tid,
             response.clone(),
+            p.dont_fragment,
         );
         self.allocations.insert(p.tuple, alloc);
         self.ids.insert(id, p.tuple);
@@ -458,12 +658,21 @@ impl Server {
         }
         if let Some(id) = self.id_of.remove(&tuple) {
             self.ids.remove(&id);
+            self.restoring.remove(&id);
         }
     }
 
     /// Emits the fast-path changes of the allocation on `tuple` (UDP clients only: the fast
     /// path does not serve streams).
     fn sync_flows(&mut self, tuple: ClientTuple, now: Instant) {
+        // A restored allocation's flows wait for its sockets: see `rebound`.
+        if self
+            .id_of
+            .get(&tuple)
+            .is_some_and(|id| self.restoring.contains_key(id))
+        {
+            return;
+        }
         let Some(alloc) = self.allocations.get_mut(&tuple) else {
             return;
         };
@@ -785,6 +994,7 @@ impl Server {
                 reserve,
                 address_error,
                 fingerprint,
+                dont_fragment: msg.get(attr::DONT_FRAGMENT).is_some(),
                 used_reservation,
             },
         );
