@@ -174,8 +174,13 @@ impl Allocation {
         self.channel_by_peer.insert(peer, number);
     }
 
-    /// Drops permissions and channels that expired by `now`.
-    pub(super) fn expire(&mut self, now: Instant) {
+    /// Drops permissions and channels that expired by `now`; returns whether any did.
+    pub(super) fn expire(&mut self, now: Instant) -> bool {
+        let before = (
+            self.permissions.len(),
+            self.channels.len(),
+            self.cooldowns.len(),
+        );
         self.permissions.retain(|_, e| *e > now);
         let expired: Vec<(u16, Channel)> = self
             .channels
@@ -193,6 +198,12 @@ impl Allocation {
             });
         }
         self.cooldowns.retain(|c| c.until > now);
+        before
+            != (
+                self.permissions.len(),
+                self.channels.len(),
+                self.cooldowns.len(),
+            )
     }
 
     /// The earliest instant at which something of this allocation expires.

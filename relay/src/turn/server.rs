@@ -7,7 +7,7 @@
 //! [`Server::relay_bound`], so allocations are deterministic in tests.
 //!
 //! [`Server::snapshot`] and [`Server::restore`] carry the allocations over a restart of the
-//! process.
+//! process; [`Server::take_dirty`] says when a new snapshot is worth writing.
 
 use std::{
     cmp::Reverse,
@@ -201,6 +201,8 @@ pub struct Server {
     /// Restored allocations and reservations whose sockets are being bound again, by bind
     /// id: kept apart from `pending`, as there is no request to answer.
     restoring: HashMap<u64, Restoring>,
+    /// Allocation state changed since the last [`Server::take_dirty`].
+    dirty: bool,
     next_id: u64,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     outputs: VecDeque<Output>,
@@ -233,6 +235,7 @@ impl Server {
             reservations: HashMap::new(),
             pending: HashMap::new(),
             restoring: HashMap::new(),
+            dirty: false,
             next_id: 1,
             timers: BinaryHeap::new(),
             outputs: VecDeque::new(),
@@ -272,6 +275,13 @@ impl Server {
         } else {
             self.unix_ms_at_epoch.saturating_sub(ms(self.epoch - at))
         }
+    }
+
+    /// Whether allocation state changed since the last call (allocations, permissions,
+    /// channels or reservations made, refreshed, used, removed or expired; not data
+    /// relayed): the caller writes a [`Snapshot`] when it did.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
     }
 
     /// The allocations and reservations live at `now`, for [`Server::restore`].
@@ -340,6 +350,8 @@ impl Server {
             server.allocations.len(),
             server.reservations.len()
         );
+        // The file still holds what was dropped.
+        server.dirty = dropped > 0;
         server
     }
 
@@ -438,6 +450,7 @@ impl Server {
                 if let Some((addr, _)) = self.reservations.remove(&token) {
                     log::warn!("reservation of {addr} dropped: binding it again failed: {e}");
                     self.ports.release(addr);
+                    self.dirty = true;
                 }
             }
         }
@@ -572,6 +585,7 @@ impl Server {
             p.dont_fragment,
         );
         self.allocations.insert(p.tuple, alloc);
+        self.dirty = true;
         self.ids.insert(id, p.tuple);
         self.id_of.insert(p.tuple, id);
         self.timers.push(Reverse((expires, Timer::Allocation(id))));
@@ -602,6 +616,7 @@ impl Server {
                     if let Some((addr, expires)) = self.reservations.get(&token).copied() {
                         if expires <= now {
                             self.reservations.remove(&token);
+                            self.dirty = true;
                             self.ports.release(addr);
                             self.outputs.push_back(Output::Release { addr });
                         }
@@ -619,7 +634,9 @@ impl Server {
                         self.remove_allocation(tuple);
                         continue;
                     }
-                    alloc.expire(now);
+                    if alloc.expire(now) {
+                        self.dirty = true;
+                    }
                     self.sync_flows(tuple, now);
                     if let Some(alloc) = self.allocations.get(&tuple) {
                         self.timers
@@ -634,6 +651,7 @@ impl Server {
         let Some(alloc) = self.allocations.remove(&tuple) else {
             return;
         };
+        self.dirty = true;
         // Stream clients never had flows announced (see `sync_flows`).
         let flows = if tuple.transport == Transport::Udp {
             alloc.installed_flows()
@@ -1031,6 +1049,7 @@ impl Server {
             if let Some(alloc) = self.allocations.get_mut(&tuple) {
                 alloc.expires = now + lifetime;
             }
+            self.dirty = true;
             // The flows end with the allocation: their expiry moved with it.
             self.sync_flows(tuple, now);
             self.rearm(tuple);
@@ -1091,6 +1110,7 @@ impl Server {
         for peer in peers {
             alloc.permit(peer.ip(), now);
         }
+        self.dirty = true;
         self.sync_flows(tuple, now);
         self.rearm(tuple);
         let b = MessageBuilder::new(
@@ -1131,6 +1151,7 @@ impl Server {
         }
         alloc.bind(number, peer, now);
         alloc.permit(peer.ip(), now);
+        self.dirty = true;
         self.sync_flows(tuple, now);
         self.rearm(tuple);
         let b = MessageBuilder::new(Class::Success, Method::CHANNEL_BIND, msg.transaction_id());

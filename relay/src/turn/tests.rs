@@ -1057,6 +1057,7 @@ fn a_restarted_relay_goes_on_serving_its_allocations() {
     assert_eq!(c.bind(&mut h, 0x4000, peer).class(), Class::Success);
     let bound_at = h.now;
     h.advance(Duration::from_secs(100));
+    assert!(h.server.take_dirty());
 
     let snapshot = h.restart(Duration::from_secs(20), 7);
     assert_eq!(snapshot.allocations(), 1);
@@ -1084,6 +1085,7 @@ fn a_restarted_relay_goes_on_serving_its_allocations() {
         h.drain(),
         [Output::FlowUp(flow, bound_at + Duration::from_secs(300))]
     );
+    assert!(!h.server.take_dirty(), "nothing changed, nothing to write");
     assert_eq!(h.server.stats().allocations, 1);
     assert_eq!(h.server.relayed_addresses(&c.tuple), Some(&[relayed][..]));
 
@@ -1096,6 +1098,7 @@ fn a_restarted_relay_goes_on_serving_its_allocations() {
         (r.class(), decode_u32(r.get(attr::LIFETIME).unwrap())),
         (Class::Success, Ok(3600))
     );
+    assert!(h.server.take_dirty());
     let other = addr("10.77.0.22:3480");
     assert_eq!(c.permit(&mut h, other).class(), Class::Success);
     // The restored channel is live: refreshed by its own pair, refused to another.
@@ -1177,6 +1180,10 @@ fn what_ended_while_the_relay_was_down_is_not_restored() {
     h.bound.sort_unstable();
     assert_eq!(h.bound, [relayed_long, relayed_reserving]);
     assert_eq!(h.server.stats().allocations, 2);
+    assert!(
+        h.server.take_dirty(),
+        "the file still holds what was dropped"
+    );
 
     assert_eq!(error_code(&short.refresh(&mut h, 600)), Some(437));
     assert_eq!(error_code(&stream.refresh(&mut h, 600)), Some(437));
@@ -1238,12 +1245,70 @@ fn a_restored_allocation_whose_socket_cannot_be_bound_is_dropped() {
     let relayed = c.allocate(&mut h);
     c.bind(&mut h, 0x4000, addr(PEER));
     h.restart(Duration::from_secs(10), 7);
+    assert!(!h.server.take_dirty());
     h.fail_binds = true;
     let out = h.drain();
     // Released like any removed allocation; its flows were never announced here.
     assert_eq!(out, [Output::Release { addr: relayed }]);
     assert_eq!(h.server.stats().allocations, 0);
+    assert!(h.server.take_dirty());
     h.fail_binds = false;
     assert_eq!(error_code(&c.refresh(&mut h, 600)), Some(437));
     c.allocate(&mut h);
+}
+
+#[test]
+fn dirty_tells_when_the_allocation_state_changed() {
+    let mut h = Harness::new(config());
+    let mut c = Client::udp("10.77.0.11:40000", "alice", "secret");
+    let peer = addr(PEER);
+    let dirty = |h: &mut Harness| h.server.take_dirty();
+    assert!(!dirty(&mut h));
+    let first = c.request(Method::ALLOCATE, |b| {
+        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    h.client_sends(c.tuple, &first);
+    assert!(!dirty(&mut h), "a 401 changes nothing");
+    let relayed = c.allocate(&mut h);
+    assert!(dirty(&mut h), "allocated");
+    assert!(!dirty(&mut h), "taken");
+    assert_eq!(error_code(&c.try_allocate(&mut h, |_| {})), Some(437));
+    assert!(!dirty(&mut h), "refused");
+    c.permit(&mut h, peer);
+    assert!(dirty(&mut h), "permission");
+    assert_eq!(
+        error_code(&c.permit(&mut h, addr("127.0.0.1:9"))),
+        Some(403)
+    );
+    assert!(!dirty(&mut h), "refused");
+    c.bind(&mut h, 0x4000, peer);
+    assert!(dirty(&mut h), "channel");
+    c.send(&mut h, peer, b"x");
+    h.peer_sends(relayed, peer, b"y");
+    let cd = ChannelData {
+        channel: 0x4000,
+        data: b"z",
+    }
+    .encode(false);
+    h.client_sends(c.tuple, &cd);
+    assert!(!dirty(&mut h), "data relayed changes no state");
+    c.refresh(&mut h, 600);
+    assert!(dirty(&mut h), "refreshed");
+    h.advance(Duration::from_secs(299));
+    assert!(!dirty(&mut h));
+    h.advance(Duration::from_secs(1));
+    assert!(dirty(&mut h), "the permission expired");
+    let mut reserving = Client::udp("10.77.0.11:40001", "alice", "secret");
+    reserving.try_allocate(&mut h, |b| {
+        b.add(attr::EVEN_PORT, &[0x80]);
+    });
+    assert!(dirty(&mut h));
+    h.advance(Duration::from_secs(30));
+    assert!(dirty(&mut h), "the reservation expired");
+    c.refresh(&mut h, 0);
+    assert!(dirty(&mut h), "deleted");
+    h.server.handle_client_closed(h.now, c.tuple);
+    assert!(!dirty(&mut h), "nothing to close");
+    h.advance(Duration::from_secs(600));
+    assert!(dirty(&mut h), "the other allocation expired");
 }
