@@ -906,6 +906,8 @@ mod properties {
         PeerData(usize, u8),
         Close(usize),
         Advance(u16),
+        /// Killed, and started again from the snapshot this many seconds later.
+        Restart(u16),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -920,6 +922,7 @@ mod properties {
             (client.clone(), 0..4_u8).prop_map(|(c, p)| Op::PeerData(c, p)),
             client.prop_map(Op::Close),
             (1..1000_u16).prop_map(Op::Advance),
+            prop_oneof![Just(0_u16), 1..700_u16].prop_map(Op::Restart),
         ]
     }
 
@@ -959,6 +962,32 @@ mod properties {
                     self.h.drain();
                 }
                 Op::Advance(s) => drop(self.h.advance(Duration::from_secs(u64::from(s)))),
+                Op::Restart(down) => self.restart(down),
+            }
+        }
+    }
+
+    impl Run {
+        fn restart(&mut self, down: u16) {
+            // The old process's I/O layer goes with it: what it bound and announced is
+            // checked now, and what the new one binds and announces from then on.
+            for o in &self.h.history {
+                if let Output::ToPeer { relayed, .. } = o {
+                    assert!(
+                        self.h.bound.contains(relayed),
+                        "sent from {relayed}, never bound"
+                    );
+                }
+            }
+            self.h.history.clear();
+            self.h.bound.clear();
+            let before = self.h.restart(Duration::from_secs(u64::from(down)), 7);
+            self.h.drain();
+            if down == 0 {
+                // Nothing ended meanwhile: the same state, but for stream clients.
+                let mut want = before;
+                want.allocations.retain(|a| !a.transport.is_stream());
+                assert_eq!(self.h.server.snapshot(self.h.now), want);
             }
         }
     }
