@@ -7,7 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::server::{ChannelFlow, ClientTuple};
+use super::{
+    server::{ChannelFlow, ClientTuple},
+    snapshot::{SavedAllocation, SavedChannel, SavedCooldown, SavedPermission},
+};
 use crate::stun::TransactionId;
 
 /// RFC 8656 section 9: permissions last 300 s.
@@ -52,6 +55,8 @@ pub(super) struct Allocation {
     /// The Allocate that created it and the response sent, for retransmissions.
     pub(super) created_by: TransactionId,
     pub(super) success_response: Vec<u8>,
+    /// Its relayed sockets were bound with DF; bound again so after a restart.
+    pub(super) dont_fragment: bool,
     permissions: HashMap<IpAddr, Instant>,
     channels: HashMap<u16, Channel>,
     channel_by_peer: HashMap<SocketAddr, u16>,
@@ -70,6 +75,7 @@ impl Allocation {
         expires: Instant,
         created_by: TransactionId,
         success_response: Vec<u8>,
+        dont_fragment: bool,
     ) -> Self {
         Self {
             tuple,
@@ -78,6 +84,7 @@ impl Allocation {
             expires,
             created_by,
             success_response,
+            dont_fragment,
             permissions: HashMap::new(),
             channels: HashMap::new(),
             channel_by_peer: HashMap::new(),
@@ -158,13 +165,22 @@ impl Allocation {
     /// Binds or refreshes `number` to `peer`; returns its expiry.
     pub(super) fn bind(&mut self, number: u16, peer: SocketAddr, now: Instant) -> Instant {
         let expires = now + CHANNEL_LIFETIME;
-        self.channels.insert(number, Channel { peer, expires });
-        self.channel_by_peer.insert(peer, number);
+        self.bind_until(number, peer, expires);
         expires
     }
 
-    /// Drops permissions and channels that expired by `now`.
-    pub(super) fn expire(&mut self, now: Instant) {
+    fn bind_until(&mut self, number: u16, peer: SocketAddr, expires: Instant) {
+        self.channels.insert(number, Channel { peer, expires });
+        self.channel_by_peer.insert(peer, number);
+    }
+
+    /// Drops permissions and channels that expired by `now`; returns whether any did.
+    pub(super) fn expire(&mut self, now: Instant) -> bool {
+        let before = (
+            self.permissions.len(),
+            self.channels.len(),
+            self.cooldowns.len(),
+        );
         self.permissions.retain(|_, e| *e > now);
         let expired: Vec<(u16, Channel)> = self
             .channels
@@ -182,6 +198,12 @@ impl Allocation {
             });
         }
         self.cooldowns.retain(|c| c.until > now);
+        before
+            != (
+                self.permissions.len(),
+                self.channels.len(),
+                self.cooldowns.len(),
+            )
     }
 
     /// The earliest instant at which something of this allocation expires.
@@ -226,5 +248,130 @@ impl Allocation {
     /// Every installed flow, for removal when the allocation ends.
     pub(super) fn installed_flows(&self) -> Vec<Flow> {
         self.installed.iter().map(|(n, (p, _))| (*n, *p)).collect()
+    }
+
+    /// What is live at `now`, with times as Unix milliseconds (`unix_ms`).
+    pub(super) fn save(&self, now: Instant, unix_ms: impl Fn(Instant) -> u64) -> SavedAllocation {
+        let mut permissions: Vec<SavedPermission> = self
+            .permissions
+            .iter()
+            .filter(|(_, e)| **e > now)
+            .map(|(peer, e)| SavedPermission {
+                peer: *peer,
+                expires_unix_ms: unix_ms(*e),
+            })
+            .collect();
+        permissions.sort_unstable_by_key(|p| p.peer);
+        let mut channels: Vec<SavedChannel> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.expires > now)
+            .map(|(number, c)| SavedChannel {
+                number: *number,
+                peer: c.peer,
+                expires_unix_ms: unix_ms(c.expires),
+            })
+            .collect();
+        channels.sort_unstable_by_key(|c| c.number);
+        // Channels that expired since the last timer are cooldowns already.
+        let mut cooldowns: Vec<SavedCooldown> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.expires <= now && c.expires + CHANNEL_COOLDOWN > now)
+            .map(|(number, c)| (*number, c.peer, c.expires + CHANNEL_COOLDOWN))
+            .chain(
+                self.cooldowns
+                    .iter()
+                    .filter(|c| c.until > now)
+                    .map(|c| (c.number, c.peer, c.until)),
+            )
+            .map(|(number, peer, until)| SavedCooldown {
+                number,
+                peer,
+                until_unix_ms: unix_ms(until),
+            })
+            .collect();
+        cooldowns.sort_unstable_by_key(|c| (c.number, c.peer));
+        SavedAllocation {
+            transport: self.tuple.transport,
+            client: self.tuple.client,
+            server: self.tuple.server,
+            username: self.username.clone(),
+            relayed: self.relayed.clone(),
+            expires_unix_ms: unix_ms(self.expires),
+            dont_fragment: self.dont_fragment,
+            permissions,
+            channels,
+            cooldowns,
+            created_by: self.created_by,
+            success_response: self.success_response.clone(),
+        }
+    }
+
+    /// Rebuilds a saved allocation at `now` (Unix time `unix_ms_now`), without what expired
+    /// meanwhile; `None` when the allocation itself did. `max_lifetime` caps its lifetime,
+    /// as the RFC's lifetimes cap the rest: a wall clock stepped back since the snapshot
+    /// must not make anything outlive what a client could have asked for.
+    pub(super) fn restore(
+        saved: &SavedAllocation,
+        now: Instant,
+        unix_ms_now: u64,
+        max_lifetime: Duration,
+    ) -> Option<Self> {
+        // Only times after `unix_ms_now` are converted: an `Instant` before this process
+        // (or this boot) may not exist.
+        let at = |unix_ms: u64, cap: Duration| {
+            (unix_ms > unix_ms_now).then(|| {
+                now.checked_add(Duration::from_millis(unix_ms - unix_ms_now))
+                    .map_or(now + cap, |t| t.min(now + cap))
+            })
+        };
+        let expires = at(saved.expires_unix_ms, max_lifetime)?;
+        let tuple = ClientTuple {
+            transport: saved.transport,
+            client: saved.client,
+            server: saved.server,
+        };
+        let mut alloc = Self::new(
+            tuple,
+            saved.username.clone(),
+            saved.relayed.clone(),
+            expires,
+            saved.created_by,
+            saved.success_response.clone(),
+            saved.dont_fragment,
+        );
+        for p in &saved.permissions {
+            if let Some(e) = at(p.expires_unix_ms, PERMISSION_LIFETIME) {
+                alloc.permissions.insert(p.peer, e);
+            }
+        }
+        for c in &saved.cooldowns {
+            if let Some(until) = at(c.until_unix_ms, CHANNEL_LIFETIME + CHANNEL_COOLDOWN) {
+                alloc.cooldowns.push(Cooldown {
+                    number: c.number,
+                    peer: c.peer,
+                    until,
+                });
+            }
+        }
+        for c in &saved.channels {
+            if let Some(expires) = at(c.expires_unix_ms, CHANNEL_LIFETIME) {
+                alloc.bind_until(c.number, c.peer, expires);
+            } else if let Some(until) = at(
+                c.expires_unix_ms
+                    .saturating_add(CHANNEL_COOLDOWN.as_millis() as u64),
+                CHANNEL_COOLDOWN,
+            ) {
+                // RFC 8656 section 12: it expired while the relay was down, and still blocks
+                // its number and peer for 5 minutes after.
+                alloc.cooldowns.push(Cooldown {
+                    number: c.number,
+                    peer: c.peer,
+                    until,
+                });
+            }
+        }
+        Some(alloc)
     }
 }

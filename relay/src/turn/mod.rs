@@ -6,8 +6,10 @@ pub mod client;
 pub mod policy;
 pub mod ports;
 mod server;
+mod snapshot;
 pub mod tenant;
 #[cfg(test)]
 mod tests;
 
 pub use server::{ChannelFlow, ClientTuple, Config, Output, Server, Stats, Transport};
+pub use snapshot::{Snapshot, SnapshotError};

@@ -5,6 +5,9 @@
 //! [`Server::poll_timeout`] and calls [`Server::handle_timeout`]. Relayed sockets are opened
 //! by the I/O layer on request ([`Output::Bind`]) and the result is fed back with
 //! [`Server::relay_bound`], so allocations are deterministic in tests.
+//!
+//! [`Server::snapshot`] and [`Server::restore`] carry the allocations over a restart of the
+//! process; [`Server::take_dirty`] says when a new snapshot is worth writing.
 
 use std::{
     cmp::Reverse,
@@ -15,12 +18,14 @@ use std::{
 };
 
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
+use serde::{Deserialize, Serialize};
 
 use super::{
     allocation::{Allocation, BindConflict},
     auth::{Authenticated, Authenticator, Credentials, Refusal},
     policy::PeerPolicy,
     ports::PortPool,
+    snapshot::{SavedReservation, Snapshot, VERSION},
     tenant::{Tenant, tenant_of},
 };
 use crate::stun::{
@@ -31,7 +36,8 @@ use crate::stun::{
 };
 
 /// How a client reaches the relay.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Transport {
     Udp,
     Tcp,
@@ -164,8 +170,17 @@ struct PendingAllocate {
     /// ADDRESS-ERROR-CODE for an additional family that could not be served.
     address_error: Option<u8>,
     fingerprint: bool,
+    dont_fragment: bool,
     /// The reservation this allocation consumed.
     used_reservation: Option<u64>,
+}
+
+/// What a [`Output::Bind`] issued by [`Server::restore`] binds again: the allocation of that
+/// id, or the reservation of that token.
+#[derive(Clone, Copy, Debug)]
+enum Restoring {
+    Allocation(ClientTuple),
+    Reservation(u64),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -178,7 +193,7 @@ pub struct Server {
     config: Config,
     auth: Authenticator,
     epoch: Instant,
-    unix_at_epoch: u64,
+    unix_ms_at_epoch: u64,
     rng: StdRng,
     allocations: HashMap<ClientTuple, Allocation>,
     /// Allocation ids for timers, and the relayed-address index.
@@ -189,6 +204,11 @@ pub struct Server {
     ports: PortPool,
     reservations: HashMap<u64, (SocketAddr, Instant)>,
     pending: HashMap<u64, PendingAllocate>,
+    /// Restored allocations and reservations whose sockets are being bound again, by bind
+    /// id: kept apart from `pending`, as there is no request to answer.
+    restoring: HashMap<u64, Restoring>,
+    /// Allocation state changed since the last [`Server::take_dirty`].
+    dirty: bool,
     next_id: u64,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     outputs: VecDeque<Output>,
@@ -211,7 +231,7 @@ impl Server {
             config,
             auth,
             epoch,
-            unix_at_epoch,
+            unix_ms_at_epoch: unix_at_epoch.saturating_mul(1000),
             rng,
             allocations: HashMap::new(),
             ids: HashMap::new(),
@@ -220,6 +240,8 @@ impl Server {
             per_user: HashMap::new(),
             reservations: HashMap::new(),
             pending: HashMap::new(),
+            restoring: HashMap::new(),
+            dirty: false,
             next_id: 1,
             timers: BinaryHeap::new(),
             outputs: VecDeque::new(),
@@ -248,7 +270,199 @@ impl Server {
     }
 
     fn unix(&self, now: Instant) -> u64 {
-        self.unix_at_epoch + now.saturating_duration_since(self.epoch).as_secs()
+        self.unix_ms(now) / 1000
+    }
+
+    /// Unix time in milliseconds at `at`: how the snapshot keeps time across processes.
+    fn unix_ms(&self, at: Instant) -> u64 {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        if at >= self.epoch {
+            self.unix_ms_at_epoch.saturating_add(ms(at - self.epoch))
+        } else {
+            self.unix_ms_at_epoch.saturating_sub(ms(self.epoch - at))
+        }
+    }
+
+    /// Whether allocation state changed since the last call (allocations, permissions,
+    /// channels or reservations made, refreshed, used, removed or expired; not data
+    /// relayed): the caller writes a [`Snapshot`] when it did.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// The allocations and reservations live at `now`, for [`Server::restore`].
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        let mut allocations: Vec<_> = self
+            .allocations
+            .values()
+            .filter(|a| a.expires > now)
+            .map(|a| a.save(now, |at| self.unix_ms(at)))
+            .collect();
+        // Sorted, so that the same state gives the same file.
+        allocations.sort_unstable_by_key(|a| (a.client, a.server, a.transport));
+        let mut reservations: Vec<_> = self
+            .reservations
+            .iter()
+            .filter(|(_, (_, expires))| *expires > now)
+            .map(|(token, (addr, expires))| SavedReservation {
+                addr: *addr,
+                token: *token,
+                expires_unix_ms: self.unix_ms(*expires),
+            })
+            .collect();
+        reservations.sort_unstable_by_key(|r| r.addr);
+        Snapshot {
+            version: VERSION,
+            taken_unix_ms: self.unix_ms(now),
+            allocations,
+            reservations,
+        }
+    }
+
+    /// A server that goes on with the allocations and reservations of `snapshot`, as
+    /// [`Server::new`] with `now` as its epoch and `unix_ms_now` (Unix milliseconds) as the
+    /// Unix time then. What expired meanwhile is dropped, and so are allocations of stream
+    /// clients, whose connections ended with the old process.
+    ///
+    /// The relayed sockets closed with the old process: [`Server::poll_output`] asks for each
+    /// allocation's (and reservation's) with an [`Output::Bind`], and once
+    /// [`Server::relay_bound`] confirms an allocation's, announces its channels to the fast
+    /// path again ([`Output::FlowUp`]). An allocation whose sockets cannot be bound again is
+    /// removed. Clients hold nonces of the old process: they are answered 438 and retry.
+    pub fn restore(
+        config: Config,
+        snapshot: &Snapshot,
+        now: Instant,
+        unix_ms_now: u64,
+        seed: u64,
+    ) -> Self {
+        let mut server = Self::new(config, now, unix_ms_now / 1000, seed);
+        server.unix_ms_at_epoch = unix_ms_now;
+        let max_lifetime = server.config.max_lifetime;
+        for saved in &snapshot.allocations {
+            if let Some(alloc) = Allocation::restore(saved, now, unix_ms_now, max_lifetime) {
+                server.adopt(alloc);
+            }
+        }
+        for r in &snapshot.reservations {
+            server.adopt_reservation(r, now, unix_ms_now);
+        }
+        let dropped = snapshot.allocations.len() + snapshot.reservations.len()
+            - server.allocations.len()
+            - server.reservations.len();
+        log::info!(
+            "restored {} allocations and {} reservations; dropped {dropped} (ended while the \
+             relay was down, or of stream clients)",
+            server.allocations.len(),
+            server.reservations.len()
+        );
+        // The file still holds what was dropped.
+        server.dirty = dropped > 0;
+        server
+    }
+
+    /// Takes over a restored allocation under a new id: indexes, quota count, timer, and a
+    /// Bind for its sockets. Stream clients' allocations are dropped: their connections
+    /// ended with the old process (RFC 8656 section 7.3.1 ties them to the connection).
+    fn adopt(&mut self, alloc: Allocation) {
+        let tuple = alloc.tuple;
+        if tuple.transport.is_stream() {
+            return;
+        }
+        if self.allocations.contains_key(&tuple)
+            || alloc
+                .relayed
+                .iter()
+                .any(|r| self.by_relayed.contains_key(r))
+        {
+            log::warn!("allocation {tuple}: saved twice or sharing a relayed address; dropped");
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        for r in &alloc.relayed {
+            self.ports.take(*r);
+            self.by_relayed.insert(*r, tuple);
+        }
+        *self.per_user.entry(alloc.username.clone()).or_default() += 1;
+        self.ids.insert(id, tuple);
+        self.id_of.insert(tuple, id);
+        self.timers
+            .push(Reverse((alloc.next_expiry(), Timer::Allocation(id))));
+        self.outputs.push_back(Output::Bind {
+            id,
+            addrs: alloc.relayed.clone(),
+            max_bps: self.config.max_bps,
+            // The tenant as configured now: a restart may move users between tenants.
+            tenant: tenant_of(&self.config.tenants, &alloc.username),
+            dont_fragment: alloc.dont_fragment,
+        });
+        self.restoring.insert(id, Restoring::Allocation(tuple));
+        log::info!(
+            "allocation {id}: {tuple} user {:?} relayed {:?} restored",
+            alloc.username,
+            alloc.relayed
+        );
+        self.allocations.insert(tuple, alloc);
+    }
+
+    /// Holds a saved reservation's port again, unless it lapsed meanwhile.
+    fn adopt_reservation(&mut self, saved: &SavedReservation, now: Instant, unix_ms_now: u64) {
+        let SavedReservation {
+            addr,
+            token,
+            expires_unix_ms,
+        } = *saved;
+        if expires_unix_ms <= unix_ms_now {
+            return;
+        }
+        if self.by_relayed.contains_key(&addr)
+            || self.reservations.contains_key(&token)
+            || self.reservations.values().any(|(a, _)| *a == addr)
+        {
+            log::warn!("reservation of {addr}: saved twice or in use; dropped");
+            return;
+        }
+        let left = Duration::from_millis(expires_unix_ms - unix_ms_now);
+        let expires = now + left.min(RESERVATION_LIFETIME);
+        self.ports.take(addr);
+        self.reservations.insert(token, (addr, expires));
+        self.timers
+            .push(Reverse((expires, Timer::Reservation(token))));
+        let id = self.next_id;
+        self.next_id += 1;
+        self.outputs.push_back(Output::Bind {
+            id,
+            addrs: vec![addr],
+            max_bps: None,
+            tenant: None,
+            dont_fragment: false,
+        });
+        self.restoring.insert(id, Restoring::Reservation(token));
+    }
+
+    /// [`Server::relay_bound`] for a bind that [`Server::restore`] asked for.
+    fn rebound(&mut self, now: Instant, id: u64, what: Restoring, result: std::io::Result<()>) {
+        match (what, result) {
+            (Restoring::Allocation(tuple), Ok(())) => self.sync_flows(tuple, now),
+            (Restoring::Allocation(tuple), Err(e)) => {
+                if let Some(alloc) = self.allocations.get(&tuple) {
+                    log::warn!(
+                        "allocation {id}: {tuple} dropped: binding {:?} again failed: {e}",
+                        alloc.relayed
+                    );
+                    self.remove_allocation(tuple);
+                }
+            }
+            (Restoring::Reservation(_), Ok(())) => {}
+            (Restoring::Reservation(token), Err(e)) => {
+                if let Some((addr, _)) = self.reservations.remove(&token) {
+                    log::warn!("reservation of {addr} dropped: binding it again failed: {e}");
+                    self.ports.release(addr);
+                    self.dirty = true;
+                }
+            }
+        }
     }
 
     /// A datagram or stream record from a client.
@@ -304,6 +518,9 @@ impl Server {
 
     /// The I/O layer's answer to [`Output::Bind`].
     pub fn relay_bound(&mut self, now: Instant, id: u64, result: Result<(), std::io::Error>) {
+        if let Some(what) = self.restoring.remove(&id) {
+            return self.rebound(now, id, what, result);
+        }
         let Some(p) = self.pending.remove(&id) else {
             return;
         };
@@ -374,8 +591,10 @@ impl Server {
             expires,
             p.tid,
             response.clone(),
+            p.dont_fragment,
         );
         self.allocations.insert(p.tuple, alloc);
+        self.dirty = true;
         self.ids.insert(id, p.tuple);
         self.id_of.insert(p.tuple, id);
         self.timers.push(Reverse((expires, Timer::Allocation(id))));
@@ -406,6 +625,7 @@ impl Server {
                     if let Some((addr, expires)) = self.reservations.get(&token).copied() {
                         if expires <= now {
                             self.reservations.remove(&token);
+                            self.dirty = true;
                             self.ports.release(addr);
                             self.outputs.push_back(Output::Release { addr });
                         }
@@ -423,7 +643,9 @@ impl Server {
                         self.remove_allocation(tuple);
                         continue;
                     }
-                    alloc.expire(now);
+                    if alloc.expire(now) {
+                        self.dirty = true;
+                    }
                     self.sync_flows(tuple, now);
                     if let Some(alloc) = self.allocations.get(&tuple) {
                         self.timers
@@ -438,6 +660,7 @@ impl Server {
         let Some(alloc) = self.allocations.remove(&tuple) else {
             return;
         };
+        self.dirty = true;
         // Stream clients never had flows announced (see `sync_flows`).
         let flows = if tuple.transport == Transport::Udp {
             alloc.installed_flows()
@@ -462,12 +685,21 @@ impl Server {
         }
         if let Some(id) = self.id_of.remove(&tuple) {
             self.ids.remove(&id);
+            self.restoring.remove(&id);
         }
     }
 
     /// Emits the fast-path changes of the allocation on `tuple` (UDP clients only: the fast
     /// path does not serve streams).
     fn sync_flows(&mut self, tuple: ClientTuple, now: Instant) {
+        // A restored allocation's flows wait for its sockets: see `rebound`.
+        if self
+            .id_of
+            .get(&tuple)
+            .is_some_and(|id| self.restoring.contains_key(id))
+        {
+            return;
+        }
         let Some(alloc) = self.allocations.get_mut(&tuple) else {
             return;
         };
@@ -790,6 +1022,7 @@ impl Server {
                 reserve,
                 address_error,
                 fingerprint,
+                dont_fragment: msg.get(attr::DONT_FRAGMENT).is_some(),
                 used_reservation,
             },
         );
@@ -826,6 +1059,7 @@ impl Server {
             if let Some(alloc) = self.allocations.get_mut(&tuple) {
                 alloc.expires = now + lifetime;
             }
+            self.dirty = true;
             // The flows end with the allocation: their expiry moved with it.
             self.sync_flows(tuple, now);
             self.rearm(tuple);
@@ -886,6 +1120,7 @@ impl Server {
         for peer in peers {
             alloc.permit(peer.ip(), now);
         }
+        self.dirty = true;
         self.sync_flows(tuple, now);
         self.rearm(tuple);
         let b = MessageBuilder::new(
@@ -926,6 +1161,7 @@ impl Server {
         }
         alloc.bind(number, peer, now);
         alloc.permit(peer.ip(), now);
+        self.dirty = true;
         self.sync_flows(tuple, now);
         self.rearm(tuple);
         let b = MessageBuilder::new(Class::Success, Method::CHANNEL_BIND, msg.transaction_id());

@@ -7,7 +7,7 @@ use std::{
 };
 
 use super::{
-    ChannelFlow, ClientTuple, Config, Output, Server, Transport, auth::Credentials,
+    ChannelFlow, ClientTuple, Config, Output, Server, Snapshot, Transport, auth::Credentials,
     policy::PeerPolicy,
 };
 use crate::stun::{
@@ -63,6 +63,9 @@ fn config() -> Config {
 /// The server, a virtual clock, and an I/O layer that binds whatever it is asked to.
 struct Harness {
     server: Server,
+    config: Config,
+    /// The instant of `UNIX_START`.
+    start: Instant,
     now: Instant,
     fail_binds: bool,
     /// Every address the server had the harness bind.
@@ -75,7 +78,9 @@ impl Harness {
     fn new(config: Config) -> Self {
         let now = Instant::now();
         Self {
-            server: Server::new(config, now, UNIX_START, 42),
+            server: Server::new(config.clone(), now, UNIX_START, 42),
+            config,
+            start: now,
             now,
             fail_binds: false,
             bound: Vec::new(),
@@ -113,6 +118,19 @@ impl Harness {
     fn peer_sends(&mut self, relayed: SocketAddr, peer: SocketAddr, bytes: &[u8]) -> Vec<Output> {
         self.server.handle_peer(self.now, relayed, peer, bytes);
         self.drain()
+    }
+
+    /// The relay is killed now and started again `down` later from the snapshot it had
+    /// written, through JSON; the new server's outputs are left for the test to drain.
+    fn restart(&mut self, down: Duration, seed: u64) -> Snapshot {
+        let snapshot = self.server.snapshot(self.now);
+        let json = serde_json::to_string(&snapshot).unwrap();
+        let read: Snapshot = serde_json::from_str(&json).unwrap();
+        assert_eq!(read, snapshot);
+        self.now += down;
+        let unix_ms = UNIX_START * 1000 + (self.now - self.start).as_millis() as u64;
+        self.server = Server::restore(self.config.clone(), &read, self.now, unix_ms, seed);
+        snapshot
     }
 
     /// Moves the clock and fires every timer due, as the I/O layer's sleep would.
@@ -889,6 +907,8 @@ mod properties {
         PeerData(usize, u8),
         Close(usize),
         Advance(u16),
+        /// Killed, and started again from the snapshot this many seconds later.
+        Restart(u16),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -903,6 +923,7 @@ mod properties {
             (client.clone(), 0..4_u8).prop_map(|(c, p)| Op::PeerData(c, p)),
             client.prop_map(Op::Close),
             (1..1000_u16).prop_map(Op::Advance),
+            prop_oneof![Just(0_u16), 1..700_u16].prop_map(Op::Restart),
         ]
     }
 
@@ -942,6 +963,32 @@ mod properties {
                     self.h.drain();
                 }
                 Op::Advance(s) => drop(self.h.advance(Duration::from_secs(u64::from(s)))),
+                Op::Restart(down) => self.restart(down),
+            }
+        }
+    }
+
+    impl Run {
+        fn restart(&mut self, down: u16) {
+            // The old process's I/O layer goes with it: what it bound and announced is
+            // checked now, and what the new one binds and announces from then on.
+            for o in &self.h.history {
+                if let Output::ToPeer { relayed, .. } = o {
+                    assert!(
+                        self.h.bound.contains(relayed),
+                        "sent from {relayed}, never bound"
+                    );
+                }
+            }
+            self.h.history.clear();
+            self.h.bound.clear();
+            let before = self.h.restart(Duration::from_secs(u64::from(down)), 7);
+            self.h.drain();
+            if down == 0 {
+                // Nothing ended meanwhile: the same state, but for stream clients.
+                let mut want = before;
+                want.allocations.retain(|a| !a.transport.is_stream());
+                assert_eq!(self.h.server.snapshot(self.h.now), want);
             }
         }
     }
@@ -1021,4 +1068,278 @@ fn a_late_timer_still_removes_the_flow() {
         h.advance(Duration::from_secs(900))
             .contains(&Output::FlowDown(flow))
     );
+}
+
+/// A relay killed and started again from its snapshot serves its allocations as before,
+/// once the clients have the new process's nonce.
+#[test]
+fn a_restarted_relay_goes_on_serving_its_allocations() {
+    let mut h = Harness::new(config());
+    let mut c = Client::udp("10.77.0.11:40000", "alice", "secret");
+    let allocated = c.call(&mut h, Method::ALLOCATE, |b| {
+        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .add(attr::DONT_FRAGMENT, &[]);
+    });
+    let msg = Message::decode(&allocated).unwrap();
+    let relayed = relayed(&msg)[0];
+    let allocate_tid = msg.transaction_id();
+    let peer = addr(PEER);
+    assert_eq!(c.bind(&mut h, 0x4000, peer).class(), Class::Success);
+    let bound_at = h.now;
+    h.advance(Duration::from_secs(100));
+    assert!(h.server.take_dirty());
+
+    let snapshot = h.restart(Duration::from_secs(20), 7);
+    assert_eq!(snapshot.allocations(), 1);
+    // The relayed socket closed with the old process: bound again as it was, with DF.
+    let Some(Output::Bind {
+        id,
+        addrs,
+        max_bps,
+        dont_fragment,
+        ..
+    }) = h.server.poll_output()
+    else {
+        panic!("no Bind for the restored allocation");
+    };
+    assert_eq!((addrs, max_bps, dont_fragment), (vec![relayed], None, true));
+    assert_eq!(h.server.poll_output(), None, "flows wait for the socket");
+    h.server.relay_bound(h.now, id, Ok(()));
+    let flow = ChannelFlow {
+        client: c.tuple,
+        relayed,
+        channel: 0x4000,
+        peer,
+    };
+    // Until the permission's end, 300 s after the ChannelBind, as before the restart.
+    assert_eq!(
+        h.drain(),
+        [Output::FlowUp(flow, bound_at + Duration::from_secs(300))]
+    );
+    assert!(!h.server.take_dirty(), "nothing changed, nothing to write");
+    assert_eq!(h.server.stats().allocations, 1);
+    assert_eq!(h.server.relayed_addresses(&c.tuple), Some(&[relayed][..]));
+
+    // The old process's nonce is stale here (another nonce key): 438, then a retry works.
+    let req = c.request(Method::REFRESH, |_| {});
+    let r = leak(only_response(&h.client_sends(c.tuple, &req)));
+    assert_eq!(error_code(&r), Some(438));
+    let r = c.refresh(&mut h, 3600);
+    assert_eq!(
+        (r.class(), decode_u32(r.get(attr::LIFETIME).unwrap())),
+        (Class::Success, Ok(3600))
+    );
+    assert!(h.server.take_dirty());
+    let other = addr("10.77.0.22:3480");
+    assert_eq!(c.permit(&mut h, other).class(), Class::Success);
+    // The restored channel is live: refreshed by its own pair, refused to another.
+    assert_eq!(c.bind(&mut h, 0x4000, peer).class(), Class::Success);
+    assert_eq!(error_code(&c.bind(&mut h, 0x4000, other)), Some(400));
+    assert_eq!(
+        h.history
+            .iter()
+            .rev()
+            .find(|o| matches!(o, Output::FlowUp(..))),
+        Some(&Output::FlowUp(flow, h.now + Duration::from_secs(300))),
+        "the ChannelBind refreshed the flow"
+    );
+
+    let cd = ChannelData {
+        channel: 0x4000,
+        data: b"rtp",
+    }
+    .encode(false);
+    assert_eq!(
+        to_peer(&h.client_sends(c.tuple, &cd)),
+        [(relayed, peer, b"rtp".to_vec())]
+    );
+    let back = only_response(&h.peer_sends(relayed, peer, b"rtcp"));
+    assert_eq!(
+        ChannelData::decode(&back).unwrap(),
+        ChannelData {
+            channel: 0x4000,
+            data: b"rtcp"
+        }
+    );
+    assert_eq!(
+        to_peer(&c.send(&mut h, other, b"hi")),
+        [(relayed, other, b"hi".to_vec())]
+    );
+
+    // The Allocate that made the allocation, sent again, still gets its answer.
+    let mut b = MessageBuilder::new(Class::Request, Method::ALLOCATE, allocate_tid);
+    b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+        .add(attr::USERNAME, b"alice")
+        .add(attr::REALM, REALM.as_bytes())
+        .add(attr::NONCE, c.nonce.clone().unwrap().as_bytes())
+        .add_message_integrity(&c.key());
+    assert_eq!(
+        only_response(&h.client_sends(c.tuple, &b.build())),
+        allocated
+    );
+}
+
+#[test]
+fn what_ended_while_the_relay_was_down_is_not_restored() {
+    let mut h = Harness::new(config());
+    let mut short = Client::udp("10.77.0.11:40000", "alice", "secret");
+    short.allocate(&mut h);
+    let mut long = Client::udp("10.77.0.11:40001", "alice", "secret");
+    let relayed_long = long.allocate(&mut h);
+    long.refresh(&mut h, 3600);
+    let peer = addr(PEER);
+    long.bind(&mut h, 0x4000, peer);
+    let mut stream = Client::new(Transport::Tcp, "10.77.0.11:40002", "bob", "hunter2");
+    stream.allocate(&mut h);
+    stream.refresh(&mut h, 3600);
+    let mut reserving = Client::udp("10.77.0.11:40003", "alice", "secret");
+    let r = reserving.try_allocate(&mut h, |b| {
+        b.add(attr::EVEN_PORT, &[0x80]);
+    });
+    let relayed_reserving = relayed(&r)[0];
+    let token = r.get(attr::RESERVATION_TOKEN).unwrap().to_vec();
+    reserving.refresh(&mut h, 3600);
+    h.advance(Duration::from_secs(10));
+    assert_eq!(h.server.snapshot(h.now).allocations(), 4);
+
+    // Down 700 s: the 600 s allocation, the permission (300 s), the channel (600 s) and the
+    // reservation (30 s) ended meanwhile; the stream's connection ended with the process.
+    h.bound.clear();
+    h.restart(Duration::from_secs(700), 7);
+    let out = h.drain();
+    assert!(out.is_empty(), "no flow without its permission: {out:?}");
+    h.bound.sort_unstable();
+    assert_eq!(h.bound, [relayed_long, relayed_reserving]);
+    assert_eq!(h.server.stats().allocations, 2);
+    assert!(
+        h.server.take_dirty(),
+        "the file still holds what was dropped"
+    );
+
+    assert_eq!(error_code(&short.refresh(&mut h, 600)), Some(437));
+    assert_eq!(error_code(&stream.refresh(&mut h, 600)), Some(437));
+    assert!(to_peer(&long.send(&mut h, peer, b"x")).is_empty());
+    // RFC 8656 section 12: the channel ended at 600 s, and until 900 s neither its number
+    // nor its peer may be bound otherwise, restart or not.
+    let other = addr("10.77.0.22:3480");
+    assert_eq!(error_code(&long.bind(&mut h, 0x4000, other)), Some(400));
+    assert_eq!(error_code(&long.bind(&mut h, 0x4001, peer)), Some(400));
+    let mut late = Client::udp("10.77.0.11:40004", "alice", "secret");
+    let r = late.try_allocate(&mut h, |b| {
+        b.add(attr::RESERVATION_TOKEN, &token);
+    });
+    assert_eq!(error_code(&r), Some(508), "the reservation lapsed");
+    h.advance(Duration::from_secs(190));
+    assert_eq!(long.bind(&mut h, 0x4000, other).class(), Class::Success);
+}
+
+#[test]
+fn a_reservation_survives_a_restart() {
+    let mut h = Harness::new(config());
+    let reserve = |h: &mut Harness, client: &str| {
+        let mut c = Client::udp(client, "alice", "secret");
+        let r = c.try_allocate(h, |b| {
+            b.add(attr::EVEN_PORT, &[0x80]);
+        });
+        let even = relayed(&r)[0];
+        let token = r.get(attr::RESERVATION_TOKEN).unwrap().to_vec();
+        (SocketAddr::new(even.ip(), even.port() + 1), token)
+    };
+    let (used, token) = reserve(&mut h, "10.77.0.11:40000");
+    h.advance(Duration::from_secs(10));
+    let (lapsing, _) = reserve(&mut h, "10.77.0.11:40001");
+    h.bound.clear();
+    h.restart(Duration::from_secs(5), 7);
+    h.drain();
+    assert!(h.bound.contains(&used) && h.bound.contains(&lapsing));
+
+    let mut c = Client::udp("10.77.0.11:40002", "alice", "secret");
+    let r = c.try_allocate(&mut h, |b| {
+        b.add(attr::RESERVATION_TOKEN, &token);
+    });
+    assert_eq!(relayed(&r), [used]);
+    // Released 30 s after it was made, 25 s after the restart.
+    assert!(
+        !h.advance(Duration::from_secs(24))
+            .contains(&Output::Release { addr: lapsing })
+    );
+    assert!(
+        h.advance(Duration::from_secs(1))
+            .contains(&Output::Release { addr: lapsing })
+    );
+}
+
+#[test]
+fn a_restored_allocation_whose_socket_cannot_be_bound_is_dropped() {
+    let mut h = Harness::new(config());
+    let mut c = Client::udp("10.77.0.11:40000", "alice", "secret");
+    let relayed = c.allocate(&mut h);
+    c.bind(&mut h, 0x4000, addr(PEER));
+    h.restart(Duration::from_secs(10), 7);
+    assert!(!h.server.take_dirty());
+    h.fail_binds = true;
+    let out = h.drain();
+    // Released like any removed allocation; its flows were never announced here.
+    assert_eq!(out, [Output::Release { addr: relayed }]);
+    assert_eq!(h.server.stats().allocations, 0);
+    assert!(h.server.take_dirty());
+    h.fail_binds = false;
+    assert_eq!(error_code(&c.refresh(&mut h, 600)), Some(437));
+    c.allocate(&mut h);
+}
+
+#[test]
+fn dirty_tells_when_the_allocation_state_changed() {
+    let mut h = Harness::new(config());
+    let mut c = Client::udp("10.77.0.11:40000", "alice", "secret");
+    let peer = addr(PEER);
+    let dirty = |h: &mut Harness| h.server.take_dirty();
+    assert!(!dirty(&mut h));
+    let first = c.request(Method::ALLOCATE, |b| {
+        b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    h.client_sends(c.tuple, &first);
+    assert!(!dirty(&mut h), "a 401 changes nothing");
+    let relayed = c.allocate(&mut h);
+    assert!(dirty(&mut h), "allocated");
+    assert!(!dirty(&mut h), "taken");
+    assert_eq!(error_code(&c.try_allocate(&mut h, |_| {})), Some(437));
+    assert!(!dirty(&mut h), "refused");
+    c.permit(&mut h, peer);
+    assert!(dirty(&mut h), "permission");
+    assert_eq!(
+        error_code(&c.permit(&mut h, addr("127.0.0.1:9"))),
+        Some(403)
+    );
+    assert!(!dirty(&mut h), "refused");
+    c.bind(&mut h, 0x4000, peer);
+    assert!(dirty(&mut h), "channel");
+    c.send(&mut h, peer, b"x");
+    h.peer_sends(relayed, peer, b"y");
+    let cd = ChannelData {
+        channel: 0x4000,
+        data: b"z",
+    }
+    .encode(false);
+    h.client_sends(c.tuple, &cd);
+    assert!(!dirty(&mut h), "data relayed changes no state");
+    c.refresh(&mut h, 600);
+    assert!(dirty(&mut h), "refreshed");
+    h.advance(Duration::from_secs(299));
+    assert!(!dirty(&mut h));
+    h.advance(Duration::from_secs(1));
+    assert!(dirty(&mut h), "the permission expired");
+    let mut reserving = Client::udp("10.77.0.11:40001", "alice", "secret");
+    reserving.try_allocate(&mut h, |b| {
+        b.add(attr::EVEN_PORT, &[0x80]);
+    });
+    assert!(dirty(&mut h));
+    h.advance(Duration::from_secs(30));
+    assert!(dirty(&mut h), "the reservation expired");
+    c.refresh(&mut h, 0);
+    assert!(dirty(&mut h), "deleted");
+    h.server.handle_client_closed(h.now, c.tuple);
+    assert!(!dirty(&mut h), "nothing to close");
+    h.advance(Duration::from_secs(600));
+    assert!(dirty(&mut h), "the other allocation expired");
 }
