@@ -395,7 +395,10 @@ impl Settings {
         own.extend(&tls);
 
         let tenants = tenants(&self.tenant, &users, rest_secret.is_some())?;
-        let instance = self.instance.clone().unwrap_or_else(|| "default".to_owned());
+        let instance = self
+            .instance
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
         check_instance(&instance)?;
         let max_lifetime = Duration::from_secs(self.max_allocate_lifetime.unwrap_or(3600));
         if max_lifetime < Duration::from_secs(600) {
@@ -457,7 +460,9 @@ pub fn check_instance(instance: &str) -> Result<(), ConfigError> {
     } else {
         Err(bad(
             "instance",
-            format!("{instance:?}: 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'"),
+            format!(
+                "{instance:?}: 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'"
+            ),
         ))
     }
 }

@@ -316,7 +316,11 @@ impl Dataplane {
                 .attach_to_link(link)
                 .map_err(|e| pin_err(std::io::Error::other(e)))?;
             // The pin holds the link from now on; the program must not detach it on drop.
-            drop(program.take_link(id).map_err(|e| pin_err(std::io::Error::other(e)))?);
+            drop(
+                program
+                    .take_link(id)
+                    .map_err(|e| pin_err(std::io::Error::other(e)))?,
+            );
             log::info!("XDP on {interface}: the pinned link now runs this program");
             return Ok(Attachment::Adopted);
         }
@@ -451,8 +455,8 @@ impl Dataplane {
             .ok_or(DataplaneError::Missing("FLOW_STATS map"))?;
         let mut array = PerCpuArray::<_, FlowStats>::try_from(map)?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io(e))?;
-        let zeros = PerCpuValues::try_from(vec![FlowStats::default(); cpus])
-            .map_err(DataplaneError::Io)?;
+        let zeros =
+            PerCpuValues::try_from(vec![FlowStats::default(); cpus]).map_err(DataplaneError::Io)?;
         array.set(index, zeros, 0)?;
         Ok(())
     }
@@ -580,7 +584,7 @@ pub fn enable_forwarding(interface: &str) -> std::io::Result<Vec<String>> {
 /// Mounts bpffs on /sys/fs/bpf where it is not (a fresh sysfs, as `ip netns exec` gives).
 fn ensure_bpffs() -> std::io::Result<()> {
     let fs = nix::sys::statfs::statfs(BPFFS).map_err(std::io::Error::from)?;
-    if i64::from(fs.filesystem_type().0) == BPF_FS_MAGIC {
+    if fs.filesystem_type().0 == BPF_FS_MAGIC {
         return Ok(());
     }
     log::info!("mounting bpffs on {BPFFS}");

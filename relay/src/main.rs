@@ -71,7 +71,11 @@ fn down(instance: &str, state_dir: Option<&std::path::Path>) -> anyhow::Result<(
         println!(
             "removed the data plane pinned at {} (XDP detached from {})",
             pins.dir().display(),
-            if interfaces.is_empty() { "nothing".to_owned() } else { interfaces.join(", ") }
+            if interfaces.is_empty() {
+                "nothing".to_owned()
+            } else {
+                interfaces.join(", ")
+            }
         );
     } else {
         println!("no data plane pinned at {}", pins.dir().display());

@@ -60,9 +60,18 @@ fn send_and_receive(lab: &Lab, to: SocketAddr) {
 }
 
 #[test]
-fn native_xdp_counts_real_udp_and_detaches_on_sigint() {
+fn native_xdp_counts_real_udp_and_detaches_on_sigint_when_asked() {
     let lab = Lab::up("rt-count").unwrap();
-    let relay = RunningRelay::in_lab(&lab, &["--interface", "eth0", "--xdp-mode", "native"]);
+    let relay = RunningRelay::in_lab(
+        &lab,
+        &[
+            "--interface",
+            "eth0",
+            "--xdp-mode",
+            "native",
+            "--detach-on-exit",
+        ],
+    );
     assert!(
         relay.logged("XDP attached to eth0 in native (driver) mode"),
         "{:?}",
@@ -99,9 +108,18 @@ fn native_xdp_counts_real_udp_and_detaches_on_sigint() {
 }
 
 #[test]
-fn generic_mode_on_request_and_detach_on_sigterm() {
+fn generic_mode_on_request_and_detach_on_sigterm_when_asked() {
     let lab = Lab::up("rt-generic").unwrap();
-    let relay = RunningRelay::in_lab(&lab, &["--interface", "eth0", "--xdp-mode", "generic"]);
+    let relay = RunningRelay::in_lab(
+        &lab,
+        &[
+            "--interface",
+            "eth0",
+            "--xdp-mode",
+            "generic",
+            "--detach-on-exit",
+        ],
+    );
     assert!(
         relay.logged("XDP attached to eth0 in generic (skb) mode"),
         "{:?}",

@@ -52,10 +52,13 @@ pub(crate) fn run() -> anyhow::Result<()> {
     let relay = build_relay()?;
     println!("demo: building the lab (5 hosts on one bridge)");
     let lab = Lab::up("relay-demo")?;
-    let config = std::env::temp_dir().join(format!("relay-demo-{}.toml", std::process::id()));
+    // The config and the relay's state live in a directory of the demo's own.
+    let dir = std::env::temp_dir().join(format!("relay-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("relay.toml");
     std::fs::write(&config, CONFIG)?;
     let result = demo(&lab, &relay, &config);
-    let _ = std::fs::remove_file(&config);
+    let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
@@ -85,6 +88,8 @@ fn demo(lab: &Lab, relay: &std::path::Path, config: &std::path::Path) -> anyhow:
         lab.command(Host::Relay, relay.to_str().context("non-UTF-8 path")?)
             .args(["run", "--config"])
             .arg(config)
+            .arg("--state-dir")
+            .arg(config.parent().context("config in a directory")?)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -2,8 +2,9 @@
 //! connections hand up, fires its timers, and carries out its outputs.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{SocketAddr, UdpSocket},
+    path::PathBuf,
     sync::{Arc, mpsc::Sender},
     time::Instant,
 };
@@ -48,7 +49,14 @@ impl KernelFlows {
         let stats = match self.installed.get(&flow) {
             Some(stats) => *stats,
             None if self.free.len() >= 2 => {
-                [self.free.pop().unwrap_or(0), self.free.pop().unwrap_or(0)]
+                let stats = [self.free.pop().unwrap_or(0), self.free.pop().unwrap_or(0)];
+                // The slots may hold counts of a flow an adopted data plane had there.
+                for slot in stats {
+                    if let Err(e) = self.dataplane.reset_flow_stats(slot) {
+                        log::warn!("fast path: cannot reset counters {slot}: {e}");
+                    }
+                }
+                stats
             }
             None => return,
         };
@@ -67,6 +75,33 @@ impl KernelFlows {
             }
         }
         self.installed.insert(flow, stats);
+    }
+
+    /// Removes the entries of an adopted flow table that the daemon's state does not
+    /// announce (channels that ended while no daemon ran): called once the restored
+    /// allocations have announced theirs. Returns how many went.
+    fn reconcile(&mut self) -> usize {
+        let wanted: HashSet<_> = self
+            .installed
+            .iter()
+            .filter_map(|(flow, stats)| channel_entries(flow, *stats, [0, 0], 0))
+            .flat_map(|entries| entries.map(|(key, _)| key))
+            .collect();
+        let keys = match self.dataplane.flow_keys() {
+            Ok(keys) => keys,
+            Err(e) => {
+                log::warn!("fast path: cannot list the adopted flows: {e}");
+                return 0;
+            }
+        };
+        let mut removed = 0;
+        for key in keys.iter().filter(|k| !wanted.contains(k)) {
+            match self.dataplane.remove_flow(key) {
+                Ok(()) => removed += 1,
+                Err(e) => log::warn!("fast path: cannot remove a stale flow: {e}"),
+            }
+        }
+        removed
     }
 
     fn down(&mut self, flow: &ChannelFlow) {
@@ -184,10 +219,33 @@ impl Limits {
     }
 }
 
+/// Where the allocation state is saved, for a restarted daemon to take up.
+pub(crate) struct State {
+    file: PathBuf,
+}
+
+impl State {
+    pub(crate) fn new(file: PathBuf) -> Self {
+        Self { file }
+    }
+
+    fn save(&self, server: &Server) {
+        // Synchronous: a few KiB per hundred allocations, written only when the state
+        // changed (an allocation, permission or channel came, went or was refreshed).
+        if let Err(e) = server.snapshot(Instant::now()).write_atomic(&self.file) {
+            log::warn!(
+                "cannot save the allocation state to {}: {e}",
+                self.file.display()
+            );
+        }
+    }
+}
+
 pub(crate) struct Control {
     pub(crate) server: Server,
     kernel: Option<KernelFlows>,
     limits: Limits,
+    state: State,
     commands: Sender<Command>,
     wake: Arc<Wake>,
     streams: HashMap<ClientTuple, tokio::sync::mpsc::Sender<Vec<u8>>>,
@@ -198,6 +256,7 @@ impl Control {
         server: Server,
         kernel: Option<KernelFlows>,
         limits: Limits,
+        state: State,
         commands: Sender<Command>,
         wake: Arc<Wake>,
     ) -> Self {
@@ -205,6 +264,7 @@ impl Control {
             server,
             kernel,
             limits,
+            state,
             commands,
             wake,
             streams: HashMap::new(),
@@ -218,6 +278,15 @@ impl Control {
         shutdown: impl Future<Output = ()>,
     ) -> Option<Dataplane> {
         tokio::pin!(shutdown);
+        // A restored server asks first for its sockets and announces its flows: then the
+        // kernel's table holds exactly what the state says.
+        self.carry_out();
+        if let Some(kernel) = &mut self.kernel {
+            let stale = kernel.reconcile();
+            if stale > 0 {
+                log::info!("fast path: removed {stale} flows that ended while no daemon ran");
+            }
+        }
         loop {
             let deadline = self.server.poll_timeout();
             tokio::select! {
@@ -236,6 +305,8 @@ impl Control {
             }
             self.carry_out();
         }
+        // The state as it is when the daemon stops, for the next one.
+        self.state.save(&self.server);
         let _ = self.commands.send(Command::Stop);
         self.wake.wake();
         log::info!("TURN server at exit: {}", self.server.stats());
@@ -345,6 +416,9 @@ impl Control {
         }
         if commands > 0 {
             self.wake.wake();
+        }
+        if self.server.take_dirty() {
+            self.state.save(&self.server);
         }
     }
 }

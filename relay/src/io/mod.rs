@@ -10,6 +10,7 @@ mod wake;
 
 use std::{
     net::UdpSocket,
+    path::Path,
     sync::{Arc, mpsc},
     time::{Instant, SystemTime},
 };
@@ -18,7 +19,7 @@ use anyhow::Context as _;
 
 use crate::{
     config::{IoBackend, RunConfig},
-    turn::Server,
+    turn::{Server, Snapshot},
 };
 
 /// Datagrams and stream records waiting for the control task.
@@ -111,6 +112,8 @@ pub async fn serve(
         tokio::spawn(stream::serve(l, run.tls_config.clone(), events_tx.clone()));
     }
     drop(events_tx);
+    // Before the ready line: a restored relay says so first.
+    let server = start_server(run.turn.clone(), &run.state_file)?;
     log::info!(
         "TURN on UDP {:?}, TCP {:?}, TLS {:?}; relaying from {:?} ports {}-{}; realm {:?} ({:?} backend)",
         run.udp,
@@ -123,12 +126,9 @@ pub async fn serve(
         backend_name
     );
 
-    let unix = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let server = Server::new(run.turn, Instant::now(), unix, rand::random());
     let kernel = dataplane.map(control::KernelFlows::new);
-    let dataplane = control::Control::new(server, kernel, limits, commands_tx, wake)
+    let saved = control::State::new(run.state_file);
+    let dataplane = control::Control::new(server, kernel, limits, saved, commands_tx, wake)
         .run(events_rx, shutdown)
         .await;
     let stats = thread
@@ -136,6 +136,40 @@ pub async fn serve(
         .map_err(|_| anyhow::anyhow!("the UDP data path thread panicked"))?;
     log::info!("UDP data path at exit: {stats}");
     Ok(dataplane)
+}
+
+/// The TURN server, with the allocations a previous run saved in `state_file` when there
+/// are any (their sockets are bound again and their flows announced on the first turn of
+/// the control task). A state file that cannot be read is moved aside, not fatal: the relay
+/// starts empty and clients allocate again.
+fn start_server(config: crate::turn::Config, state_file: &Path) -> anyhow::Result<Server> {
+    if let Some(dir) = state_file.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("state-dir: cannot create {}", dir.display()))?;
+    }
+    let now = Instant::now();
+    let unix = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let seed = rand::random();
+    match Snapshot::read(state_file) {
+        Ok(Some(snapshot)) => {
+            log::info!(
+                "restoring {} allocations from {}",
+                snapshot.allocations(),
+                state_file.display()
+            );
+            let unix_ms = u64::try_from(unix.as_millis()).unwrap_or(u64::MAX);
+            return Ok(Server::restore(config, &snapshot, now, unix_ms, seed));
+        }
+        Ok(None) => {}
+        Err(e) => {
+            let aside = state_file.with_extension("unreadable");
+            log::warn!("{e}; starting without it (moved to {})", aside.display());
+            let _ = std::fs::rename(state_file, aside);
+        }
+    }
+    Ok(Server::new(config, now, unix.as_secs(), seed))
 }
 
 /// A `msghdr` for one datagram: its address and one buffer, no control data. Both UDP

@@ -27,6 +27,8 @@ pub(crate) struct RunningRelay {
     seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     /// The thread reading the log; it ends when the relay closes stderr.
     reader: Option<std::thread::JoinHandle<()>>,
+    /// The relay's `--state-dir`, its own.
+    state: Option<TempDir>,
 }
 
 /// The relay's base configuration in the lab: the relay host's addresses of both families,
@@ -63,8 +65,19 @@ impl RunningRelay {
 
     /// Starts `relay <args>` in `host`'s namespace and waits for the log line that contains
     /// `ready` (an event, not a sleep).
+    /// A `relay run` gets a state directory of its own (removed on drop), so that relays
+    /// of tests running side by side never take up each other's allocations.
     pub(crate) fn start(lab: &Lab, host: Host, args: &[&str], ready: &str) -> Self {
-        Self::start_command(lab.command(host, env!("CARGO_BIN_EXE_relay")), args, ready)
+        let command = lab.command(host, env!("CARGO_BIN_EXE_relay"));
+        if args.first() != Some(&"run") {
+            return Self::start_command(command, args, ready);
+        }
+        let dir = TempDir::new(&format!("{}-{}", lab.prefix(), host.name()));
+        let mut with_state = args.to_vec();
+        with_state.extend(["--state-dir", dir.0.to_str().unwrap()]);
+        let mut relay = Self::start_command(command, &with_state, ready);
+        relay.state = Some(dir);
+        relay
     }
 
     /// As [`RunningRelay::start`], with a command prepared by the caller.
@@ -95,6 +108,7 @@ impl RunningRelay {
             log,
             seen,
             reader: Some(reader),
+            state: None,
         };
         relay.wait_for_log(ready);
         relay
@@ -119,6 +133,12 @@ impl RunningRelay {
                 Err(e) => panic!("relay never logged {needle:?}: {e}"),
             }
         }
+    }
+
+    /// Kills the relay with SIGKILL (no clean-up of its own) and waits for it to be gone.
+    pub(crate) fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// Sends `signal`, waits for a clean exit and returns what the relay printed on stdout.

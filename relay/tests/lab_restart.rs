@@ -1,0 +1,239 @@
+//! Restart without interruption: the relay is killed (SIGKILL) while a client streams
+//! channel data; XDP keeps forwarding with no daemon; the restarted relay adopts the pinned
+//! data plane and the saved allocation, serves Refresh and ChannelBind for it, and not one
+//! packet is lost. A clean SIGTERM keeps the data plane; `relay down` removes it. Needs root.
+//!
+//! The relay runs under `nsenter --net` (not `ip netns exec`, whose private /sys would
+//! give it a private bpffs): its pins are on the host's bpffs, as on an appliance.
+
+mod support;
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    process::Command,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use nix::sys::signal::Signal;
+use relay::{
+    dataplane::{Dataplane, Pins, XdpModeChoice},
+    stun::ChannelData,
+    turn::client::Client,
+};
+use support::{RunningRelay, TempDir, lab_relay_args, verdict_row, xdp_attachment};
+use xtask::lab::{Host, Lab};
+
+const CHANNEL: u16 = 0x4002;
+const RATE: u64 = 500;
+
+/// The relay binary in the relay host's network namespace, sharing the host's mounts.
+fn relay_command(lab: &Lab) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/run/netns/{}", lab.netns(Host::Relay)))
+        .arg(env!("CARGO_BIN_EXE_relay"));
+    c
+}
+
+/// Runs `relay down` for the instance when dropped, so a failing test leaves no pins.
+struct Down<'a> {
+    lab: &'a Lab,
+    instance: String,
+    state: &'a TempDir,
+}
+
+impl Down<'_> {
+    fn run(&self) -> String {
+        let out = relay_command(self.lab)
+            .args(["down", "--instance", &self.instance, "--state-dir"])
+            .arg(&self.state.0)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = Pins::new(&self.instance).remove();
+    }
+}
+
+/// Counts distinct sequence numbers arriving on `sink` until `sending` is cleared and
+/// nothing more arrives for 500 ms; `received` follows the count.
+fn count_sequences(
+    sink: &UdpSocket,
+    sending: &AtomicBool,
+    received: &AtomicU64,
+) -> std::collections::BTreeSet<u64> {
+    sink.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut buf = [0; 64];
+    loop {
+        match sink.recv(&mut buf) {
+            Ok(8) => {
+                seen.insert(u64::from_be_bytes(buf[..8].try_into().unwrap()));
+                received.store(seen.len() as u64, Ordering::Release);
+            }
+            Err(_) if !sending.load(Ordering::Acquire) => return seen,
+            Ok(_) | Err(_) => {}
+        }
+    }
+}
+
+/// Sends ChannelData carrying sequence numbers at `RATE` until `sending` is cleared;
+/// returns how many were sent.
+fn stream(socket: &UdpSocket, server: SocketAddr, sending: &AtomicBool) -> u64 {
+    let start = Instant::now();
+    let mut seq = 0_u64;
+    while sending.load(Ordering::Acquire) {
+        let due = RATE * start.elapsed().as_micros() as u64 / 1_000_000;
+        while seq < due {
+            let frame = ChannelData {
+                channel: CHANNEL,
+                data: &seq.to_be_bytes(),
+            }
+            .encode(false);
+            socket.send_to(&frame, server).unwrap();
+            seq += 1;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    seq
+}
+
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one story: stream, kill, adopt, stop, down"
+)]
+fn a_killed_relay_interrupts_nothing_and_its_successor_adopts_the_data_plane() {
+    let lab = Lab::up("rs-kill").unwrap();
+    let _switch = lab
+        .in_netns_named("sw", || {
+            let mut dp = Dataplane::load().unwrap();
+            dp.attach("relay", XdpModeChoice::Auto).unwrap();
+            dp
+        })
+        .unwrap();
+    let state = TempDir::new("rs-kill");
+    let instance = format!("rs-kill-{}", std::process::id());
+    let down = Down {
+        lab: &lab,
+        instance: instance.clone(),
+        state: &state,
+    };
+    let state_dir = state.0.to_str().unwrap().to_owned();
+    let args = lab_relay_args(&[
+        "--interface",
+        "eth0",
+        "--allowed-peer-ip",
+        "10.77.0.21",
+        "--instance",
+        &instance,
+        "--state-dir",
+        &state_dir,
+    ]);
+    let first = RunningRelay::start_command(relay_command(&lab), &args, "TURN on");
+
+    // The peer: a sink that counts distinct sequence numbers.
+    let sink = lab
+        .in_netns(Host::Peer, || UdpSocket::bind("10.77.0.21:4000").unwrap())
+        .unwrap();
+    let peer: SocketAddr = sink.local_addr().unwrap();
+    let mut client = lab
+        .in_netns(Host::ClientA, || {
+            let socket = UdpSocket::bind("10.77.0.11:0").unwrap();
+            let mut c = Client::allocate(
+                socket,
+                "10.77.0.1:3478".parse().unwrap(),
+                "alice",
+                "wonderland",
+            )
+            .unwrap();
+            c.channel_bind(CHANNEL, peer).unwrap();
+            c
+        })
+        .unwrap();
+    let sending = AtomicBool::new(true);
+    let received = AtomicU64::new(0);
+    let (sent, seen) = std::thread::scope(|s| {
+        let counter = s.spawn(|| count_sequences(&sink, &sending, &received));
+        let (socket, server) = (client.socket().try_clone().unwrap(), client.server());
+        let sending = &sending;
+        let sender = s.spawn(move || stream(&socket, server, sending));
+        // Whatever happens below, the sender and the counter stop.
+        let _stop = StopOnDrop(sending);
+        let wait_for = |n: u64, what: &str| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while received.load(Ordering::Acquire) < n {
+                assert!(Instant::now() < deadline, "{what}: stuck at {n}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+
+        // Streaming through the first relay; then it dies without a word.
+        wait_for(RATE / 2, "before the kill");
+        let mut first = first;
+        first.kill();
+        let at_kill = received.load(Ordering::Acquire);
+        // With no daemon at all, the kernel goes on forwarding.
+        wait_for(at_kill + RATE / 2, "while no relay runs");
+
+        let second = RunningRelay::start_command(relay_command(&lab), &args, "TURN on");
+        assert!(
+            second.logged("restoring 1 allocations"),
+            "{:?}",
+            second.log_lines()
+        );
+        assert!(
+            second.logged("adopting the data plane"),
+            "{:?}",
+            second.log_lines()
+        );
+        // The successor serves the allocation: Refresh, and the channel's refresh.
+        client.refresh(600).unwrap();
+        client.channel_bind(CHANNEL, peer).unwrap();
+        let at_restart = received.load(Ordering::Acquire);
+        wait_for(at_restart + RATE / 2, "after the restart");
+
+        sending.store(false, Ordering::Release);
+        let sent = sender.join().unwrap();
+        let seen = counter.join().unwrap();
+        // SIGTERM: the data plane stays attached.
+        let stdout = second.stop(Signal::SIGTERM);
+        eprintln!("{stdout}");
+        let (forwarded, _) = verdict_row(&stdout, "forwarded");
+        assert!(
+            forwarded * 100 >= sent * 99,
+            "XDP forwarded {forwarded} of {sent} (want at least 99%)"
+        );
+        (sent, seen)
+    });
+    let lost: Vec<u64> = (0..sent).filter(|s| !seen.contains(s)).collect();
+    assert!(lost.is_empty(), "{} of {sent} lost: {lost:?}", lost.len());
+
+    assert!(
+        xdp_attachment(&lab, Host::Relay).is_some(),
+        "SIGTERM must leave XDP attached"
+    );
+    let said = down.run();
+    assert!(said.contains("XDP detached from eth0"), "{said}");
+    assert_eq!(
+        xdp_attachment(&lab, Host::Relay),
+        None,
+        "relay down detaches"
+    );
+    assert!(!Pins::new(&instance).dir().exists());
+    assert!(!state.0.join(format!("{instance}.json")).exists());
+}
