@@ -222,7 +222,7 @@ fn max_bps_holds_on_the_kernel_path() {
         ],
     );
     let sink = Sink::bind(&lab, 4000);
-    let c = client(&lab, Host::ClientA, "alice", "wonderland", sink.addr());
+    let mut c = client(&lab, Host::ClientA, "alice", "wonderland", sink.addr());
     let done = AtomicBool::new(false);
     let (sent, received) = std::thread::scope(|s| {
         let counting = s.spawn(|| sink.count(&done));
@@ -230,6 +230,9 @@ fn max_bps_holds_on_the_kernel_path() {
         done.store(true, Ordering::Release);
         (sent, counting.join().unwrap()[0])
     });
+    // Deleting the allocation removes the channel's flows: the relay logs their usage.
+    c.refresh(0).unwrap();
+    let usage = relay.wait_for_log("usage: channel");
     let stdout = relay.stop(Signal::SIGTERM);
     let (over, _) = verdict_row(&stdout, "over-limit");
     let (forwarded, _) = verdict_row(&stdout, "forwarded");
@@ -243,4 +246,9 @@ fn max_bps_holds_on_the_kernel_path() {
     );
     assert!(over >= (sent - received) * 99 / 100, "{summary}");
     assert!(forwarded * 100 >= received * 99, "{summary}");
+    // The one flow's counters, read back from the kernel, are what XDP forwarded.
+    assert!(
+        usage.contains(&format!("XDP relayed {forwarded} packets")),
+        "{usage}\n{summary}"
+    );
 }

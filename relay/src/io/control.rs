@@ -108,6 +108,23 @@ impl KernelFlows {
         let Some(stats) = self.installed.remove(flow) else {
             return;
         };
+        // Usage, as coturn logs it when a session ends: what the kernel relayed for the
+        // channel (what userspace relayed is in the data path's counters).
+        if let (Ok(to_peer), Ok(to_client)) = (
+            self.dataplane.flow_stats(stats[0]),
+            self.dataplane.flow_stats(stats[1]),
+        ) {
+            log::info!(
+                "usage: channel {:#06x} of {} to {}: XDP relayed {} packets ({} bytes) to the peer, {} ({} bytes) to the client",
+                flow.channel,
+                flow.client,
+                flow.peer,
+                to_peer.packets,
+                to_peer.bytes,
+                to_client.packets,
+                to_client.bytes
+            );
+        }
         if let Some(entries) = channel_entries(flow, stats, [0, 0], 0) {
             for (key, _) in &entries {
                 if let Err(e) = self.dataplane.remove_flow(key) {
