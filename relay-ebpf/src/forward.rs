@@ -169,6 +169,11 @@ pub(crate) fn forward(ctx: &XdpContext, f: &UdpFrame) -> Option<(Verdict, u32)> 
     if rc != 0 {
         return None;
     }
+    // Another egress interface needs its devmap entry: without one the stack routes it.
+    let ingress = ctx.ingress_ifindex() as u32;
+    if fib.ifindex != ingress && !maps::is_device(fib.ifindex) {
+        return None;
+    }
 
     // The limits count relayed bytes (the application data, without the ChannelData
     // header), as the userspace data path does, so both spend the same budget alike.
@@ -331,7 +336,7 @@ pub(crate) fn forward(ctx: &XdpContext, f: &UdpFrame) -> Option<(Verdict, u32)> 
     }
 
     maps::count_flow(action.stats_index, u64::from(tot_len) + l3 as u64, now);
-    let sent = if fib.ifindex == ctx.ingress_ifindex() as u32 {
+    let sent = if fib.ifindex == ingress {
         xdp_action::XDP_TX
     } else {
         maps::redirect(fib.ifindex)

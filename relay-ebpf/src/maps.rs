@@ -89,13 +89,21 @@ pub(crate) fn count_flow(index: u32, bytes: u64, now_ns: u64) {
     }
 }
 
-/// Redirects to interface `ifindex` through `DEVICES`; without an entry the packet goes to
-/// the stack instead (the flags carry the fallback action).
+/// Whether the daemon listed interface `ifindex` in `DEVICES` (it attached the program
+/// there too): only then may a flow leave by it.
+#[inline(always)]
+pub(crate) fn is_device(ifindex: u32) -> bool {
+    DEVICES.get_ifindex(ifindex).is_some()
+}
+
+/// Redirects to interface `ifindex` through `DEVICES` (checked with `is_device` before the
+/// packet was rewritten; should the entry go meanwhile, the packet is dropped, not passed
+/// up half rewritten).
 #[inline(always)]
 pub(crate) fn redirect(ifindex: u32) -> u32 {
     DEVICES
-        .redirect(ifindex, u64::from(xdp_action::XDP_PASS))
-        .unwrap_or(xdp_action::XDP_PASS)
+        .redirect(ifindex, u64::from(xdp_action::XDP_DROP))
+        .unwrap_or(xdp_action::XDP_DROP)
 }
 
 /// Whether a packet of `bytes` relayed bytes (a frame of `frame` bytes) fits the budgets

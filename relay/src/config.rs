@@ -120,9 +120,11 @@ pub struct Settings {
     /// UDP datapath backend.
     #[arg(long, value_enum, value_name = "BACKEND")]
     pub io: Option<IoBackend>,
-    /// Network interface to attach the XDP program to (none: no XDP).
+    /// Network interface to attach the XDP program to (repeatable: flows may enter by one
+    /// and leave by another; none: no XDP). In TOML a name or a list.
     #[arg(long, short = 'i', value_name = "IF")]
-    pub interface: Option<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub interface: Vec<String>,
     /// XDP attach mode: auto tries native (driver) mode and falls back to generic (skb).
     #[arg(long, value_enum, value_name = "MODE")]
     pub xdp_mode: Option<XdpModeChoice>,
@@ -170,6 +172,20 @@ pub struct TenantSettings {
 /// `--max-bps` limits.
 pub const MAX_TENANTS: usize = 1024;
 
+/// `interface = "eth0"` or `interface = ["eth0", "eth1"]`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
+}
+
 /// A setting that is wrong, named as the operator wrote it.
 #[derive(Debug, thiserror::Error)]
 #[error("{field}: {problem}")]
@@ -193,8 +209,8 @@ pub struct RunConfig {
     pub tls: Vec<SocketAddr>,
     pub tls_config: Option<Arc<rustls::ServerConfig>>,
     pub io: IoBackend,
-    /// The interface to attach XDP to; `None` with `--no-xdp`.
-    pub interface: Option<String>,
+    /// The interfaces to attach XDP to; none with `--no-xdp`.
+    pub interface: Vec<String>,
     pub xdp_mode: XdpModeChoice,
     pub instance: String,
     /// The state file: `<state-dir>/<instance>.json`.
@@ -245,7 +261,7 @@ impl Settings {
             no_tcp: self.no_tcp.or(file.no_tcp),
             no_tls: self.no_tls.or(file.no_tls),
             io: self.io.or(file.io),
-            interface: self.interface.or(file.interface),
+            interface: vec(self.interface, file.interface),
             xdp_mode: self.xdp_mode.or(file.xdp_mode),
             no_xdp: self.no_xdp.or(file.no_xdp),
             instance: self.instance.or(file.instance),
@@ -430,7 +446,11 @@ impl Settings {
             tls,
             tls_config,
             io: self.io.unwrap_or_default(),
-            interface: self.interface.filter(|_| !self.no_xdp.unwrap_or(false)),
+            interface: if self.no_xdp.unwrap_or(false) {
+                Vec::new()
+            } else {
+                self.interface
+            },
             xdp_mode: self.xdp_mode.unwrap_or_default(),
             state_file: state_file(self.state_dir.as_deref(), &instance),
             instance,
@@ -749,5 +769,31 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("use-auth-secret"), "{err}");
+    }
+
+    #[test]
+    fn interfaces_as_a_name_or_a_list_and_no_xdp_clears_them() {
+        let one = settings("user = [\"a:b\"]\ninterface = \"eth0\"")
+            .unwrap()
+            .resolve(LOCAL)
+            .unwrap();
+        assert_eq!(one.interface, ["eth0"]);
+        let two = settings("user = [\"a:b\"]\ninterface = [\"eth0\", \"eth1\"]")
+            .unwrap()
+            .resolve(LOCAL)
+            .unwrap();
+        assert_eq!(two.interface, ["eth0", "eth1"]);
+        let none = settings("user = [\"a:b\"]\ninterface = \"eth0\"\nno-xdp = true")
+            .unwrap()
+            .resolve(LOCAL)
+            .unwrap();
+        assert!(none.interface.is_empty());
+        assert_eq!(none.state_file, Path::new("/var/lib/relay/default.json"));
+        let err = settings("user = [\"a:b\"]\ninstance = \"../etc\"")
+            .unwrap()
+            .resolve(LOCAL)
+            .err()
+            .unwrap();
+        assert_eq!(err.field, "instance");
     }
 }

@@ -436,6 +436,21 @@ impl Dataplane {
         }
     }
 
+    /// Lets flows leave by interface `interface` (its ifindex in `DEVICES`), where the program
+    /// must be attached too: the fast path redirects there when the next hop is behind it.
+    pub fn add_device(&mut self, interface: &str) -> Result<u32, DataplaneError> {
+        let ifindex = nix::net::if_::if_nametoindex(interface)
+            .map_err(|_| DataplaneError::UnknownInterface(interface.to_owned()))?;
+        let map = self
+            .ebpf
+            .map_mut(DEVICES_MAP)
+            .ok_or(DataplaneError::Missing("DEVICES map"))?;
+        aya::maps::DevMapHash::try_from(map)?
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| DataplaneError::Io(std::io::Error::other(e)))?;
+        Ok(ifindex)
+    }
+
     /// Every flow key installed, for reconciling an adopted table with the daemon's state.
     pub fn flow_keys(&self) -> Result<Vec<FlowKey>, DataplaneError> {
         let map = self

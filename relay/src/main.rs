@@ -91,31 +91,14 @@ fn down(instance: &str, state_dir: Option<&std::path::Path>) -> anyhow::Result<(
 
 fn run(settings: Settings) -> anyhow::Result<()> {
     let run = settings.load()?.resolve(&local_addresses()?)?;
-    let mut dataplane = None;
-    let mut attached: Option<String> = None;
     let pins = Pins::new(&run.instance);
     let detach_on_exit = run.detach_on_exit;
-    if let Some(interface) = &run.interface {
-        preflight::check()?;
-        let (mut loaded, adopted) = Dataplane::load_pinned(&pins)?;
-        if adopted {
-            log::info!(
-                "adopting the data plane pinned at {}: its flows keep forwarding",
-                pins.dir().display()
-            );
-        }
-        if let Attachment::New(mode) = loaded.attach_pinned(&pins, interface, run.xdp_mode)? {
-            log::info!("XDP attached to {interface} in {mode} mode");
-        }
-        let changes = relay::dataplane::enable_forwarding(interface).with_context(|| {
-            format!("enabling forwarding on {interface} for the fast path's next-hop lookup")
-        })?;
-        for change in changes {
-            log::info!("fast path: {change}");
-        }
-        dataplane = Some(loaded);
-        attached = Some(interface.clone());
-    }
+    let interfaces = run.interface.join(", ");
+    let dataplane = if run.interface.is_empty() {
+        None
+    } else {
+        Some(pinned_dataplane(&pins, &run.interface, run.xdp_mode)?)
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -132,7 +115,8 @@ fn run(settings: Settings) -> anyhow::Result<()> {
     })?;
     let (signal_name, dataplane) = signal_name;
 
-    if let (Some(dataplane), Some(interface)) = (dataplane, attached) {
+    if let Some(dataplane) = dataplane {
+        let interface = interfaces;
         let counters = dataplane.verdict_counters()?;
         drop(dataplane);
         if detach_on_exit {
@@ -152,6 +136,36 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         log::info!("{signal_name}: stopped");
     }
     Ok(())
+}
+
+/// Loads (or adopts) the instance's pinned data plane and attaches it to every interface,
+/// each also a way out for flows entering by another.
+fn pinned_dataplane(
+    pins: &Pins,
+    interfaces: &[String],
+    mode: relay::dataplane::XdpModeChoice,
+) -> anyhow::Result<Dataplane> {
+    preflight::check()?;
+    let (mut dataplane, adopted) = Dataplane::load_pinned(pins)?;
+    if adopted {
+        log::info!(
+            "adopting the data plane pinned at {}: its flows keep forwarding",
+            pins.dir().display()
+        );
+    }
+    for interface in interfaces {
+        if let Attachment::New(mode) = dataplane.attach_pinned(pins, interface, mode)? {
+            log::info!("XDP attached to {interface} in {mode} mode");
+        }
+        dataplane.add_device(interface)?;
+        let changes = relay::dataplane::enable_forwarding(interface).with_context(|| {
+            format!("enabling forwarding on {interface} for the fast path's next-hop lookup")
+        })?;
+        for change in changes {
+            log::info!("fast path: {change}");
+        }
+    }
+    Ok(dataplane)
 }
 
 fn attach(interface: &str, mode: relay::dataplane::XdpModeChoice) -> anyhow::Result<()> {

@@ -469,3 +469,81 @@ fn policers_drop_over_the_limit_in_the_kernel_and_share_budgets_with_userspace()
     })
     .unwrap();
 }
+
+/// A peer behind a second interface of the relay (`eth1`, 10.88.0.0/24): the flow leaves by
+/// another interface than it came in by, through the `DEVICES` devmap, and only once the
+/// daemon listed that interface there (before, the stack routes the packet).
+#[test]
+fn a_flow_to_another_interface_is_redirected_through_the_devmap() {
+    const OTHER_MAC: [u8; 6] = [0x02, 0x52, 0x4c, 0x00, 0x01, 0x01];
+    const NEXT_HOP_MAC: [u8; 6] = [0x02, 0x52, 0x4c, 0x00, 0x01, 0x02];
+    const XDP_REDIRECT: u32 = 4;
+    let lab = Lab::up("xf-devmap").unwrap();
+    for args in [
+        "link add eth1 address 02:52:4c:00:01:01 type veth peer name eth1p",
+        "addr add 10.88.0.1/24 dev eth1",
+        "link set eth1 up",
+        "link set eth1p up",
+        "neigh add 10.88.0.2 lladdr 02:52:4c:00:01:02 dev eth1 nud permanent",
+    ] {
+        let status = lab
+            .command(Host::Relay, "ip")
+            .args(args.split(' '))
+            .status()
+            .unwrap();
+        assert!(status.success(), "ip {args}");
+    }
+    let (client, relay, peer): (IpAddr, IpAddr, IpAddr) = (
+        ip(Host::ClientA, false),
+        ip(Host::Relay, false),
+        "10.88.0.2".parse().unwrap(),
+    );
+    let relayed: IpAddr = "10.88.0.1".parse().unwrap();
+    lab.in_netns(Host::Relay, || {
+        let ifindex = nix::net::if_::if_nametoindex("eth0").unwrap();
+        relay::dataplane::enable_forwarding("eth0").unwrap();
+        relay::dataplane::enable_forwarding("eth1").unwrap();
+        let mut dp = Dataplane::load().unwrap();
+        dp.insert_flow(
+            &key(client, CLIENT_PORT, relay, LISTEN_PORT, CHANNEL),
+            &action(
+                ActionKind::StripChannel,
+                relayed,
+                RELAYED_PORT,
+                peer,
+                PEER_PORT,
+                1,
+            ),
+        )
+        .unwrap();
+        let input = udp_frame(
+            (Host::ClientA, client, CLIENT_PORT),
+            (Host::Relay, relay, LISTEN_PORT),
+            None,
+            &channel_data(CHANNEL, DATA),
+        );
+        let out = dp.test_run_on(&input, ifindex).unwrap();
+        assert_eq!(
+            (out.action, &out.frame),
+            (XDP_PASS, &input),
+            "eth1 is not in DEVICES yet: left to the stack, unchanged"
+        );
+
+        dp.add_device("eth1").unwrap();
+        let out = dp.test_run_on(&input, ifindex).unwrap();
+        let mut want = Vec::new();
+        let IpAddr::V4(s) = relayed else {
+            unreachable!()
+        };
+        let IpAddr::V4(d) = peer else { unreachable!() };
+        PacketBuilder::ethernet2(OTHER_MAC, NEXT_HOP_MAC)
+            .ipv4(s.octets(), d.octets(), 64)
+            .udp(RELAYED_PORT, PEER_PORT)
+            .write(&mut want, DATA)
+            .unwrap();
+        assert_eq!(out.action, XDP_REDIRECT);
+        assert_eq!(out.frame, want, "rewritten for eth1's next hop");
+        assert!(checksum_is_right(&out.frame));
+    })
+    .unwrap();
+}
