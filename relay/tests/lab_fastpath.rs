@@ -5,8 +5,7 @@
 mod support;
 
 use nix::sys::signal::Signal;
-use relay::dataplane::{Dataplane, XdpModeChoice};
-use support::{RunningRelay, verdict_row};
+use support::{RunningRelay, verdict_row, xdp_on_switch_port};
 use xtask::{
     coturn::{self, Report, Session},
     lab::{Host, Lab},
@@ -15,18 +14,6 @@ use xtask::{
 const PEER_PORT: u16 = 3480;
 const MESSAGES: u32 = 200;
 const CLIENTS: u32 = 4;
-
-/// On veth, a frame sent with XDP_TX is delivered only if the receiving end runs an XDP
-/// program too (a fact of this kernel; real NICs need nothing): give the switch's port
-/// toward the relay one, a passing one, for as long as the returned value lives.
-fn xdp_on_switch_port(lab: &Lab) -> Dataplane {
-    lab.in_netns_named("sw", || {
-        let mut dp = Dataplane::load().unwrap();
-        dp.attach("relay", XdpModeChoice::Auto).unwrap();
-        dp
-    })
-    .unwrap()
-}
 
 const SESSION: Session = Session {
     messages: MESSAGES,

@@ -12,27 +12,13 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use relay::{
-    dataplane::{Dataplane, XdpModeChoice},
-    stun::ChannelData,
-    turn::client::Client,
-};
-use support::{RunningRelay, TempDir, verdict_row};
+use relay::{stun::ChannelData, turn::client::Client};
+use support::{RunningRelay, TempDir, verdict_row, xdp_on_switch_port};
 use xtask::lab::{Host, Lab};
 
 const CHANNEL: u16 = 0x4001;
 const PAYLOAD: usize = 160;
 const SEND_FOR: Duration = Duration::from_secs(2);
-
-/// On veth, XDP_TX'd frames reach the switch only if its port runs XDP too.
-fn xdp_on_switch_port(lab: &Lab) -> Dataplane {
-    lab.in_netns_named("sw", || {
-        let mut dp = Dataplane::load().unwrap();
-        dp.attach("relay", XdpModeChoice::Auto).unwrap();
-        dp
-    })
-    .unwrap()
-}
 
 /// A sink on the peer host: counts datagrams per sender (the payload's first byte).
 struct Sink {

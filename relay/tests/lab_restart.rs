@@ -16,12 +16,10 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use relay::{
-    dataplane::{Dataplane, Pins, XdpModeChoice},
-    stun::ChannelData,
-    turn::client::Client,
+use relay::{dataplane::Pins, stun::ChannelData, turn::client::Client};
+use support::{
+    RunningRelay, TempDir, lab_relay_args, verdict_row, xdp_attachment, xdp_on_switch_port,
 };
-use support::{RunningRelay, TempDir, lab_relay_args, verdict_row, xdp_attachment};
 use xtask::lab::{Host, Lab};
 
 const CHANNEL: u16 = 0x4002;
@@ -119,13 +117,7 @@ impl Drop for StopOnDrop<'_> {
 )]
 fn a_killed_relay_interrupts_nothing_and_its_successor_adopts_the_data_plane() {
     let lab = Lab::up("rs-kill").unwrap();
-    let _switch = lab
-        .in_netns_named("sw", || {
-            let mut dp = Dataplane::load().unwrap();
-            dp.attach("relay", XdpModeChoice::Auto).unwrap();
-            dp
-        })
-        .unwrap();
+    let _switch = xdp_on_switch_port(&lab);
     let state = TempDir::new("rs-kill");
     let instance = format!("rs-kill-{}", std::process::id());
     let down = Down {

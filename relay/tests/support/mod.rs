@@ -176,6 +176,19 @@ impl Drop for RunningRelay {
     }
 }
 
+/// On veth, a frame sent with XDP_TX is delivered only if the receiving end runs an XDP
+/// program too (a fact of this kernel; real NICs need nothing): gives the switch's port
+/// toward the relay one, a passing one, for as long as the returned value lives.
+pub(crate) fn xdp_on_switch_port(lab: &Lab) -> relay::dataplane::Dataplane {
+    lab.in_netns_named("sw", || {
+        let mut dp = relay::dataplane::Dataplane::load().unwrap();
+        dp.attach("relay", relay::dataplane::XdpModeChoice::Auto)
+            .unwrap();
+        dp
+    })
+    .unwrap()
+}
+
 /// Packets and bytes of one verdict's row in the table the relay prints on exit.
 pub(crate) fn verdict_row(stdout: &str, verdict: &str) -> (u64, u64) {
     let line = stdout
