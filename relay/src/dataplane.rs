@@ -49,10 +49,6 @@ const PINNED_MAPS: [&str; 6] = [
 /// maps of its own layout: after an upgrade that changes it, the new program starts on new
 /// maps (and the daemon installs its flows there again).
 const LAYOUT: u32 = 2;
-/// Where bpffs is mounted.
-const BPFFS: &str = "/sys/fs/bpf";
-/// `BPF_FS_MAGIC` from the kernel's `magic.h`: the filesystem type of bpffs.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Where an instance's data plane is pinned: `/sys/fs/bpf/relay/<instance>`, holding
 /// `maps-v<LAYOUT>/<MAP>`, the program `relay_xdp`, and one `link-<interface>` per attached
@@ -65,7 +61,9 @@ pub struct Pins {
 impl Pins {
     pub fn new(instance: &str) -> Self {
         Self {
-            dir: Path::new(BPFFS).join("relay").join(instance),
+            dir: Path::new(crate::preflight::BPFFS)
+                .join("relay")
+                .join(instance),
         }
     }
 
@@ -264,6 +262,7 @@ impl Dataplane {
     /// Loads the program with its maps pinned under `pins`: the maps an earlier run pinned
     /// there (same layout) are adopted with their flows, counters and budgets; missing ones
     /// are created and pinned. The program is pinned too. Returns whether maps were adopted.
+    /// bpffs must be mounted ([`crate::preflight::check`] sees to it).
     pub fn load_pinned(pins: &Pins) -> Result<(Self, bool), DataplaneError> {
         if XDP_OBJECT.is_empty() {
             return Err(DataplaneError::NotBuilt);
@@ -272,7 +271,6 @@ impl Dataplane {
             let path = path.to_owned();
             move |source| DataplaneError::Pin { path, source }
         };
-        ensure_bpffs().map_err(pin_err(Path::new(BPFFS)))?;
         let maps = pins.maps();
         std::fs::create_dir_all(&maps).map_err(pin_err(&maps))?;
         let adopted = maps.join(FLOWS_MAP).exists();
@@ -594,23 +592,6 @@ pub fn enable_forwarding(interface: &str) -> std::io::Result<Vec<String>> {
         "1",
     )?;
     Ok(changed)
-}
-
-/// Mounts bpffs on /sys/fs/bpf where it is not (a fresh sysfs, as `ip netns exec` gives).
-fn ensure_bpffs() -> std::io::Result<()> {
-    let fs = nix::sys::statfs::statfs(BPFFS).map_err(std::io::Error::from)?;
-    if fs.filesystem_type().0 == BPF_FS_MAGIC {
-        return Ok(());
-    }
-    log::info!("mounting bpffs on {BPFFS}");
-    nix::mount::mount(
-        Some("bpf"),
-        BPFFS,
-        Some("bpf"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .map_err(std::io::Error::from)
 }
 
 fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
