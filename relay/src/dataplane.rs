@@ -190,6 +190,8 @@ pub enum DataplaneError {
     Mmap(#[source] std::io::Error),
     #[error("the object has no {0}: relay and relay-ebpf are out of step")]
     Missing(&'static str),
+    #[error("the object has no map {0}: relay and relay-ebpf are out of step")]
+    MissingMap(&'static str),
 }
 
 /// The loaded XDP program and its maps. Dropping it detaches the program.
@@ -390,17 +392,9 @@ impl Dataplane {
 
     /// Per-verdict counters summed over every CPU.
     pub fn verdict_counters(&self) -> Result<VerdictCounters, DataplaneError> {
-        let map = self
-            .ebpf
-            .map(VERDICTS_MAP)
-            .ok_or(DataplaneError::Missing("VERDICTS map"))?;
-        let array = PerCpuArray::<_, Counters>::try_from(map)?;
         let mut out = VerdictCounters::default();
         for v in Verdict::ALL {
-            out.0[v.index() as usize] = array
-                .get(&v.index(), 0)?
-                .iter()
-                .fold(Counters::default(), |a, c| a.add(*c));
+            out.0[v.index() as usize] = self.summed(VERDICTS_MAP, v.index())?;
         }
         Ok(out)
     }
@@ -411,20 +405,14 @@ impl Dataplane {
         key: &FlowKey,
         action: &FlowAction,
     ) -> Result<(), DataplaneError> {
-        let map = self
-            .ebpf
-            .map_mut(FLOWS_MAP)
-            .ok_or(DataplaneError::Missing("FLOWS map"))?;
+        let map = self.map_mut(FLOWS_MAP)?;
         BpfHashMap::<_, FlowKey, FlowAction>::try_from(map)?.insert(key, action, 0)?;
         Ok(())
     }
 
     /// Removes a flow; removing one that is not there is not an error.
     pub fn remove_flow(&mut self, key: &FlowKey) -> Result<(), DataplaneError> {
-        let map = self
-            .ebpf
-            .map_mut(FLOWS_MAP)
-            .ok_or(DataplaneError::Missing("FLOWS map"))?;
+        let map = self.map_mut(FLOWS_MAP)?;
         match BpfHashMap::<_, FlowKey, FlowAction>::try_from(map)?.remove(key) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
@@ -439,10 +427,7 @@ impl Dataplane {
     pub fn add_device(&mut self, interface: &str) -> Result<u32, DataplaneError> {
         let ifindex = nix::net::if_::if_nametoindex(interface)
             .map_err(|_| DataplaneError::UnknownInterface(interface.to_owned()))?;
-        let map = self
-            .ebpf
-            .map_mut(DEVICES_MAP)
-            .ok_or(DataplaneError::Missing("DEVICES map"))?;
+        let map = self.map_mut(DEVICES_MAP)?;
         aya::maps::DevMapHash::try_from(map)?
             .insert(ifindex, ifindex, None, 0)
             .map_err(|e| DataplaneError::Io(std::io::Error::other(e)))?;
@@ -451,10 +436,7 @@ impl Dataplane {
 
     /// Every flow key installed, for reconciling an adopted table with the daemon's state.
     pub fn flow_keys(&self) -> Result<Vec<FlowKey>, DataplaneError> {
-        let map = self
-            .ebpf
-            .map(FLOWS_MAP)
-            .ok_or(DataplaneError::Missing("FLOWS map"))?;
+        let map = self.map(FLOWS_MAP)?;
         Ok(BpfHashMap::<_, FlowKey, FlowAction>::try_from(map)?
             .keys()
             .collect::<Result<_, _>>()?)
@@ -462,10 +444,7 @@ impl Dataplane {
 
     /// Zeroes the counters at `index` (on every CPU), for a flow taking the slot over.
     pub fn reset_flow_stats(&mut self, index: u32) -> Result<(), DataplaneError> {
-        let map = self
-            .ebpf
-            .map_mut(FLOW_STATS_MAP)
-            .ok_or(DataplaneError::Missing("FLOW_STATS map"))?;
+        let map = self.map_mut(FLOW_STATS_MAP)?;
         let mut array = PerCpuArray::<_, FlowStats>::try_from(map)?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io(e))?;
         let zeros =
@@ -476,10 +455,7 @@ impl Dataplane {
 
     /// The counters of the flow at `index`, summed over CPUs (`last_seen_ns`: the latest).
     pub fn flow_stats(&self, index: u32) -> Result<FlowStats, DataplaneError> {
-        let map = self
-            .ebpf
-            .map(FLOW_STATS_MAP)
-            .ok_or(DataplaneError::Missing("FLOW_STATS map"))?;
+        let map = self.map(FLOW_STATS_MAP)?;
         let array = PerCpuArray::<_, FlowStats>::try_from(map)?;
         Ok(array
             .get(&index, 0)?
@@ -495,10 +471,7 @@ impl Dataplane {
     /// same budgets as the kernel.
     pub fn policers(&self) -> Result<crate::policers::Policers, DataplaneError> {
         use std::os::fd::AsFd as _;
-        let map = self
-            .ebpf
-            .map(POLICERS_MAP)
-            .ok_or(DataplaneError::Missing("POLICERS map"))?;
+        let map = self.map(POLICERS_MAP)?;
         let aya::maps::Map::Array(data) = map else {
             return Err(DataplaneError::Missing("POLICERS array"));
         };
@@ -507,15 +480,26 @@ impl Dataplane {
 
     /// Packets (and their frame bytes) policer `slot` dropped in the kernel, over all CPUs.
     pub fn policed(&self, slot: u32) -> Result<Counters, DataplaneError> {
-        let map = self
-            .ebpf
-            .map(POLICED_MAP)
-            .ok_or(DataplaneError::Missing("POLICED map"))?;
-        let array = PerCpuArray::<_, Counters>::try_from(map)?;
+        self.summed(POLICED_MAP, slot)
+    }
+
+    /// Entry `index` of the per-CPU counter array `name`, summed over CPUs.
+    fn summed(&self, name: &'static str, index: u32) -> Result<Counters, DataplaneError> {
+        let array = PerCpuArray::<_, Counters>::try_from(self.map(name)?)?;
         Ok(array
-            .get(&slot, 0)?
+            .get(&index, 0)?
             .iter()
             .fold(Counters::default(), |a, c| a.add(*c)))
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DataplaneError> {
+        self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name))
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, DataplaneError> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))
     }
 
     /// Runs the program once over `frame` with `BPF_PROG_TEST_RUN`, as the packet tests do.
