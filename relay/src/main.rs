@@ -92,7 +92,7 @@ fn down(instance: &str, state_dir: Option<&std::path::Path>) -> anyhow::Result<(
 fn run(settings: Settings) -> anyhow::Result<()> {
     let run = settings.load()?.resolve(&local_addresses()?)?;
     let pins = Pins::new(&run.instance);
-    let detach_on_exit = run.detach_on_exit;
+    let (instance, detach_on_exit) = (run.instance.clone(), run.detach_on_exit);
     let interfaces = run.interface.join(", ");
     let dataplane = if run.interface.is_empty() {
         None
@@ -116,22 +116,20 @@ fn run(settings: Settings) -> anyhow::Result<()> {
     let (signal_name, dataplane) = signal_name;
 
     if let Some(dataplane) = dataplane {
-        let interface = interfaces;
         let counters = dataplane.verdict_counters()?;
         drop(dataplane);
         if detach_on_exit {
             pins.remove()
                 .with_context(|| format!("removing {}", pins.dir().display()))?;
-            log::info!("{signal_name}: XDP detached from {interface}, its pins removed");
+            log::info!("{signal_name}: XDP detached from {interfaces}, its pins removed");
         } else {
             log::info!(
-                "{signal_name}: XDP stays on {interface} and keeps forwarding installed channels \
-                 (pinned at {}; `relay down --instance {}` removes it)",
+                "{signal_name}: XDP stays on {interfaces} and keeps forwarding installed channels \
+                 (pinned at {}; `relay down --instance {instance}` removes it)",
                 pins.dir().display(),
-                run_instance(&pins)
             );
         }
-        println!("XDP verdicts on {interface} since the data plane was created:\n{counters}");
+        println!("XDP verdicts on {interfaces} since the data plane was created:\n{counters}");
     } else {
         log::info!("{signal_name}: stopped");
     }
@@ -185,12 +183,6 @@ fn attach(interface: &str, mode: relay::dataplane::XdpModeChoice) -> anyhow::Res
     log::info!("{signal_name}: XDP detached from {interface}");
     println!("XDP verdicts on {interface} ({mode} mode):\n{counters}");
     Ok(())
-}
-
-fn run_instance(pins: &Pins) -> String {
-    pins.dir()
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
 }
 
 /// Installs the SIGINT and SIGTERM handlers now (before the caller says it is ready) and
