@@ -71,11 +71,6 @@ impl Policer {
         self.bit_tat_ns.store(0, Relaxed);
     }
 
-    /// Whether this policer limits anything.
-    pub fn is_set(&self) -> bool {
-        atomic::load(&self.ns_per_packet) != 0 || atomic::load(&self.ps_per_byte) != 0
-    }
-
     /// Admits a packet of `bytes` relayed bytes at `now_ns` (CLOCK_MONOTONIC) if both rates
     /// allow it, spending its cost; otherwise spends nothing.
     #[inline(always)]
@@ -218,14 +213,12 @@ mod tests {
     #[test]
     fn unset_limits_admit_everything_and_zero_rates_mean_none() {
         let p = Policer::default();
-        assert!(!p.is_set());
         assert!((0..1000).all(|i| p.admit(i, 65_535)));
         let q = policer(Limit {
             packets_per_sec: 0,
             bits_per_sec: 0,
             burst_ns: 5,
         });
-        assert!(!q.is_set());
         assert!(q.admit(0, 1));
     }
 
