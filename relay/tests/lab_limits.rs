@@ -13,7 +13,7 @@ use std::{
 
 use nix::sys::signal::Signal;
 use relay::{stun::ChannelData, turn::client::Client};
-use support::{RunningRelay, TempDir, verdict_row, xdp_on_switch_port};
+use support::{RunningRelay, TempDir, channel_client, verdict_row, xdp_on_switch_port};
 use xtask::lab::{Host, Lab};
 
 const CHANNEL: u16 = 0x4001;
@@ -60,19 +60,6 @@ impl Sink {
             }
         }
     }
-}
-
-/// A client on `host` with channel `CHANNEL` bound to `peer`.
-fn client(lab: &Lab, host: Host, user: &str, password: &str, peer: SocketAddr) -> Client {
-    let (user, password) = (user.to_owned(), password.to_owned());
-    lab.in_netns(host, move || {
-        let socket = UdpSocket::bind((host.ipv4(), 0)).unwrap();
-        let mut c =
-            Client::allocate(socket, "10.77.0.1:3478".parse().unwrap(), &user, &password).unwrap();
-        c.channel_bind(CHANNEL, peer).unwrap();
-        c
-    })
-    .unwrap()
 }
 
 /// Sends ChannelData of `PAYLOAD` bytes tagged `tag` at `rate` per second for `SEND_FOR`,
@@ -143,8 +130,20 @@ fn a_tenant_flooding_at_ten_times_its_limit_costs_another_tenant_nothing() {
         ],
     );
     let sink = Sink::bind(&lab, 4000);
-    let flooder = client(&lab, Host::ClientA, "alice", "wonderland", sink.addr());
-    let quiet = client(&lab, Host::ClientB, "bob", "builder", sink.addr());
+    let flooder = channel_client(
+        &lab,
+        Host::ClientA,
+        ("alice", "wonderland"),
+        CHANNEL,
+        sink.addr(),
+    );
+    let quiet = channel_client(
+        &lab,
+        Host::ClientB,
+        ("bob", "builder"),
+        CHANNEL,
+        sink.addr(),
+    );
 
     let done = AtomicBool::new(false);
     let (sent, received) = std::thread::scope(|s| {
@@ -208,7 +207,13 @@ fn max_bps_holds_on_the_kernel_path() {
         ],
     );
     let sink = Sink::bind(&lab, 4000);
-    let mut c = client(&lab, Host::ClientA, "alice", "wonderland", sink.addr());
+    let mut c = channel_client(
+        &lab,
+        Host::ClientA,
+        ("alice", "wonderland"),
+        CHANNEL,
+        sink.addr(),
+    );
     let done = AtomicBool::new(false);
     let (sent, received) = std::thread::scope(|s| {
         let counting = s.spawn(|| sink.count(&done));

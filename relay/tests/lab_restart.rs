@@ -16,9 +16,10 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use relay::{dataplane::Pins, stun::ChannelData, turn::client::Client};
+use relay::{dataplane::Pins, stun::ChannelData};
 use support::{
-    RunningRelay, TempDir, lab_relay_args, verdict_row, xdp_attachment, xdp_on_switch_port,
+    RunningRelay, TempDir, channel_client, lab_relay_args, verdict_row, xdp_attachment,
+    xdp_on_switch_port,
 };
 use xtask::lab::{Host, Lab};
 
@@ -111,10 +112,6 @@ impl Drop for StopOnDrop<'_> {
 }
 
 #[test]
-#[expect(
-    clippy::too_many_lines,
-    reason = "one story: stream, kill, adopt, stop, down"
-)]
 fn a_killed_relay_interrupts_nothing_and_its_successor_adopts_the_data_plane() {
     let lab = Lab::up("rs-kill").unwrap();
     let _switch = xdp_on_switch_port(&lab);
@@ -143,20 +140,7 @@ fn a_killed_relay_interrupts_nothing_and_its_successor_adopts_the_data_plane() {
         .in_netns(Host::Peer, || UdpSocket::bind("10.77.0.21:4000").unwrap())
         .unwrap();
     let peer: SocketAddr = sink.local_addr().unwrap();
-    let mut client = lab
-        .in_netns(Host::ClientA, || {
-            let socket = UdpSocket::bind("10.77.0.11:0").unwrap();
-            let mut c = Client::allocate(
-                socket,
-                "10.77.0.1:3478".parse().unwrap(),
-                "alice",
-                "wonderland",
-            )
-            .unwrap();
-            c.channel_bind(CHANNEL, peer).unwrap();
-            c
-        })
-        .unwrap();
+    let mut client = channel_client(&lab, Host::ClientA, ("alice", "wonderland"), CHANNEL, peer);
     let sending = AtomicBool::new(true);
     let received = AtomicU64::new(0);
     let (sent, seen) = std::thread::scope(|s| {

@@ -189,6 +189,25 @@ pub(crate) fn xdp_on_switch_port(lab: &Lab) -> relay::dataplane::Dataplane {
     .unwrap()
 }
 
+/// A TURN client on `host` with an allocation on the lab relay (10.77.0.1:3478) and
+/// `channel` bound to `peer`, its socket in `host`'s namespace.
+pub(crate) fn channel_client(
+    lab: &Lab,
+    host: Host,
+    (user, password): (&str, &str),
+    channel: u16,
+    peer: std::net::SocketAddr,
+) -> relay::turn::client::Client {
+    lab.in_netns(host, || {
+        let socket = std::net::UdpSocket::bind((host.ipv4(), 0)).unwrap();
+        let server = std::net::SocketAddr::from((Host::Relay.ipv4(), 3478));
+        let mut c = relay::turn::client::Client::allocate(socket, server, user, password).unwrap();
+        c.channel_bind(channel, peer).unwrap();
+        c
+    })
+    .unwrap()
+}
+
 /// Packets and bytes of one verdict's row in the table the relay prints on exit.
 pub(crate) fn verdict_row(stdout: &str, verdict: &str) -> (u64, u64) {
     let line = stdout
