@@ -269,12 +269,8 @@ impl Dataplane {
         if XDP_OBJECT.is_empty() {
             return Err(DataplaneError::NotBuilt);
         }
-        let pin_err = |path: &Path| {
-            let path = path.to_owned();
-            move |source| DataplaneError::Pin { path, source }
-        };
         let maps = pins.maps();
-        std::fs::create_dir_all(&maps).map_err(pin_err(&maps))?;
+        std::fs::create_dir_all(&maps).map_err(pinning(&maps))?;
         let adopted = maps.join(FLOWS_MAP).exists();
         let mut loader = EbpfLoader::new();
         for name in PINNED_MAPS {
@@ -286,10 +282,7 @@ impl Dataplane {
         let path = pins.program();
         // The previous run's program stays alive while its link holds it.
         let _ = std::fs::remove_file(&path);
-        program.pin(&path).map_err(|e| DataplaneError::Pin {
-            path,
-            source: std::io::Error::other(e),
-        })?;
+        program.pin(&path).map_err(pinning(&path))?;
         Ok((Self { ebpf }, adopted))
     }
 
@@ -304,35 +297,23 @@ impl Dataplane {
         choice: XdpModeChoice,
     ) -> Result<Attachment, DataplaneError> {
         let path = pins.link(interface);
-        let pin_err = |source| DataplaneError::Pin {
-            path: path.clone(),
-            source,
-        };
         let program = xdp(&mut self.ebpf)?;
         if let Ok(pinned) = PinnedLink::from_pin(&path) {
             let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(pinned))
-                .map_err(|e| pin_err(std::io::Error::other(e)))?;
-            let id = program
-                .attach_to_link(link)
-                .map_err(|e| pin_err(std::io::Error::other(e)))?;
+                .map_err(pinning(&path))?;
+            let id = program.attach_to_link(link).map_err(pinning(&path))?;
             // The pin holds the link from now on; the program must not detach it on drop.
-            drop(
-                program
-                    .take_link(id)
-                    .map_err(|e| pin_err(std::io::Error::other(e)))?,
-            );
+            drop(program.take_link(id).map_err(pinning(&path))?);
             log::info!("XDP on {interface}: the pinned link now runs this program");
             return Ok(Attachment::Adopted);
         }
         let (mode, id) = self.attach_link(interface, choice)?;
         let program = xdp(&mut self.ebpf)?;
-        let link = program
-            .take_link(id)
-            .map_err(|e| pin_err(std::io::Error::other(e)))?;
+        let link = program.take_link(id).map_err(pinning(&path))?;
         FdLink::try_from(link)
-            .map_err(|e| pin_err(std::io::Error::other(e)))?
+            .map_err(pinning(&path))?
             .pin(&path)
-            .map_err(|e| pin_err(std::io::Error::other(e)))?;
+            .map_err(pinning(&path))?;
         Ok(Attachment::New(mode))
     }
 
@@ -576,6 +557,17 @@ pub fn enable_forwarding(interface: &str) -> std::io::Result<Vec<String>> {
         "1",
     )?;
     Ok(changed)
+}
+
+/// Maps any error of pinning, adopting or attaching through `path` to `DataplaneError::Pin`.
+fn pinning<E>(path: &Path) -> impl Fn(E) -> DataplaneError + '_
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    move |e| DataplaneError::Pin {
+        path: path.to_owned(),
+        source: std::io::Error::other(e),
+    }
 }
 
 fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
