@@ -11,6 +11,10 @@
 pub const FAMILY_IPV4: u8 = 4;
 pub const FAMILY_IPV6: u8 = 6;
 
+/// Entries of the flow table and of its counters: two flows per TURN channel, so room for
+/// 32768 channels.
+pub const MAX_FLOWS: u32 = 65536;
+
 /// Matches a UDP packet arriving at the relay.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -27,6 +27,9 @@ const PS_BYTE: u64 = 8_000_000_000_000;
 /// limit: only other CPUs spending the same budget at that instant make it lose.
 const CAS_TRIES: usize = 4;
 
+/// Entries of the policer array: tenants plus one per allocation with `--max-bps`.
+pub const MAX_POLICERS: u32 = 32768;
+
 /// A limit as configured: 0 in a rate means no limit on that dimension.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Limit {

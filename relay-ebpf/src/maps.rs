@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use relay_common::{
     Counters, Verdict,
-    flow::{FlowAction, FlowKey, FlowStats},
-    police::Policer,
+    flow::{FlowAction, FlowKey, FlowStats, MAX_FLOWS},
+    police::{MAX_POLICERS, Policer},
 };
 
 /// Packets and bytes per verdict, per CPU; the daemon sums the CPUs.
@@ -48,10 +48,6 @@ pub(crate) fn scratch() -> Option<*mut Scratch> {
     SCRATCH.get_ptr_mut(0)
 }
 
-/// Two flows per TURN channel: room for 32768 channels.
-pub(crate) const MAX_FLOWS: u32 = 65536;
-/// Tenants plus one per allocation with `--max-bps`.
-pub(crate) const MAX_POLICERS: u32 = 32768;
 /// `BPF_F_MMAPABLE` (UAPI): the array can be mapped into the daemon's memory.
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 

@@ -9,10 +9,10 @@ use std::{
     sync::atomic::{AtomicU64, Ordering::Relaxed},
 };
 
-use relay_common::police::{Limit, Policer};
+use relay_common::police::{Limit, MAX_POLICERS, Policer};
 
-/// Slots in the table: `MAX_POLICERS` of `relay-ebpf/src/maps.rs`.
-pub const SLOTS: u32 = 32768;
+/// Slots in the table: the kernel array's.
+pub const SLOTS: u32 = MAX_POLICERS;
 
 enum Table {
     Own(Box<[Policer]>),

@@ -22,7 +22,7 @@ use crate::{
     policers::{Policers, Slots},
     turn::{ChannelFlow, ClientTuple, Output, Server, Transport, tenant::Tenant},
 };
-use relay_common::police::Limit;
+use relay_common::{flow::MAX_FLOWS, police::Limit};
 
 /// The kernel's copy of the channel flows, when an XDP program is attached.
 pub(crate) struct KernelFlows {
@@ -32,14 +32,11 @@ pub(crate) struct KernelFlows {
 }
 
 impl KernelFlows {
-    /// Counter slots of the program's `FLOW_STATS` array.
-    const SLOTS: u32 = 65536;
-
     pub(crate) fn new(dataplane: Dataplane) -> Self {
         Self {
             dataplane,
             installed: HashMap::new(),
-            free: (0..Self::SLOTS).rev().collect(),
+            free: (0..MAX_FLOWS).rev().collect(),
         }
     }
 
@@ -50,7 +47,8 @@ impl KernelFlows {
             Some(stats) => *stats,
             None if self.free.len() >= 2 => {
                 let stats = [self.free.pop().unwrap_or(0), self.free.pop().unwrap_or(0)];
-                // The slots may hold counts of a flow an adopted data plane had there.
+                // The slots may hold counts of an earlier flow, removed since or left by an
+                // adopted data plane.
                 for slot in stats {
                     if let Err(e) = self.dataplane.reset_flow_stats(slot) {
                         log::warn!("fast path: cannot reset counters {slot}: {e}");
