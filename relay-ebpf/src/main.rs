@@ -1,7 +1,8 @@
-//! Relay's XDP program. The entry point stays thin; parsing and maps live in their modules.
+//! Relay's XDP program. The entry points stay thin; parsing and maps live in their modules.
 #![no_std]
 #![no_main]
 
+mod bounce;
 mod forward;
 mod maps;
 mod parse;
@@ -25,6 +26,13 @@ fn relay_xdp(ctx: XdpContext) -> u32 {
     };
     maps::count(verdict, len);
     verdict.xdp_action()
+}
+
+/// The benchmark's ceiling (`cargo xtask bench`), not attached by the relay: bounces clean
+/// UDP back where it came from (`XDP_TX`), with no maps, and passes everything else.
+#[xdp]
+fn relay_bounce(ctx: XdpContext) -> u32 {
+    bounce::bounce(&ctx)
 }
 
 #[cfg(not(test))]

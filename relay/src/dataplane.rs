@@ -2,7 +2,8 @@
 //! flows and reads its counters. Loaded with [`Dataplane::load`] it is private to this
 //! process and detached when dropped; loaded with [`Dataplane::load_pinned`] its maps,
 //! program and link are pinned under [`Pins`], so that it outlives the daemon (hitless
-//! restarts and upgrades) until [`Pins::remove`].
+//! restarts and upgrades) until [`Pins::remove`]. [`Bounce`], the benchmark's ceiling, is
+//! the same object's other program.
 
 use std::{
     fmt,
@@ -29,6 +30,8 @@ static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// Name of the XDP entry point in `relay-ebpf/src/main.rs`.
 const PROGRAM: &str = "relay_xdp";
+/// Name of the benchmark's ceiling program in `relay-ebpf/src/main.rs` ([`Bounce`]).
+const BOUNCE_PROGRAM: &str = "relay_bounce";
 /// Names of the maps in `relay-ebpf/src/maps.rs`.
 const VERDICTS_MAP: &str = "VERDICTS";
 const FLOWS_MAP: &str = "FLOWS";
@@ -190,6 +193,8 @@ pub enum DataplaneError {
     Mmap(#[source] std::io::Error),
     #[error("the object has no {0}: relay and relay-ebpf are out of step")]
     Missing(&'static str),
+    #[error("the object has no XDP program named {0}: relay and relay-ebpf are out of step")]
+    MissingProgram(&'static str),
     #[error("the object has no map {0}: relay and relay-ebpf are out of step")]
     MissingMap(&'static str),
 }
@@ -253,12 +258,9 @@ pub struct TestRunOutput {
 impl Dataplane {
     /// Loads the program and its maps into the kernel (verifier included); attaches nothing.
     pub fn load() -> Result<Self, DataplaneError> {
-        if XDP_OBJECT.is_empty() {
-            return Err(DataplaneError::NotBuilt);
-        }
-        let mut ebpf = Ebpf::load(XDP_OBJECT)?;
-        xdp(&mut ebpf)?.load().map_err(DataplaneError::Verify)?;
-        Ok(Self { ebpf })
+        Ok(Self {
+            ebpf: load_program(PROGRAM)?,
+        })
     }
 
     /// Loads the program with its maps pinned under `pins`: the maps an earlier run pinned
@@ -277,7 +279,7 @@ impl Dataplane {
             loader.map_pin_path(name, maps.join(name));
         }
         let mut ebpf = loader.load(XDP_OBJECT)?;
-        let program = xdp(&mut ebpf)?;
+        let program = xdp(&mut ebpf, PROGRAM)?;
         program.load().map_err(DataplaneError::Verify)?;
         let path = pins.program();
         // The previous run's program stays alive while its link holds it.
@@ -297,7 +299,7 @@ impl Dataplane {
         choice: XdpModeChoice,
     ) -> Result<Attachment, DataplaneError> {
         let path = pins.link(interface);
-        let program = xdp(&mut self.ebpf)?;
+        let program = xdp(&mut self.ebpf, PROGRAM)?;
         if let Ok(pinned) = PinnedLink::from_pin(&path) {
             let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(pinned))
                 .map_err(pinning(&path))?;
@@ -307,8 +309,8 @@ impl Dataplane {
             log::info!("XDP on {interface}: the pinned link now runs this program");
             return Ok(Attachment::Adopted);
         }
-        let (mode, id) = self.attach_link(interface, choice)?;
-        let program = xdp(&mut self.ebpf)?;
+        let program = xdp(&mut self.ebpf, PROGRAM)?;
+        let (mode, id) = attach(program, interface, choice)?;
         let link = program.take_link(id).map_err(pinning(&path))?;
         FdLink::try_from(link)
             .map_err(pinning(&path))?
@@ -324,51 +326,7 @@ impl Dataplane {
         interface: &str,
         choice: XdpModeChoice,
     ) -> Result<AttachedMode, DataplaneError> {
-        self.attach_link(interface, choice).map(|(mode, _)| mode)
-    }
-
-    fn attach_link(
-        &mut self,
-        interface: &str,
-        choice: XdpModeChoice,
-    ) -> Result<(AttachedMode, XdpLinkId), DataplaneError> {
-        let program = xdp(&mut self.ebpf)?;
-        let attach = |program: &mut Xdp, mode: AttachedMode| {
-            let flags = match mode {
-                AttachedMode::Native => XdpMode::Driver,
-                AttachedMode::Generic => XdpMode::Skb,
-            };
-            program
-                .attach(interface, flags)
-                .map(|id| (mode, id))
-                .map_err(|source| match source {
-                    ProgramError::UnknownInterface { .. } => {
-                        DataplaneError::UnknownInterface(interface.to_owned())
-                    }
-                    source => DataplaneError::Attach {
-                        interface: interface.to_owned(),
-                        mode: match mode {
-                            AttachedMode::Native => "native (driver)",
-                            AttachedMode::Generic => "generic (skb)",
-                        },
-                        source,
-                    },
-                })
-        };
-        let (mode, id) = match choice {
-            XdpModeChoice::Native => attach(program, AttachedMode::Native)?,
-            XdpModeChoice::Generic => attach(program, AttachedMode::Generic)?,
-            XdpModeChoice::Auto => match attach(program, AttachedMode::Native) {
-                Ok(attached) => attached,
-                Err(e @ DataplaneError::UnknownInterface(_)) => return Err(e),
-                Err(native) => {
-                    log::warn!("{native}; falling back to generic (skb) mode");
-                    attach(program, AttachedMode::Generic)?
-                }
-            },
-        };
-        log::info!("XDP attached to {interface} in {mode} mode");
-        Ok((mode, id))
+        attach(xdp(&mut self.ebpf, PROGRAM)?, interface, choice).map(|(mode, _)| mode)
     }
 
     /// Per-verdict counters summed over every CPU.
@@ -498,28 +456,46 @@ impl Dataplane {
         frame: &[u8],
         ingress_ifindex: u32,
     ) -> Result<TestRunOutput, DataplaneError> {
-        // `struct xdp_md` (UAPI): data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-        // egress_ifindex.
-        let ctx: [u32; 6] = [0, frame.len() as u32, 0, ingress_ifindex, 0, 0];
-        // SAFETY: six u32 viewed as their 24 bytes.
-        let ctx_bytes =
-            unsafe { std::slice::from_raw_parts(ctx.as_ptr().cast::<u8>(), size_of_val(&ctx)) };
-        // Room for a frame the program grows (a ChannelData header added).
-        let mut data_out = vec![0_u8; frame.len() + 256];
-        let result = xdp(&mut self.ebpf)?
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut data_out),
-                ctx_in: (ingress_ifindex != 0).then_some(ctx_bytes),
-                ..TestRunOptions::default()
-            })
-            .map_err(DataplaneError::TestRun)?;
-        data_out.truncate(result.data_size_out as usize);
-        Ok(TestRunOutput {
-            action: result.return_value,
-            frame: data_out,
-            duration: result.duration,
+        test_run(xdp(&mut self.ebpf, PROGRAM)?, frame, ingress_ifindex)
+    }
+}
+
+/// The benchmark's ceiling (`cargo xtask bench`), not used by the relay itself: the XDP
+/// object's other program, `relay_bounce`, which sends every clean UDP datagram straight back
+/// out of the interface it came in on (`XDP_TX`) with its MACs, IP addresses and UDP ports
+/// swapped, and passes everything else. It touches no map: what it forwards is the most this
+/// machine can forward on a path, for the relay's figures to be read against. Dropping it
+/// detaches it. On a veth, what it sends back is delivered only if the peer runs an XDP
+/// program too (see the README's facts about this kernel).
+///
+/// It is loaded from the same object as [`Dataplane`], in an instance of its own: aya loads
+/// only the program asked for, so either loads without the other (the object's maps are
+/// created for each instance, and this one leaves them alone).
+pub struct Bounce {
+    ebpf: Ebpf,
+}
+
+impl Bounce {
+    /// Loads the program into the kernel (verifier included); attaches nothing.
+    pub fn load() -> Result<Self, DataplaneError> {
+        Ok(Self {
+            ebpf: load_program(BOUNCE_PROGRAM)?,
         })
+    }
+
+    /// Attaches to `interface`, until dropped, choosing the mode as [`Dataplane::attach`] does.
+    pub fn attach(
+        &mut self,
+        interface: &str,
+        choice: XdpModeChoice,
+    ) -> Result<AttachedMode, DataplaneError> {
+        attach(xdp(&mut self.ebpf, BOUNCE_PROGRAM)?, interface, choice).map(|(mode, _)| mode)
+    }
+
+    /// Runs the program once over `frame` with `BPF_PROG_TEST_RUN`, as
+    /// [`Dataplane::test_run`] does.
+    pub fn test_run(&mut self, frame: &[u8]) -> Result<TestRunOutput, DataplaneError> {
+        test_run(xdp(&mut self.ebpf, BOUNCE_PROGRAM)?, frame, 0)
     }
 }
 
@@ -570,11 +546,99 @@ where
     }
 }
 
-fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
-    ebpf.program_mut(PROGRAM)
-        .ok_or(DataplaneError::Missing("relay_xdp program"))?
+/// Loads the embedded object with its maps, and its program `name` into the kernel.
+fn load_program(name: &'static str) -> Result<Ebpf, DataplaneError> {
+    if XDP_OBJECT.is_empty() {
+        return Err(DataplaneError::NotBuilt);
+    }
+    let mut ebpf = Ebpf::load(XDP_OBJECT)?;
+    xdp(&mut ebpf, name)?
+        .load()
+        .map_err(DataplaneError::Verify)?;
+    Ok(ebpf)
+}
+
+fn xdp<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DataplaneError> {
+    ebpf.program_mut(name)
+        .ok_or(DataplaneError::MissingProgram(name))?
         .try_into()
-        .map_err(|_| DataplaneError::Missing("XDP program named relay_xdp"))
+        .map_err(|_| DataplaneError::MissingProgram(name))
+}
+
+/// Attaches `program` to `interface` in the mode `choice` asks for. In `Auto` mode a refusal
+/// of native mode is logged and generic mode is tried.
+fn attach(
+    program: &mut Xdp,
+    interface: &str,
+    choice: XdpModeChoice,
+) -> Result<(AttachedMode, XdpLinkId), DataplaneError> {
+    let attach = |program: &mut Xdp, mode: AttachedMode| {
+        let flags = match mode {
+            AttachedMode::Native => XdpMode::Driver,
+            AttachedMode::Generic => XdpMode::Skb,
+        };
+        program
+            .attach(interface, flags)
+            .map(|id| (mode, id))
+            .map_err(|source| match source {
+                ProgramError::UnknownInterface { .. } => {
+                    DataplaneError::UnknownInterface(interface.to_owned())
+                }
+                source => DataplaneError::Attach {
+                    interface: interface.to_owned(),
+                    mode: match mode {
+                        AttachedMode::Native => "native (driver)",
+                        AttachedMode::Generic => "generic (skb)",
+                    },
+                    source,
+                },
+            })
+    };
+    let (mode, id) = match choice {
+        XdpModeChoice::Native => attach(program, AttachedMode::Native)?,
+        XdpModeChoice::Generic => attach(program, AttachedMode::Generic)?,
+        XdpModeChoice::Auto => match attach(program, AttachedMode::Native) {
+            Ok(attached) => attached,
+            Err(e @ DataplaneError::UnknownInterface(_)) => return Err(e),
+            Err(native) => {
+                log::warn!("{native}; falling back to generic (skb) mode");
+                attach(program, AttachedMode::Generic)?
+            }
+        },
+    };
+    log::info!("XDP attached to {interface} in {mode} mode");
+    Ok((mode, id))
+}
+
+/// One `BPF_PROG_TEST_RUN` of `program` over `frame`, as if it had arrived on interface
+/// `ingress_ifindex` (0: none).
+fn test_run(
+    program: &mut Xdp,
+    frame: &[u8],
+    ingress_ifindex: u32,
+) -> Result<TestRunOutput, DataplaneError> {
+    // `struct xdp_md` (UAPI): data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+    // egress_ifindex.
+    let ctx: [u32; 6] = [0, frame.len() as u32, 0, ingress_ifindex, 0, 0];
+    // SAFETY: six u32 viewed as their 24 bytes.
+    let ctx_bytes =
+        unsafe { std::slice::from_raw_parts(ctx.as_ptr().cast::<u8>(), size_of_val(&ctx)) };
+    // Room for a frame the program grows (a ChannelData header added).
+    let mut data_out = vec![0_u8; frame.len() + 256];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut data_out),
+            ctx_in: (ingress_ifindex != 0).then_some(ctx_bytes),
+            ..TestRunOptions::default()
+        })
+        .map_err(DataplaneError::TestRun)?;
+    data_out.truncate(result.data_size_out as usize);
+    Ok(TestRunOutput {
+        action: result.return_value,
+        frame: data_out,
+        duration: result.duration,
+    })
 }
 
 /// The kernel entries of a TURN channel: client -> peer (strip the ChannelData header, send
