@@ -1,2 +1,16 @@
 //! Relay's benchmark harness: a load generator that speaks TURN as a client and plays the
 //! peer, and the scenario runner that drives it against Relay, coturn and the ceiling.
+#![expect(
+    clippy::cast_precision_loss,
+    clippy::cast_sign_loss,
+    reason = "packet counts, rates and times become f64 figures and back: far below 2^52, never negative"
+)]
+
+pub mod cpu;
+pub mod generator;
+pub mod receiver;
+pub mod report;
+pub mod runner;
+pub mod systems;
+pub mod trial;
+pub mod wire;

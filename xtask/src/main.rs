@@ -26,6 +26,16 @@ enum Cmd {
     },
     /// Run the relay in the lab on an embedded default and tell what happened. Needs root.
     Demo,
+    /// Benchmark Relay against coturn and the ceiling in the lab; print the comparison table
+    /// and write it to benches/results. Needs root.
+    Bench {
+        /// The short run (under 2 minutes), without the micro-benchmarks.
+        #[arg(long)]
+        quick: bool,
+        /// Extra arguments for relay-bench (see `relay-bench --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run the fuzz targets in relay/fuzz (cargo fuzz, nightly) for a while each.
     Fuzz {
         /// Seconds per target.
@@ -56,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Setup => setup::run(),
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo::run(),
+        Cmd::Bench { quick, args } => bench(quick, &args),
         Cmd::Fuzz { seconds, target } => fuzz(seconds, target.as_deref()),
         Cmd::Lab { action, prefix } => lab(&action, &prefix),
     }
@@ -108,6 +119,49 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     // A filtered run (arguments given) is someone iterating on one test: no fuzzing then.
     if args.is_empty() {
         fuzz(FUZZ_SMOKE_SECONDS, None)?;
+    }
+    Ok(())
+}
+
+/// Builds Relay and the load generator optimised, runs the scenarios, then (unless quick)
+/// the criterion micro-benchmarks, briefly.
+fn bench(quick: bool, args: &[String]) -> anyhow::Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("the benchmark builds a network-namespace lab and loads XDP programs: run as root");
+    }
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", "relay", "--bin", "relay"])
+        .args(["-p", "relay-bench", "--bin", "relay-bench"])
+        .current_dir(&workspace)
+        .status()?;
+    if !status.success() {
+        bail!("building relay and relay-bench failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace.join("target"), std::path::PathBuf::from)
+        .join("release");
+    let mut run = Command::new(target.join("relay-bench"));
+    run.arg("--relay")
+        .arg(target.join("relay"))
+        .arg("--out")
+        .arg(workspace.join("benches/results"))
+        .args(args);
+    if quick {
+        run.arg("--quick");
+    }
+    if !run.status()?.success() {
+        bail!("the benchmark failed");
+    }
+    if !quick {
+        let status = Command::new(env!("CARGO"))
+            .args(["bench", "-p", "relay-bench", "--bench", "micro", "--"])
+            .args(["--warm-up-time", "0.5", "--measurement-time", "1"])
+            .current_dir(&workspace)
+            .status()?;
+        if !status.success() {
+            bail!("the micro-benchmarks failed");
+        }
     }
     Ok(())
 }

@@ -1,0 +1,352 @@
+//! The systems under test, started in the lab's relay host, and the TURN allocations the
+//! generator sets up on them.
+//!
+//! Every system listens on 10.77.0.1:3478 with the same static user, realm, peer range and
+//! transports (UDP only). Client A runs the TURN clients and sends the media; the peer host
+//! receives it.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::{SocketAddr, SocketAddrV4, UdpSocket},
+    path::Path,
+    process::Stdio,
+    sync::mpsc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use relay::{
+    dataplane::{Bounce, Dataplane, XdpModeChoice},
+    turn::client::Client,
+};
+use serde::Serialize;
+use xtask::lab::{Background, Host, Lab};
+
+use crate::{
+    cpu::{self, Memory},
+    generator::Media,
+    wire::{CHANNEL, Template},
+};
+
+pub const USER: &str = "bench";
+pub const PASSWORD: &str = "bench";
+pub const REALM: &str = "bench.example";
+pub const TURN_PORT: u16 = 3478;
+/// Where the receiver listens: the peer's port, or the client's for the bounce.
+pub const RECEIVER_PORT: u16 = 4000;
+/// How long a system may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A system the same load runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum System {
+    /// Relay with its XDP fast path.
+    RelayXdp,
+    /// Relay `--no-xdp --io uring`.
+    RelayUring,
+    /// Relay `--no-xdp --io mmsg`.
+    RelayMmsg,
+    /// Debian's coturn (turnserver), configured like Relay.
+    Coturn,
+    /// A trivial XDP program on the relay host that swaps addresses and bounces every
+    /// packet back: the most this lab path can forward.
+    Ceiling,
+}
+
+impl System {
+    pub const ALL: [Self; 5] = [
+        Self::RelayXdp,
+        Self::RelayUring,
+        Self::RelayMmsg,
+        Self::Coturn,
+        Self::Ceiling,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::RelayXdp => "relay-xdp",
+            Self::RelayUring => "relay-uring",
+            Self::RelayMmsg => "relay-mmsg",
+            Self::Coturn => "coturn",
+            Self::Ceiling => "ceiling",
+        }
+    }
+
+    pub const fn title(self) -> &'static str {
+        match self {
+            Self::RelayXdp => "Relay, XDP",
+            Self::RelayUring => "Relay --no-xdp, io_uring",
+            Self::RelayMmsg => "Relay --no-xdp --io mmsg",
+            Self::Coturn => "coturn 4.6 (turnserver)",
+            Self::Ceiling => "ceiling: XDP swap-and-bounce",
+        }
+    }
+
+    /// Whether the generator allocates on it (all but the ceiling, which speaks no TURN).
+    pub const fn speaks_turn(self) -> bool {
+        !matches!(self, Self::Ceiling)
+    }
+}
+
+fn relay_addr() -> SocketAddrV4 {
+    SocketAddrV4::new(Host::Relay.ipv4(), TURN_PORT)
+}
+
+pub fn peer_addr() -> SocketAddrV4 {
+    SocketAddrV4::new(Host::Peer.ipv4(), RECEIVER_PORT)
+}
+
+/// A running system; stopped when dropped.
+pub struct Running {
+    process: Option<Background>,
+    /// The ceiling's program, attached while this lives.
+    _bounce: Option<Bounce>,
+    _state: Option<StateDir>,
+}
+
+impl Running {
+    /// The system's memory (none for the ceiling, which is no process).
+    pub fn memory(&self) -> Option<Memory> {
+        let pid = self.process.as_ref()?.0.id();
+        cpu::memory(pid).ok()
+    }
+}
+
+/// Starts `system` on the relay host and returns once it serves.
+pub fn start(lab: &Lab, system: System, relay: &Path) -> anyhow::Result<Running> {
+    match system {
+        System::Ceiling => {
+            let bounce = lab.in_netns(Host::Relay, || {
+                let mut bounce = Bounce::load()?;
+                bounce.attach(xtask::lab::HOST_IF, XdpModeChoice::Auto)?;
+                anyhow::Ok(bounce)
+            })??;
+            Ok(Running {
+                process: None,
+                _bounce: Some(bounce),
+                _state: None,
+            })
+        }
+        System::Coturn => {
+            let ip = Host::Relay.ipv4().to_string();
+            let peer = Host::Peer.ipv4().to_string();
+            let user = format!("{USER}:{PASSWORD}");
+            let mut command = lab.command(Host::Relay, "turnserver");
+            command
+                .args(["-n", "--listening-ip", &ip, "--relay-ip", &ip])
+                .args(["--listening-port", &TURN_PORT.to_string()])
+                .args(["--lt-cred-mech", "--user", &user, "--realm", REALM])
+                .args(["--allowed-peer-ip", &peer])
+                .args(["--no-tcp", "--no-tls", "--no-dtls", "--no-tcp-relay"])
+                .args(["--no-cli", "--no-stdout-log", "--simple-log"])
+                .args(["--log-file", "/dev/null", "--pidfile", "/dev/null"]);
+            let process = Background(
+                command
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("starting turnserver (`cargo xtask setup` installs coturn)")?,
+            );
+            lab.wait_udp_bound(Host::Relay, TURN_PORT)?;
+            Ok(Running {
+                process: Some(process),
+                _bounce: None,
+                _state: None,
+            })
+        }
+        System::RelayXdp | System::RelayUring | System::RelayMmsg => {
+            let state = StateDir::new()?;
+            let ip = Host::Relay.ipv4().to_string();
+            let mut command = lab.command(Host::Relay, relay.to_str().context("non-UTF-8 path")?);
+            command
+                .args(["run", "--listening-ip", &ip, "--relay-ip", &ip])
+                .args(["--listening-port", &TURN_PORT.to_string()])
+                .args(["--user", &format!("{USER}:{PASSWORD}"), "--realm", REALM])
+                .args(["--allowed-peer-ip", &format!("{}/24", Host::Peer.ipv4())])
+                .args(["--no-tcp", "--no-tls", "--instance", "bench"])
+                .arg("--state-dir")
+                .arg(&state.0);
+            match system {
+                System::RelayXdp => {
+                    command.args(["--interface", xtask::lab::HOST_IF, "--detach-on-exit"])
+                }
+                System::RelayUring => command.args(["--no-xdp", "--io", "uring"]),
+                _ => command.args(["--no-xdp", "--io", "mmsg"]),
+            };
+            let mut process = Background(
+                command
+                    .env("RUST_LOG", "warn,relay::io=info")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .context("starting relay")?,
+            );
+            wait_for_line(&mut process, "TURN on")?;
+            Ok(Running {
+                process: Some(process),
+                _bounce: None,
+                _state: Some(state),
+            })
+        }
+    }
+}
+
+/// Waits until the relay logs `needle`; its log keeps being read (and thrown away) after,
+/// so that it never blocks on a full pipe.
+fn wait_for_line(process: &mut Background, needle: &'static str) -> anyhow::Result<()> {
+    let stderr = process.0.stderr.take().context("no stderr")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = false;
+        let mut tail = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !seen {
+                seen = line.contains(needle);
+                tail.push(line);
+                let _ = tx.send((seen, tail.join("\n")));
+            }
+        }
+        let _ = tx.send((false, tail.join("\n")));
+    });
+    loop {
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok((true, _)) => return Ok(()),
+            Ok((false, log)) if process.0.try_wait()?.is_some() => {
+                bail!("relay exited before serving:\n{log}")
+            }
+            Ok(_) => {}
+            Err(_) => bail!("relay did not log {needle:?} within {START_TIMEOUT:?}"),
+        }
+    }
+}
+
+/// The relay's state directory for one run, removed afterwards.
+struct StateDir(std::path::PathBuf);
+
+impl StateDir {
+    fn new() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("relay-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Allocations on the relay host from client A, each with `CHANNEL` bound to the peer's
+/// receiver, set up by a few threads in parallel. The clients hold the sockets (and so the
+/// 5-tuples) the media is sent from.
+pub fn allocate(lab: &Lab, n: usize) -> anyhow::Result<Vec<Client>> {
+    const THREADS: usize = 8;
+    let sockets = lab.in_netns(Host::ClientA, || {
+        (0..n)
+            .map(|_| UdpSocket::bind((Host::ClientA.ipv4(), 0)))
+            .collect::<std::io::Result<Vec<_>>>()
+    })??;
+    let server = SocketAddr::V4(relay_addr());
+    let peer = SocketAddr::V4(peer_addr());
+    let mut sockets = sockets.into_iter().enumerate().collect::<Vec<_>>();
+    let chunk = n.div_ceil(THREADS).max(1);
+    let mut clients = std::thread::scope(|scope| {
+        let mut workers = Vec::new();
+        while !sockets.is_empty() {
+            let mine: Vec<_> = sockets.drain(..chunk.min(sockets.len())).collect();
+            workers.push(scope.spawn(move || {
+                mine.into_iter()
+                    .map(|(i, socket)| {
+                        let mut client = Client::allocate(socket, server, USER, PASSWORD)
+                            .with_context(|| format!("allocation {i}"))?;
+                        client
+                            .channel_bind(CHANNEL, peer)
+                            .with_context(|| format!("channel bind {i}"))?;
+                        anyhow::Ok((i, client))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()
+            }));
+        }
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .map_err(|_| anyhow::anyhow!("allocating thread panicked"))?
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>();
+    clients.sort_by_key(|(i, _)| *i);
+    Ok(clients.into_iter().map(|(_, c)| c).collect())
+}
+
+/// The frames of each path: what a stream's packets look like on client A's wire.
+pub mod frames {
+    use super::{Client, Host, Media, RECEIVER_PORT, SocketAddr, SocketAddrV4, Template};
+    use super::{bail, peer_addr, relay_addr};
+
+    /// ChannelData from each client's socket to the relay.
+    pub fn turn(clients: &[Client], media: Media) -> anyhow::Result<Vec<Template>> {
+        clients
+            .iter()
+            .map(|c| {
+                let SocketAddr::V4(src) = c.socket().local_addr()? else {
+                    bail!("an IPv4 client socket has an IPv6 address")
+                };
+                Ok(Template::new(
+                    (Host::ClientA.mac(), Host::Relay.mac()),
+                    src,
+                    relay_addr(),
+                    media.payload_len(),
+                    media == Media::Video,
+                ))
+            })
+            .collect()
+    }
+
+    /// Straight from client A to the peer's receiver, one source port per stream: the path
+    /// with no relay in it.
+    pub fn baseline(streams: usize, media: Media) -> Vec<Template> {
+        (0..streams)
+            .map(|i| {
+                Template::new(
+                    (Host::ClientA.mac(), Host::Peer.mac()),
+                    SocketAddrV4::new(Host::ClientA.ipv4(), 20_000 + (i % 40_000) as u16),
+                    peer_addr(),
+                    media.payload_len(),
+                    media == Media::Video,
+                )
+            })
+            .collect()
+    }
+
+    /// To the relay host, one destination port per stream (as relayed addresses would
+    /// be), from client A's receiver, where the bounce sends them back.
+    pub fn bounce(streams: usize, media: Media) -> Vec<Template> {
+        (0..streams)
+            .map(|i| {
+                Template::new(
+                    (Host::ClientA.mac(), Host::Relay.mac()),
+                    SocketAddrV4::new(Host::ClientA.ipv4(), RECEIVER_PORT),
+                    SocketAddrV4::new(Host::Relay.ipv4(), 49_152 + (i % 16_384) as u16),
+                    media.payload_len(),
+                    media == Media::Video,
+                )
+            })
+            .collect()
+    }
+}
+
+/// The passing XDP program the switch's port toward the relay needs so that frames sent
+/// back out with XDP_TX (by Relay or the bounce) are delivered on veth.
+pub fn switch_port(lab: &Lab) -> anyhow::Result<Dataplane> {
+    lab.in_netns_named("sw", || {
+        let mut dp = Dataplane::load()?;
+        dp.attach("relay", XdpModeChoice::Auto)?;
+        anyhow::Ok(dp)
+    })?
+}
