@@ -18,18 +18,30 @@ pub fn realtime_ns() -> u64 {
     ts.tv_sec.cast_unsigned() * 1_000_000_000 + ts.tv_nsec.cast_unsigned()
 }
 
-/// The machine's CPU times at one moment.
+/// The machine's CPU times at one moment, and those of the process under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuTimes {
     pub at_ns: u64,
-    /// Clock ticks spent in user, nice, system, irq, softirq and steal time, all CPUs.
-    pub busy: u64,
+    /// Clock ticks all CPUs were idle (idle and iowait). The kernel keeps idle time exactly
+    /// on tickless CPUs, where user, system and softirq time are sampled once a tick: busy
+    /// time is the wall time of every CPU less this.
+    pub idle: u64,
+    /// Nanoseconds the process's threads have run (scheduler statistics: exact, where
+    /// `/proc/stat` counts ticks), if a process is watched.
+    pub process_ns: Option<u64>,
 }
 
 impl CpuTimes {
-    /// Busy CPU-seconds from `self` to `later`.
+    /// Busy CPU-seconds from `self` to `later`: every CPU's wall time, less idle time.
     pub fn busy_secs(&self, later: &Self) -> f64 {
-        later.busy.saturating_sub(self.busy) as f64 / ticks_per_sec()
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        let idle = later.idle.saturating_sub(self.idle) as f64 / ticks_per_sec();
+        (self.secs(later) * cpus - idle).max(0.0)
+    }
+
+    /// CPU-seconds the watched process ran from `self` to `later`.
+    pub fn process_secs(&self, later: &Self) -> Option<f64> {
+        Some(later.process_ns?.saturating_sub(self.process_ns?) as f64 / 1e9)
     }
 
     pub fn secs(&self, later: &Self) -> f64 {
@@ -37,13 +49,31 @@ impl CpuTimes {
     }
 }
 
-pub fn sample() -> io::Result<CpuTimes> {
+/// The machine's times now, and `process`'s if given.
+pub fn sample(process: Option<u32>) -> io::Result<CpuTimes> {
     let stat = std::fs::read_to_string("/proc/stat")?;
-    let busy = busy_ticks(&stat).ok_or_else(|| io::Error::other("no cpu line in /proc/stat"))?;
+    let idle = idle_ticks(&stat).ok_or_else(|| io::Error::other("no cpu line in /proc/stat"))?;
     Ok(CpuTimes {
         at_ns: realtime_ns(),
-        busy,
+        idle,
+        process_ns: process.map(run_ns).transpose()?,
     })
+}
+
+/// How long `pid`'s threads have run, ns: the first field of each thread's schedstat.
+fn run_ns(pid: u32) -> io::Result<u64> {
+    let mut sum = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        // A thread that exits in between is simply not counted.
+        if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) {
+            sum += stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(sum)
 }
 
 fn ticks_per_sec() -> f64 {
@@ -52,25 +82,18 @@ fn ticks_per_sec() -> f64 {
     if hz > 0 { hz as f64 } else { 100.0 }
 }
 
-/// Busy ticks from the `cpu` line of `/proc/stat`: every field but idle and iowait (guest
-/// time is already inside user time).
-fn busy_ticks(stat: &str) -> Option<u64> {
+/// Idle and iowait ticks from the `cpu` line of `/proc/stat` (fields 4 and 5: user nice
+/// system idle iowait ...).
+fn idle_ticks(stat: &str) -> Option<u64> {
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
     let f: Vec<u64> = line
         .split_whitespace()
         .skip(1)
+        .take(5)
         .map(str::parse)
         .collect::<Result<_, _>>()
         .ok()?;
-    // user nice system idle iowait irq softirq steal
-    Some(
-        f.get(..8)?
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != 3 && *i != 4)
-            .map(|(_, v)| v)
-            .sum(),
-    )
+    Some(f.get(3)? + f.get(4)?)
 }
 
 /// A process's memory, as the kernel accounts it.
@@ -118,18 +141,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn busy_is_everything_but_idle_and_iowait() {
+    fn idle_is_idle_and_iowait() {
         let stat = "cpu  100 5 50 1000 20 3 7 1 0 0\ncpu0 50 2 25 500 10 1 3 0 0 0\n";
-        assert_eq!(busy_ticks(stat), Some(100 + 5 + 50 + 3 + 7 + 1));
-        assert_eq!(busy_ticks("intr 5\n"), None);
+        assert_eq!(idle_ticks(stat), Some(1000 + 20));
+        assert_eq!(idle_ticks("intr 5\n"), None);
     }
 
     #[test]
     fn reads_this_process() {
         let m = memory(std::process::id()).unwrap();
         assert!(m.rss_kib > 0 && m.peak_rss_kib >= m.rss_kib);
-        let a = sample().unwrap();
-        let b = sample().unwrap();
-        assert!(b.busy >= a.busy && b.at_ns >= a.at_ns);
+        let me = Some(std::process::id());
+        let a = sample(me).unwrap();
+        // Burn a little CPU so that this process's run time must grow.
+        let mut x = 0u64;
+        for i in 0..1_000_000 {
+            x = std::hint::black_box(x.wrapping_add(i));
+        }
+        let b = sample(me).unwrap();
+        assert!(b.idle >= a.idle && b.at_ns >= a.at_ns);
+        assert!(a.process_secs(&b).unwrap() > 0.0);
+        assert_eq!(sample(None).unwrap().process_ns, None);
     }
 }

@@ -137,16 +137,19 @@ impl Sender {
         Ok(Self { fd, addr })
     }
 
-    /// Sends `total` packets of `templates` on `schedule` from `start_ns` (realtime clock),
-    /// sampling the machine's CPU times when the clock passes each of `window`.
+    /// Sends `total` packets of `templates` (streams `first_stream..`) on `schedule` from
+    /// `start_ns` (realtime clock), sampling the machine's CPU times (and `watch`'s, the
+    /// process under test) when the clock passes each of `window`.
+    #[expect(clippy::too_many_arguments, reason = "one trial's parameters, named")]
     pub fn run(
         &self,
         templates: &[Template],
+        first_stream: u32,
         schedule: &Schedule,
         total: u64,
         trial: u32,
         start_ns: u64,
-        window: [u64; 2],
+        (window, watch): ([u64; 2], Option<u32>),
     ) -> io::Result<Sent> {
         let mut frames: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(2048)).collect();
         let mut sent = Sent::default();
@@ -156,7 +159,7 @@ impl Sender {
             let now = cpu::realtime_ns();
             for (i, at) in window.iter().enumerate() {
                 if sent.window[i].is_none() && now >= *at {
-                    sent.window[i] = Some(cpu::sample()?);
+                    sent.window[i] = Some(cpu::sample(watch)?);
                 }
             }
             let due = schedule.due(now.saturating_sub(start_ns)).min(total);
@@ -170,7 +173,7 @@ impl Sender {
             for (i, frame) in frames.iter_mut().enumerate().take(n) {
                 let (due_ns, stream, seq) = schedule.packet(p + i as u64);
                 let probe = Probe {
-                    stream,
+                    stream: first_stream + stream,
                     seq,
                     sent_ns: cpu::realtime_ns(),
                     trial,
@@ -189,7 +192,7 @@ impl Sender {
         // A short trial may end before its window closes on the clock: close it now.
         for slot in &mut sent.window {
             if slot.is_none() {
-                *slot = Some(cpu::sample()?);
+                *slot = Some(cpu::sample(watch)?);
             }
         }
         Ok(sent)

@@ -111,6 +111,8 @@ pub struct Measured {
     pub baseline_busy_cpus: f64,
     /// (busy CPUs − baseline busy CPUs) / delivered packets per second.
     pub cpu_ns_per_packet: Option<f64>,
+    /// The system's own process: its threads' run time / delivered packets.
+    pub process_ns_per_packet: Option<f64>,
     pub runs: Vec<Trial>,
     pub baseline_runs: Vec<Trial>,
 }
@@ -152,6 +154,9 @@ impl Measured {
             busy_cpus: med(&runs, &|t| Some(t.busy_cpus())).unwrap_or(0.0),
             baseline_busy_cpus: med(&baseline_runs, &|t| Some(t.busy_cpus())).unwrap_or(0.0),
             cpu_ns_per_packet: cpu_ns,
+            process_ns_per_packet: med(&runs, &|t| {
+                Some(t.process_cpu_secs? / t.window_delivered.max(1) as f64 * 1e9)
+            }),
             runs,
             baseline_runs,
         }
@@ -190,10 +195,12 @@ pub struct Run {
 /// The lab and the generator's two ends, kept for the whole run.
 struct Bench {
     lab: Lab,
-    sender: Sender,
+    senders: Vec<Sender>,
     at_peer: Receiver,
     at_client: Receiver,
     trials: u32,
+    /// The process of the system under test, while one runs.
+    watch: Option<u32>,
     _switch_port: relay::dataplane::Dataplane,
 }
 
@@ -209,7 +216,7 @@ impl Bench {
             _ => (&self.at_peer, Host::Peer),
         };
         Path {
-            sender: &self.sender,
+            senders: &self.senders,
             receiver,
             lab: &self.lab,
             receiver_host,
@@ -222,6 +229,7 @@ impl Bench {
             } else {
                 HEADER_LEN
             },
+            watch: system.and(self.watch),
         }
     }
 
@@ -250,18 +258,32 @@ impl Bench {
         })
     }
 
-    fn repeats(
+    /// `repeats` runs of `system` at `rate`, each followed by a run of the generator alone
+    /// at the same rate (the system still up, idle): machine noise drifts, and the pairs
+    /// that are subtracted ran seconds apart.
+    fn half_load(
         &mut self,
-        system: Option<System>,
+        system: System,
         templates: &[Template],
-        media: Media,
         rate: f64,
         plan: &Plan,
         repeats: usize,
-    ) -> anyhow::Result<Vec<Trial>> {
-        (0..repeats)
-            .map(|_| self.trial((system, templates, media), rate, plan.measure_timing))
-            .collect()
+    ) -> anyhow::Result<Measured> {
+        let baseline = systems::frames::baseline(templates.len(), plan.media);
+        let (mut runs, mut baseline_runs) = (Vec::new(), Vec::new());
+        for _ in 0..repeats {
+            runs.push(self.trial(
+                (Some(system), templates, plan.media),
+                rate,
+                plan.measure_timing,
+            )?);
+            baseline_runs.push(self.trial(
+                (None, &baseline, plan.media),
+                rate,
+                plan.measure_timing,
+            )?);
+        }
+        Ok(Measured::of(rate, runs, baseline_runs))
     }
 }
 
@@ -297,17 +319,22 @@ pub fn run(plan: Plan) -> anyhow::Result<Run> {
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
     let lab = Lab::up(&plan.lab_prefix)?;
     let switch_port = systems::switch_port(&lab)?;
-    let sender = lab.in_netns(Host::ClientA, || Sender::open(xtask::lab::HOST_IF))??;
+    // One sender per CPU.
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let senders = (0..cpus)
+        .map(|_| anyhow::Ok(lab.in_netns(Host::ClientA, || Sender::open(xtask::lab::HOST_IF))??))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let at_peer = lab.in_netns(Host::Peer, || Receiver::bind(systems::peer_addr().into()))??;
     let at_client = lab.in_netns(Host::ClientA, || {
         Receiver::bind((Host::ClientA.ipv4(), RECEIVER_PORT).into())
     })??;
     let mut bench = Bench {
         lab,
-        sender,
+        senders,
         at_peer,
         at_client,
         trials: 0,
+        watch: None,
         _switch_port: switch_port,
     };
     let baseline_frames = systems::frames::baseline(plan.allocations, plan.media);
@@ -339,28 +366,14 @@ pub fn run(plan: Plan) -> anyhow::Result<Run> {
 fn measure(bench: &mut Bench, system: System, plan: &Plan) -> anyhow::Result<SystemReport> {
     let (saturation, half_load, memory) = {
         let running = systems::start(&bench.lab, system, &plan.relay)?;
-        let (clients, frames) = frames_for(bench, system, plan.allocations, plan.media)?;
+        bench.watch = running.pid();
+        let (_clients, frames) = frames_for(bench, system, plan.allocations, plan.media)?;
         let saturation = bench.search(Some(system), &frames, plan)?;
-        let half = saturation.rate_pps.map(|r| r / 2.0);
-        let runs = match half {
-            Some(rate) => {
-                bench.repeats(Some(system), &frames, plan.media, rate, plan, plan.repeats)?
-            }
-            None => Vec::new(),
-        };
-        let memory = running.memory();
-        drop(clients);
-        drop(running);
-        let half_load = match half {
-            Some(rate) => {
-                let frames = systems::frames::baseline(plan.allocations, plan.media);
-                let baseline =
-                    bench.repeats(None, &frames, plan.media, rate, plan, plan.repeats)?;
-                Some(Measured::of(rate, runs, baseline))
-            }
+        let half_load = match saturation.rate_pps {
+            Some(r) => Some(bench.half_load(system, &frames, r / 2.0, plan, plan.repeats)?),
             None => None,
         };
-        (saturation, half_load, memory)
+        (saturation, half_load, running.memory())
     };
     let mut sweep = Vec::new();
     if plan.sweep_systems.contains(&system) {
@@ -373,18 +386,15 @@ fn measure(bench: &mut Bench, system: System, plan: &Plan) -> anyhow::Result<Sys
                 system.title()
             );
             let running = systems::start(&bench.lab, system, &plan.relay)?;
-            let (clients, frames) = frames_for(bench, system, n, plan.media)?;
-            let runs = bench.repeats(Some(system), &frames, plan.media, rate, plan, 1)?;
-            drop(clients);
-            drop(running);
-            let frames = systems::frames::baseline(n, plan.media);
-            let baseline = bench.repeats(None, &frames, plan.media, rate, plan, 1)?;
+            bench.watch = running.pid();
+            let (_clients, frames) = frames_for(bench, system, n, plan.media)?;
             sweep.push(SweepPoint {
                 allocations: n,
-                measured: Measured::of(rate, runs, baseline),
+                measured: bench.half_load(system, &frames, rate, plan, 1)?,
             });
         }
     }
+    bench.watch = None;
     Ok(SystemReport {
         system,
         title: system.title(),

@@ -106,6 +106,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// The system's process (none for the ceiling, which is no process).
+    pub fn pid(&self) -> Option<u32> {
+        Some(self.process.as_ref()?.0.id())
+    }
+
     /// The system's memory (none for the ceiling, which is no process).
     pub fn memory(&self) -> Option<Memory> {
         let pid = self.process.as_ref()?.0.id();
@@ -201,6 +206,9 @@ fn wait_for_line(process: &mut Background, needle: &'static str) -> anyhow::Resu
         let mut seen = false;
         let mut tail = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("WARN") || line.contains("ERROR") {
+                eprintln!("    relay | {line}");
+            }
             if !seen {
                 seen = line.contains(needle);
                 tail.push(line);

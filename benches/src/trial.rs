@@ -12,7 +12,7 @@ use xtask::lab::{Host, Lab};
 
 use crate::{
     cpu,
-    generator::{Media, Schedule, Sender},
+    generator::{Media, Schedule, Sender, Sent},
     receiver::{Percentiles, Receiver, Tally},
     wire::Template,
 };
@@ -25,7 +25,9 @@ const MAX_LAG: f64 = 0.02;
 
 /// Where a trial's load goes: frames from the sender, tallied by the receiver.
 pub struct Path<'a> {
-    pub sender: &'a Sender,
+    /// One sending thread each, the streams shared out among them: on veth, whatever the
+    /// path does with a packet runs in the sender's softirq, on the sender's CPU.
+    pub senders: &'a [Sender],
     pub receiver: &'a Receiver,
     /// The receiver's host, whose namespace's error counters it reads.
     pub lab: &'a Lab,
@@ -34,6 +36,8 @@ pub struct Path<'a> {
     pub media: Media,
     /// Bytes in front of the probe on arrival (a relay removes the ChannelData header).
     pub offset: usize,
+    /// The process under test, whose own CPU time is measured too.
+    pub watch: Option<u32>,
 }
 
 /// How long trials last.
@@ -62,6 +66,8 @@ pub struct Trial {
     /// The measurement window: seconds, machine CPU-seconds busy, packets delivered.
     pub window_secs: f64,
     pub busy_cpu_secs: f64,
+    /// CPU-seconds of the process under test in the window (its threads' run time).
+    pub process_cpu_secs: Option<f64>,
     pub window_delivered: u64,
     /// The receiver's socket overflowed: the receiving end, not the path, dropped these.
     pub receiver_drops: u64,
@@ -98,8 +104,21 @@ impl Trial {
 /// Runs one trial of `path` at `rate_pps`, numbered `trial` so that stragglers of other
 /// trials are told apart.
 pub fn run(path: &Path<'_>, rate_pps: f64, timing: Timing, trial: u32) -> anyhow::Result<Trial> {
-    let schedule = Schedule::new(path.media, path.templates.len(), rate_pps);
-    let total = schedule.packets(timing.warmup + timing.duration);
+    let streams = path.templates.len();
+    // Contiguous shares of the streams, each at its share of the rate.
+    let share = streams.div_ceil(path.senders.len().clamp(1, streams.max(1)));
+    let parts: Vec<(usize, &[Template], Schedule, u64)> = path
+        .templates
+        .chunks(share.max(1))
+        .enumerate()
+        .map(|(i, chunk)| {
+            let rate = rate_pps * chunk.len() as f64 / streams as f64;
+            let schedule = Schedule::new(path.media, chunk.len(), rate);
+            let total = schedule.packets(timing.warmup + timing.duration);
+            (i * share, chunk, schedule, total)
+        })
+        .collect();
+    let total = parts.iter().map(|p| p.3).sum();
     path.receiver.drain()?;
     // A few ms ahead, so that the receiver is waiting before the first packet.
     let start = cpu::realtime_ns() + 5_000_000;
@@ -115,14 +134,45 @@ pub fn run(path: &Path<'_>, rate_pps: f64, timing: Timing, trial: u32) -> anyhow
                 .in_netns(path.receiver_host, || path.receiver.run(&mut tally, &stop))?
                 .context("receiving")
         });
-        let sent = path
-            .sender
-            .run(path.templates, &schedule, total, trial, start, window);
+        let sending: Vec<_> = parts
+            .iter()
+            .zip(path.senders)
+            .map(|((first, chunk, schedule, total), sender)| {
+                scope.spawn(move || {
+                    sender.run(
+                        chunk,
+                        *first as u32,
+                        schedule,
+                        *total,
+                        trial,
+                        start,
+                        (window, path.watch),
+                    )
+                })
+            })
+            .collect();
+        let mut sent = Sent::default();
+        let mut result = Ok(());
+        for (i, s) in sending.into_iter().enumerate() {
+            match s.join().map_err(|_| anyhow::anyhow!("sender panicked"))? {
+                Ok(s) => {
+                    sent.packets += s.packets;
+                    sent.refused += s.refused;
+                    sent.lag_ns = sent.lag_ns.max(s.lag_ns);
+                    sent.span_ns = sent.span_ns.max(s.span_ns);
+                    // The first sender's samples are the window's.
+                    if i == 0 {
+                        sent.window = s.window;
+                    }
+                }
+                Err(e) => result = Err(e),
+            }
+        }
         stop.store(true, Ordering::Release);
         receiving
             .join()
             .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
-        sent.context("sending")
+        result.context("sending").map(|()| sent)
     })?;
     let [Some(open), Some(close)] = sent.window else {
         unreachable!("the sender samples both ends of the window")
@@ -142,6 +192,7 @@ pub fn run(path: &Path<'_>, rate_pps: f64, timing: Timing, trial: u32) -> anyhow
         latency_us: tally.latency(),
         window_secs: open.secs(&close),
         busy_cpu_secs: open.busy_secs(&close),
+        process_cpu_secs: open.process_secs(&close),
         window_delivered: tally.in_window,
         receiver_drops: tally.rcvbuf_errors,
         checksum_errors: tally.checksum_errors,
@@ -263,6 +314,7 @@ mod tests {
                 latency_us: None,
                 window_secs: 1.0,
                 busy_cpu_secs: 0.0,
+                process_cpu_secs: None,
                 window_delivered: received,
                 receiver_drops: 0,
                 checksum_errors: 0,
