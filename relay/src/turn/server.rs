@@ -531,13 +531,13 @@ impl Server {
                 p.tuple,
                 p.relayed
             );
+            for addr in p.relayed.iter().chain(p.reserve.as_ref().map(|(a, _)| a)) {
+                self.ports.release(*addr);
+            }
             let mut error = MessageBuilder::new(Class::Error, Method::ALLOCATE, p.tid);
             error.add_error_code(508, "Insufficient Capacity");
             self.respond(p.tuple, error, Some(&p.auth), p.fingerprint);
             return;
-        }
-        for addr in &p.relayed {
-            self.ports.take(*addr);
         }
         if let Some(token) = p.used_reservation {
             self.reservations.remove(&token);
@@ -558,7 +558,6 @@ impl Server {
         }
         b.add_u32(attr::LIFETIME, p.lifetime.as_secs() as u32);
         if let Some((reserved, token)) = p.reserve {
-            self.ports.take(reserved);
             self.reservations
                 .insert(token, (reserved, now + RESERVATION_LIFETIME));
             self.timers.push(Reverse((
@@ -999,6 +998,11 @@ impl Server {
                     None => address_error = Some(extra),
                 }
             }
+        }
+        // The ports are taken now, not once bound: another Allocate arriving while these
+        // sockets are being bound must not pick them too (its bind would fail, EADDRINUSE).
+        for addr in relayed.iter().chain(reserve.as_ref().map(|(a, _)| a)) {
+            self.ports.take(*addr);
         }
         let id = self.next_id;
         self.next_id += 1;

@@ -68,6 +68,8 @@ struct Harness {
     start: Instant,
     now: Instant,
     fail_binds: bool,
+    /// When set, `Bind`s wait here for the test to answer them.
+    held_binds: Option<Vec<(u64, Vec<SocketAddr>)>>,
     /// Every address the server had the harness bind.
     bound: Vec<SocketAddr>,
     /// Every output but `Bind`, in order, whoever consumed it.
@@ -83,6 +85,7 @@ impl Harness {
             start: now,
             now,
             fail_binds: false,
+            held_binds: None,
             bound: Vec::new(),
             history: Vec::new(),
         }
@@ -92,6 +95,9 @@ impl Harness {
         let mut out = Vec::new();
         while let Some(o) = self.server.poll_output() {
             match o {
+                Output::Bind { id, addrs, .. } if self.held_binds.is_some() => {
+                    self.held_binds.as_mut().unwrap().push((id, addrs));
+                }
                 Output::Bind { id, addrs, .. } => {
                     let result = if self.fail_binds {
                         Err(std::io::Error::other("EADDRINUSE"))
@@ -851,6 +857,48 @@ fn a_failed_bind_is_508_and_leaves_nothing_behind() {
     assert_eq!(error_code(&r), Some(508));
     h.fail_binds = false;
     c.allocate(&mut h);
+}
+
+/// Under load, Allocates arrive while earlier ones' sockets are still being bound: a port
+/// being bound is not picked again (found by the benchmark: 508 after EADDRINUSE).
+#[test]
+fn ports_being_bound_are_not_picked_twice() {
+    let mut cfg = config();
+    (cfg.min_port, cfg.max_port) = (50000, 50000);
+    let mut h = Harness::new(cfg);
+    h.held_binds = Some(Vec::new());
+    let allocate = |c: &mut Client, h: &mut Harness| {
+        let req = c.request(Method::ALLOCATE, |b| {
+            b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        });
+        h.client_sends(c.tuple, &req)
+    };
+    let mut a = Client::udp("10.77.0.11:1", "alice", "secret");
+    let mut b = Client::udp("10.77.0.12:1", "bob", "hunter2");
+    for c in [&mut a, &mut b] {
+        let challenge = leak(response_in(&allocate(c, &mut h)));
+        c.nonce = Some(String::from_utf8(challenge.get(attr::NONCE).unwrap().to_vec()).unwrap());
+    }
+    assert!(
+        allocate(&mut a, &mut h).is_empty(),
+        "alice waits for her socket"
+    );
+    let held = h.held_binds.replace(Vec::new()).unwrap();
+    let [(id, addrs)] = &held[..] else {
+        panic!("one Bind: {held:?}")
+    };
+    assert_eq!(addrs[0].port(), 50000);
+    // The only port is being bound for alice: bob is refused, nothing is bound for him.
+    let r = leak(response_in(&allocate(&mut b, &mut h)));
+    assert_eq!(error_code(&r), Some(508));
+    assert_eq!(h.held_binds.as_ref().unwrap().len(), 0);
+    // Alice's bind fails: the port is free again, and bob gets it.
+    h.server
+        .relay_bound(h.now, *id, Err(std::io::Error::other("EADDRINUSE")));
+    let r = leak(response_in(&h.drain()));
+    assert_eq!(error_code(&r), Some(508));
+    h.held_binds = None;
+    assert_eq!(b.allocate(&mut h).port(), 50000);
 }
 
 #[test]
