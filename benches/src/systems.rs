@@ -224,7 +224,10 @@ fn wait_for_line(process: &mut Background, needle: &'static str) -> anyhow::Resu
                 bail!("relay exited before serving:\n{log}")
             }
             Ok(_) => {}
-            Err(_) => bail!("relay did not log {needle:?} within {START_TIMEOUT:?}"),
+            Err(_) => bail!(
+                "relay did not log {needle:?} within {START_TIMEOUT:?} (pid {})",
+                process.0.id()
+            ),
         }
     }
 }
@@ -234,7 +237,10 @@ struct StateDir(std::path::PathBuf);
 
 impl StateDir {
     fn new() -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("relay-bench-{}", std::process::id()));
+        // One per start: a relay never takes up a predecessor's allocations.
+        static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("relay-bench-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         Ok(Self(dir))
     }

@@ -6,7 +6,7 @@ use std::{
     net::{SocketAddr, UdpSocket},
     path::PathBuf,
     sync::{Arc, mpsc::Sender},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -237,22 +237,53 @@ impl Limits {
 /// Where the allocation state is saved, for a restarted daemon to take up.
 pub(crate) struct State {
     file: PathBuf,
+    /// When the changes not yet written are due to be.
+    due: Option<Instant>,
+    last: Option<Instant>,
 }
+
+/// Changes are written at most this often: one write per change made a thousand
+/// allocations arriving together cost a thousand snapshots of up to a thousand each.
+const SAVE_EVERY: Duration = Duration::from_millis(100);
 
 impl State {
     pub(crate) fn new(file: PathBuf) -> Self {
-        Self { file }
+        Self {
+            file,
+            due: None,
+            last: None,
+        }
     }
 
-    fn save(&self, server: &Server) {
-        // Synchronous: a few KiB per hundred allocations, written only when the state
-        // changed (an allocation, permission or channel came, went or was refreshed).
-        if let Err(e) = server.snapshot(Instant::now()).write_atomic(&self.file) {
+    /// The state changed at `now`: write it now, or with whatever else changes until
+    /// [`SAVE_EVERY`] after the last write.
+    fn changed(&mut self, now: Instant) {
+        if self.due.is_none() {
+            self.due = Some(self.last.map_or(now, |l| (l + SAVE_EVERY).max(now)));
+        }
+    }
+
+    fn due(&self) -> Option<Instant> {
+        self.due
+    }
+
+    /// Writes the state if a change is due by `now`.
+    fn save_if_due(&mut self, server: &Server, now: Instant) {
+        if self.due.is_some_and(|d| d <= now) {
+            self.save(server, now);
+        }
+    }
+
+    fn save(&mut self, server: &Server, now: Instant) {
+        // Synchronous: a few KiB per hundred allocations.
+        if let Err(e) = server.snapshot(now).write_atomic(&self.file) {
             log::warn!(
                 "cannot save the allocation state to {}: {e}",
                 self.file.display()
             );
         }
+        self.due = None;
+        self.last = Some(now);
     }
 }
 
@@ -316,12 +347,13 @@ impl Control {
                 () = sleep_until(deadline), if deadline.is_some() => {
                     self.server.handle_timeout(Instant::now());
                 }
+                () = sleep_until(self.state.due()), if self.state.due().is_some() => {}
                 () = &mut shutdown => break,
             }
             self.carry_out();
         }
         // The state as it is when the daemon stops, for the next one.
-        self.state.save(&self.server);
+        self.state.save(&self.server, Instant::now());
         let _ = self.commands.send(Command::Stop);
         self.wake.wake();
         log::info!("TURN server at exit: {}", self.server.stats());
@@ -432,9 +464,11 @@ impl Control {
         if commands > 0 {
             self.wake.wake();
         }
+        let now = Instant::now();
         if self.server.take_dirty() {
-            self.state.save(&self.server);
+            self.state.changed(now);
         }
+        self.state.save_if_due(&self.server, now);
     }
 }
 
