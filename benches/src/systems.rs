@@ -120,6 +120,7 @@ impl Running {
 
 /// Starts `system` on the relay host and returns once it serves.
 pub fn start(lab: &Lab, system: System, relay: &Path) -> anyhow::Result<Running> {
+    wait_port_free(lab)?;
     match system {
         System::Ceiling => {
             let bounce = lab.in_netns(Host::Relay, || {
@@ -194,6 +195,27 @@ pub fn start(lab: &Lab, system: System, relay: &Path) -> anyhow::Result<Running>
                 _state: Some(state),
             })
         }
+    }
+}
+
+/// Waits (at most 10 s) until the TURN port is free on the relay host: an io_uring
+/// instance releases its sockets in the kernel's own time after its process is gone.
+fn wait_port_free(lab: &Lab) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if lab
+            .in_netns(Host::Relay, || UdpSocket::bind(relay_addr()))?
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "UDP {} still in use 10 s after the last system stopped",
+                relay_addr()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
