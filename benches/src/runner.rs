@@ -89,7 +89,7 @@ impl Plan {
                 },
                 repeats: 3,
                 sweep: vec![1, 100, 1000, 10_000],
-                sweep_systems: vec![System::RelayXdp, System::RelayUring],
+                sweep_systems: vec![System::RelayXdp],
                 relay,
                 lab_prefix: LAB_PREFIX.to_owned(),
             }
