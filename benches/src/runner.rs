@@ -313,7 +313,8 @@ fn log_trial(system: Option<System>, t: &Trial) {
 
 /// Runs `plan` in a fresh lab.
 pub fn run(plan: Plan) -> anyhow::Result<Run> {
-    raise_fd_limit()?;
+    // Ten thousand allocations are ten thousand client sockets.
+    relay::preflight::raise_open_file_limit().context("raising the open file limit")?;
     // Timers wake the sender when its next packet is due, not up to 50 µs later.
     // SAFETY: prctl with PR_SET_TIMERSLACK takes a plain integer.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
@@ -420,25 +421,4 @@ fn frames_for(
     } else {
         Ok((Vec::new(), systems::frames::bounce(n, media)))
     }
-}
-
-/// Ten thousand allocations are ten thousand client sockets.
-fn raise_fd_limit() -> anyhow::Result<()> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid rlimit to read into and then to pass.
-    let ok = unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) == 0 && {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) == 0
-        }
-    };
-    anyhow::ensure!(
-        ok,
-        "raising the open file limit: {}",
-        std::io::Error::last_os_error()
-    );
-    Ok(())
 }

@@ -60,30 +60,6 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Every allocation holds a relayed socket, and the usual soft limit of 1024 open files
-/// would cap a relay near a thousand of them: raise it to the hard limit, as coturn does.
-fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid rlimit to read into, then to pass.
-    let raised = unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) == 0 && {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) == 0
-        }
-    };
-    if raised {
-        log::debug!("open files: up to {}", limit.rlim_cur);
-    } else {
-        log::warn!(
-            "could not raise the open file limit: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 fn down(instance: &str, state_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
     relay::config::check_instance(instance)?;
     let pins = Pins::new(instance);
@@ -115,7 +91,10 @@ fn down(instance: &str, state_dir: Option<&std::path::Path>) -> anyhow::Result<(
 
 fn run(settings: Settings) -> anyhow::Result<()> {
     let run = settings.load()?.resolve(&local_addresses()?)?;
-    raise_open_file_limit();
+    match preflight::raise_open_file_limit() {
+        Ok(limit) => log::debug!("open files: up to {limit}"),
+        Err(e) => log::warn!("could not raise the open file limit: {e}"),
+    }
     let pins = Pins::new(&run.instance);
     let (instance, detach_on_exit) = (run.instance.clone(), run.detach_on_exit);
     let interfaces = run.interface.join(", ");

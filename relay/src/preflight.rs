@@ -1,5 +1,6 @@
 //! Checks of the host before the data plane is loaded, so that a missing privilege or
-//! filesystem is reported by name with the way to fix it, not as a bare `EPERM`.
+//! filesystem is reported by name with the way to fix it, not as a bare `EPERM`; and the
+//! open-file limit, raised for the relay and the load generator alike.
 
 use std::path::Path;
 
@@ -49,4 +50,26 @@ fn ensure_bpffs(path: &Path) -> Result<bool, PreflightError> {
     .map_err(PreflightError::NoBpffs)?;
     log::info!("mounted bpffs at {}", path.display());
     Ok(true)
+}
+
+/// Raises the soft limit of open files to the hard limit and returns it. Every allocation
+/// holds a relayed socket, and the usual soft limit of 1024 would cap a relay near a
+/// thousand of them (coturn raises it too).
+pub fn raise_open_file_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit to read into, then to pass.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) == 0 && {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) == 0
+        }
+    };
+    if raised {
+        Ok(limit.rlim_cur)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
