@@ -99,7 +99,7 @@ pub struct Sent {
     pub lag_ns: u64,
     /// From the start to the last packet.
     pub span_ns: u64,
-    /// Machine CPU times when the measurement window opened and closed.
+    /// Machine CPU times when the measurement window opened and closed, if asked for.
     pub window: [Option<CpuTimes>; 2],
 }
 
@@ -138,8 +138,9 @@ impl Sender {
     }
 
     /// Sends `total` packets of `templates` (streams `first_stream..`) on `schedule` from
-    /// `start_ns` (realtime clock), sampling the machine's CPU times (and `watch`'s, the
-    /// process under test) when the clock passes each of `window`.
+    /// `start_ns` (realtime clock). With `sample` (`window`, `watch`) it also takes the
+    /// machine's CPU times (and `watch`'s, the process under test) when the clock passes
+    /// each end of `window`: one sender of a trial does, the others need not.
     #[expect(clippy::too_many_arguments, reason = "one trial's parameters, named")]
     pub fn run(
         &self,
@@ -149,7 +150,7 @@ impl Sender {
         total: u64,
         trial: u32,
         start_ns: u64,
-        (window, watch): ([u64; 2], Option<u32>),
+        sample: Option<([u64; 2], Option<u32>)>,
     ) -> io::Result<Sent> {
         let mut frames: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(2048)).collect();
         let mut sent = Sent::default();
@@ -157,9 +158,11 @@ impl Sender {
         let mut last_ns = start_ns;
         while p < total {
             let now = cpu::realtime_ns();
-            for (i, at) in window.iter().enumerate() {
-                if sent.window[i].is_none() && now >= *at {
-                    sent.window[i] = Some(cpu::sample(watch)?);
+            if let Some((window, watch)) = sample {
+                for (i, at) in window.iter().enumerate() {
+                    if sent.window[i].is_none() && now >= *at {
+                        sent.window[i] = Some(cpu::sample(watch)?);
+                    }
                 }
             }
             let due = schedule.due(now.saturating_sub(start_ns)).min(total);
@@ -190,9 +193,11 @@ impl Sender {
             sent.span_ns = now.saturating_sub(start_ns);
         }
         // A short trial may end before its window closes on the clock: close it now.
-        for slot in &mut sent.window {
-            if slot.is_none() {
-                *slot = Some(cpu::sample(watch)?);
+        if let Some((_, watch)) = sample {
+            for slot in &mut sent.window {
+                if slot.is_none() {
+                    *slot = Some(cpu::sample(watch)?);
+                }
             }
         }
         Ok(sent)

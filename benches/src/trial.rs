@@ -146,7 +146,8 @@ pub fn run(path: &Path<'_>, rate_pps: f64, timing: Timing, trial: u32) -> anyhow
                         *total,
                         trial,
                         start,
-                        (window, path.watch),
+                        // The sender of the first share samples the window for all.
+                        (*first == 0).then_some((window, path.watch)),
                     )
                 })
             })
@@ -160,7 +161,6 @@ pub fn run(path: &Path<'_>, rate_pps: f64, timing: Timing, trial: u32) -> anyhow
                     sent.refused += s.refused;
                     sent.lag_ns = sent.lag_ns.max(s.lag_ns);
                     sent.span_ns = sent.span_ns.max(s.span_ns);
-                    // The first sender's samples are the window's.
                     if i == 0 {
                         sent.window = s.window;
                     }
