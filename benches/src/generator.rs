@@ -8,7 +8,7 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, OwnedFd},
     time::Duration,
 };
 
@@ -112,28 +112,10 @@ pub struct Sender {
 impl Sender {
     /// Opens the socket on `interface` of the calling thread's network namespace.
     pub fn open(interface: &str) -> io::Result<Self> {
-        // Protocol 0: this socket only sends, so no frame is ever queued to it.
-        // SAFETY: plain socket(2); the result is checked and owned below.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let (fd, addr) = xtask::lab::packet_socket(interface, libc::ETH_P_IP as u16)?;
         // Straight to the driver: a veth has no queue worth going through.
         setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1)?;
         setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 16 << 20)?;
-        let name = std::ffi::CString::new(interface).map_err(io::Error::other)?;
-        // SAFETY: `name` is a valid NUL-terminated string.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if ifindex == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = (libc::ETH_P_IP as u16).to_be();
-        addr.sll_ifindex = ifindex.cast_signed();
         Ok(Self { fd, addr })
     }
 

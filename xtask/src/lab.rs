@@ -383,21 +383,37 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn send_frames(frames: &[Vec<u8>]) -> anyhow::Result<()> {
+/// A send-only `AF_PACKET` socket (protocol 0: no frame is ever queued to it) on
+/// `interface` of the calling thread's network namespace, and the address that sends
+/// frames out of that interface as they are, with `protocol` (network order is applied
+/// here; 0 lets the kernel read the EtherType from each frame).
+pub fn packet_socket(
+    interface: &str,
+    protocol: u16,
+) -> std::io::Result<(std::os::fd::OwnedFd, libc::sockaddr_ll)> {
     // SAFETY: plain socket(2) call; the result is checked, and `OwnedFd` closes it.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
     if fd < 0 {
-        bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: `fd` is a fresh descriptor that nothing else owns.
     let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    let ifname = std::ffi::CString::new(HOST_IF)?;
+    let ifname = std::ffi::CString::new(interface).map_err(std::io::Error::other)?;
     // SAFETY: `ifname` is a valid NUL-terminated string.
     let ifindex = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
+    if ifindex == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = protocol.to_be();
     addr.sll_ifindex = ifindex.cast_signed();
+    Ok((fd, addr))
+}
+
+fn send_frames(frames: &[Vec<u8>]) -> anyhow::Result<()> {
+    let (fd, addr) = packet_socket(HOST_IF, 0).context("AF_PACKET socket")?;
     for frame in frames {
         // SAFETY: `frame` and `addr` outlive the call; the lengths are theirs.
         let sent = unsafe {
