@@ -317,8 +317,5 @@ fn build_relay() -> anyhow::Result<PathBuf> {
     if !status.success() {
         bail!("building relay failed");
     }
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace.join("target"), PathBuf::from);
-    Ok(target.join("debug/relay"))
+    Ok(crate::target_dir().join("debug/relay"))
 }

@@ -72,13 +72,24 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The workspace's root.
+fn workspace() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR`, or the workspace's `target`.
+fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace().join("target"), std::path::PathBuf::from)
+}
+
 /// How long `cargo xtask test` fuzzes each target: long enough to find shallow crashes.
 const FUZZ_SMOKE_SECONDS: u64 = 15;
 const FUZZ_TARGETS: [&str; 3] = ["stun_message", "channel_data", "turn_server"];
 
 /// Runs each fuzz target for `seconds`; any crash fails.
 fn fuzz(seconds: u64, only: Option<&str>) -> anyhow::Result<()> {
-    let relay = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../relay");
+    let relay = workspace().join("relay");
     for target in FUZZ_TARGETS
         .iter()
         .filter(|t| only.is_none_or(|o| o == **t))
@@ -129,7 +140,7 @@ fn bench(quick: bool, args: &[String]) -> anyhow::Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
         bail!("the benchmark builds a network-namespace lab and loads XDP programs: run as root");
     }
-    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let workspace = workspace();
     let status = Command::new(env!("CARGO"))
         .args(["build", "--release", "-p", "relay", "--bin", "relay"])
         .args(["-p", "relay-bench", "--bin", "relay-bench"])
@@ -138,9 +149,7 @@ fn bench(quick: bool, args: &[String]) -> anyhow::Result<()> {
     if !status.success() {
         bail!("building relay and relay-bench failed");
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace.join("target"), std::path::PathBuf::from)
-        .join("release");
+    let target = target_dir().join("release");
     let mut run = Command::new(target.join("relay-bench"));
     run.arg("--relay")
         .arg(target.join("relay"))
