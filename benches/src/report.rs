@@ -10,7 +10,8 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    runner::{Measured, Run, SystemReport},
+    receiver::Percentiles,
+    runner::{Run, SystemReport},
     systems::System,
     trial::{Saturation, Trial},
 };
@@ -102,8 +103,9 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-fn latency_cell(m: Option<&Measured>) -> String {
-    m.and_then(|m| m.latency_us).map_or_else(
+/// P50 / P90 / P99 / P99.9, µs.
+fn latency_cell(p: Option<Percentiles>) -> String {
+    p.map_or_else(
         || "-".to_owned(),
         |p| format!("{:.0} / {:.0} / {:.0} / {:.0}", p.p50, p.p90, p.p99, p.p999),
     )
@@ -162,7 +164,7 @@ pub fn table(run: &Run) -> String {
             saturation_cell(&r.saturation),
             ratio(rate, coturn_rate),
             of_ceiling,
-            latency_cell(half),
+            latency_cell(half.and_then(|h| h.latency_us)),
             opt(half.and_then(|h| h.added_p99_us), 0),
             cpu_cell(cpu),
             ratio(cpu.filter(|c| *c > 0.0), coturn_cpu),
@@ -293,11 +295,8 @@ fn system_page(run: &Run, r: &SystemReport) -> String {
             s,
             "\nAt 50% ({}): latency P50 / P90 / P99 / P99.9 {} µs (baseline {} µs), busy CPUs {:.2} (baseline {:.2}), CPU per packet {} ns.\n\n",
             pps(h.rate_pps),
-            latency_cell(Some(h)),
-            h.baseline_latency_us.map_or_else(
-                || "-".to_owned(),
-                |p| format!("{:.0} / {:.0} / {:.0} / {:.0}", p.p50, p.p90, p.p99, p.p999)
-            ),
+            latency_cell(h.latency_us),
+            latency_cell(h.baseline_latency_us),
             h.busy_cpus,
             h.baseline_busy_cpus,
             opt(h.cpu_ns_per_packet, 0)

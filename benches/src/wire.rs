@@ -134,14 +134,6 @@ impl Template {
         let csum = if csum == 0 { 0xffff } else { csum };
         out[ETH_LEN + IPV4_LEN + 6..PAYLOAD_AT].copy_from_slice(&csum.to_be_bytes());
     }
-
-    pub fn len(&self) -> usize {
-        self.frame.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.frame.is_empty()
-    }
 }
 
 /// The one's complement sum of `bytes` as 16-bit big-endian words, not yet folded.
