@@ -5,7 +5,14 @@
 //! values; anything else passes untouched. Then attached to the lab relay's veth, where it
 //! sends real datagrams straight back to their sender. Needs root.
 
+mod frames;
 mod support;
+
+// The packet tables' addresses: the client sends, the relay bounces.
+use frames::{
+    DST_MAC as RELAY_MAC, DST4 as RELAY4, DST6 as RELAY6, SRC_MAC as CLIENT_MAC, SRC4 as CLIENT4,
+    SRC6 as CLIENT6, V4_L4, arp, cut, patched,
+};
 
 use etherparse::{
     IpHeaders, IpNumber, Ipv4Extensions, Ipv4Header, NetSlice, PacketBuilder, SlicedPacket,
@@ -23,16 +30,6 @@ use xtask::lab::{Host, Lab};
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
-const RELAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const CLIENT4: [u8; 4] = [192, 0, 2, 11];
-const RELAY4: [u8; 4] = [192, 0, 2, 1];
-const CLIENT6: [u8; 16] = [
-    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0b,
-];
-const RELAY6: [u8; 16] = [
-    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
-];
 const CLIENT_PORT: u16 = 40000;
 const RELAY_PORT: u16 = 3478;
 /// An RTP-sized payload (12-byte header plus 160 bytes of audio), not all one byte, so that
@@ -46,9 +43,6 @@ const PAYLOAD: [u8; 172] = {
     }
     p
 };
-
-/// Ethernet (14) + IPv4 (20): where UDP starts in a plain IPv4 frame.
-const V4_L4: usize = 34;
 
 /// Who sends: the client (the input frames) or the relay (what the bounce should send back).
 #[derive(Clone, Copy)]
@@ -153,30 +147,6 @@ fn tcp6() -> Vec<u8> {
         .write(&mut f, &[0; 20])
         .unwrap();
     f
-}
-
-/// An ARP request for the relay's address.
-fn arp() -> Vec<u8> {
-    let mut f = Vec::from([0xff; 6]);
-    f.extend_from_slice(&CLIENT_MAC);
-    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
-    f.extend_from_slice(&CLIENT_MAC);
-    f.extend_from_slice(&CLIENT4);
-    f.extend_from_slice(&[0; 6]);
-    f.extend_from_slice(&RELAY4);
-    f
-}
-
-/// `frame` with the bytes at `offset` replaced by `bytes`.
-fn patched(mut frame: Vec<u8>, offset: usize, bytes: &[u8]) -> Vec<u8> {
-    frame[offset..offset + bytes.len()].copy_from_slice(bytes);
-    frame
-}
-
-/// The first `len` bytes of `frame`.
-fn cut(mut frame: Vec<u8>, len: usize) -> Vec<u8> {
-    frame.truncate(len);
-    frame
 }
 
 /// The IPv4 header checksum (if any) and the UDP checksum of `frame`, recomputed by

@@ -10,26 +10,17 @@ use etherparse::{
     IpHeaders, IpNumber, Ipv4Extensions, Ipv4Header, Ipv6Extensions, Ipv6Header, PacketBuilder,
     VlanId,
 };
+mod frames;
+
+use frames::{DST_MAC, DST4, DST6, SRC_MAC, SRC4, SRC6, V4_L4, arp, cut, patched};
 use relay::dataplane::Dataplane;
 use relay_common::{Counters, Verdict, parse};
 
-const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
-const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const SRC4: [u8; 4] = [192, 0, 2, 11];
-const DST4: [u8; 4] = [192, 0, 2, 1];
-const SRC6: [u8; 16] = [
-    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0b,
-];
-const DST6: [u8; 16] = [
-    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
-];
 /// An RTP-sized payload (12-byte header plus 160 bytes of audio).
 const PAYLOAD: [u8; 172] = [0xAB; 172];
 
 /// Ethernet (14): where the IP header starts in an untagged frame.
 const L3: usize = 14;
-/// Ethernet (14) + IPv4 (20): where UDP starts in a plain IPv4 frame.
-const V4_L4: usize = 34;
 /// Ethernet (14) + IPv6 (40).
 const V6_L4: usize = 54;
 
@@ -137,30 +128,6 @@ fn udp6_hop_by_hop() -> Vec<u8> {
         .write(&mut f, &PAYLOAD)
         .unwrap();
     f
-}
-
-/// An ARP request for 192.0.2.1.
-fn arp() -> Vec<u8> {
-    let mut f = Vec::from([0xff; 6]);
-    f.extend_from_slice(&SRC_MAC);
-    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
-    f.extend_from_slice(&SRC_MAC);
-    f.extend_from_slice(&SRC4);
-    f.extend_from_slice(&[0; 6]);
-    f.extend_from_slice(&DST4);
-    f
-}
-
-/// `frame` with the bytes at `offset` replaced by `bytes`.
-fn patched(mut frame: Vec<u8>, offset: usize, bytes: &[u8]) -> Vec<u8> {
-    frame[offset..offset + bytes.len()].copy_from_slice(bytes);
-    frame
-}
-
-/// The first `len` bytes of `frame`.
-fn cut(mut frame: Vec<u8>, len: usize) -> Vec<u8> {
-    frame.truncate(len);
-    frame
 }
 
 /// `frame` padded with zeros to `len` bytes, as a NIC pads short Ethernet frames.
