@@ -1,11 +1,13 @@
 //! `cargo xtask`: Relay's developer commands.
 mod demo;
+mod privilege;
 mod setup;
 
 use std::process::Command;
 
 use anyhow::bail;
 use clap::{Parser, Subcommand};
+use privilege::Privilege;
 
 #[derive(Parser)]
 #[command(about = "Relay's developer commands")]
@@ -18,16 +20,22 @@ struct Cli {
 enum Cmd {
     /// Install what the build and the tests need (nightly rust-src, `bpf-linker`, Debian packages).
     Setup,
-    /// Run every test: unit, packet table (`BPF_PROG_TEST_RUN`) and lab tests. Needs root.
+    /// Run every test: unit, packet table (`BPF_PROG_TEST_RUN`) and lab tests. Builds as the
+    /// invoking user and runs the test binaries as root (through `sudo -E` unless root).
     Test {
         /// Extra arguments for `cargo test` (after `--`: for the test binaries).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run the relay in the lab on an embedded default and tell what happened. Needs root.
-    Demo,
+    /// Run the relay in the lab on an embedded default and tell what happened. Builds as the
+    /// invoking user and runs the lab as root (through `sudo -E` unless root).
+    Demo {
+        /// The relay binary, already built (how the demo hands itself over to sudo).
+        #[arg(long, hide = true)]
+        relay: Option<std::path::PathBuf>,
+    },
     /// Benchmark Relay against coturn and the ceiling in the lab; print the comparison table
-    /// and write it to benches/results. Needs root.
+    /// and write it to benches/results. The lab part runs as root (through `sudo -E`).
     Bench {
         /// The short run (under 2 minutes), without the micro-benchmarks.
         #[arg(long)]
@@ -54,7 +62,7 @@ enum Cmd {
     },
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone, Copy)]
 enum LabAction {
     Up,
     Down,
@@ -65,10 +73,10 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::run(),
         Cmd::Test { args } => test(&args),
-        Cmd::Demo => demo::run(),
+        Cmd::Demo { relay } => demo(relay),
         Cmd::Bench { quick, args } => bench(quick, &args),
         Cmd::Fuzz { seconds, target } => fuzz(seconds, target.as_deref()),
-        Cmd::Lab { action, prefix } => lab(&action, &prefix),
+        Cmd::Lab { action, prefix } => lab(action, &prefix),
     }
 }
 
@@ -117,13 +125,14 @@ fn fuzz(seconds: u64, only: Option<&str>) -> anyhow::Result<()> {
 
 /// The default members only: `relay-ebpf` builds for the BPF target, inside relay's build.
 fn test(args: &[String]) -> anyhow::Result<()> {
-    if !nix::unistd::Uid::effective().is_root() {
-        bail!("the packet and lab tests load XDP programs and create namespaces: run as root");
+    let privilege =
+        Privilege::get("running the tests (they load XDP programs and create namespaces)")?;
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo.args(["test", "--no-fail-fast"]);
+    if let Some(runner) = privilege.cargo_runner() {
+        cargo.args(["--config", runner]);
     }
-    let status = Command::new(env!("CARGO"))
-        .args(["test", "--no-fail-fast"])
-        .args(args)
-        .status()?;
+    let status = cargo.args(args).status()?;
     if !status.success() {
         bail!("tests failed");
     }
@@ -137,9 +146,9 @@ fn test(args: &[String]) -> anyhow::Result<()> {
 /// Builds Relay and the load generator optimised, runs the scenarios, then (unless quick)
 /// the criterion micro-benchmarks, briefly.
 fn bench(quick: bool, args: &[String]) -> anyhow::Result<()> {
-    if !nix::unistd::Uid::effective().is_root() {
-        bail!("the benchmark builds a network-namespace lab and loads XDP programs: run as root");
-    }
+    let privilege = Privilege::get(
+        "running the benchmark (it builds a network-namespace lab and loads XDP programs)",
+    )?;
     let workspace = workspace();
     let status = Command::new(env!("CARGO"))
         .args(["build", "--release", "-p", "relay", "--bin", "relay"])
@@ -150,7 +159,7 @@ fn bench(quick: bool, args: &[String]) -> anyhow::Result<()> {
         bail!("building relay and relay-bench failed");
     }
     let target = target_dir().join("release");
-    let mut run = Command::new(target.join("relay-bench"));
+    let mut run = privilege.command(target.join("relay-bench"));
     run.arg("--relay")
         .arg(target.join("relay"))
         .arg("--out")
@@ -175,7 +184,42 @@ fn bench(quick: bool, args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn lab(action: &LabAction, prefix: &str) -> anyhow::Result<()> {
+/// Builds the relay as this user, then runs the demo as root.
+fn demo(relay: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let privilege =
+        Privilege::get("running the demo (it builds a network-namespace lab and loads XDP)")?;
+    let relay = match relay {
+        Some(relay) => relay,
+        None => demo::build_relay()?,
+    };
+    match privilege {
+        Privilege::Root => demo::run(&relay),
+        Privilege::Sudo => {
+            let mut demo = privilege.command(std::env::current_exe()?);
+            demo.arg("demo").arg("--relay").arg(&relay);
+            if !demo.status()?.success() {
+                bail!("the demo failed");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn lab(action: LabAction, prefix: &str) -> anyhow::Result<()> {
+    let privilege = Privilege::get("managing the lab (it creates network namespaces)")?;
+    if privilege == Privilege::Sudo {
+        let verb = match action {
+            LabAction::Up => "up",
+            LabAction::Down => "down",
+            LabAction::Status => "status",
+        };
+        let mut lab = privilege.command(std::env::current_exe()?);
+        lab.args(["lab", "--prefix", prefix, verb]);
+        if !lab.status()?.success() {
+            bail!("lab {verb} failed");
+        }
+        return Ok(());
+    }
     match action {
         LabAction::Up => {
             let lab = xtask::lab::Lab::up(prefix)?;

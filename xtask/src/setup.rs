@@ -9,6 +9,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+use crate::privilege::Privilege;
+
 /// Debian packages the build and the tests use, and why.
 const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip netns / veth / bridge for the lab"),
@@ -20,11 +22,6 @@ const PACKAGES: &[(&str, &str)] = &[
 ];
 
 pub(crate) fn run() -> anyhow::Result<()> {
-    if !nix::unistd::Uid::effective().is_root() {
-        bail!(
-            "setup installs Debian packages and mounts bpffs: run it as root (sudo -E cargo xtask setup)"
-        );
-    }
     packages()?;
     nightly()?;
     bpf_linker()?;
@@ -46,8 +43,10 @@ fn packages() -> anyhow::Result<()> {
     for (name, why) in &missing {
         println!("setup: installing {name} ({why})");
     }
-    cmd(Command::new("apt-get").args(["update", "-q"]))?;
-    cmd(Command::new("apt-get")
+    let root = Privilege::get("installing Debian packages")?;
+    cmd(root.command("apt-get").args(["update", "-q"]))?;
+    cmd(root
+        .command("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(missing.iter().map(|(n, _)| *n))
         .env("DEBIAN_FRONTEND", "noninteractive"))
@@ -182,7 +181,10 @@ fn bpffs() -> anyhow::Result<()> {
         return Ok(());
     }
     println!("setup: mounting bpffs at /sys/fs/bpf");
-    cmd(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+    let root = Privilege::get("mounting bpffs")?;
+    cmd(root
+        .command("mount")
+        .args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
 }
 
 fn home() -> anyhow::Result<PathBuf> {
