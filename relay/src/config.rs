@@ -407,8 +407,11 @@ impl Settings {
         } else {
             Vec::new()
         };
-        let mut own: Vec<SocketAddr> = udp.clone();
-        own.extend(&tls);
+        // The host's own addresses: refused as peers except where they relay (policy.rs).
+        let mut own: Vec<IpAddr> = local_ips.to_vec();
+        own.extend(&listening);
+        own.extend(&relay_ips);
+        own.extend(external_ips.values());
 
         let tenants = tenants(&self.tenant, &users, rest_secret.is_some())?;
         let instance = self

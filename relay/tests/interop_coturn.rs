@@ -100,8 +100,15 @@ const REST: &[&str] = &["-u", "uclient", "-W", "north"];
 fn run_matrix(setup: &Setup, transport: &[&str], name: &str) {
     for (creds, creds_name) in [(STATIC, "static user"), (REST, "REST credentials")] {
         for (mode, mode_name) in [
-            (&[][..], "channels"),
-            (&["-s"][..], "Send/Data indications"),
+            (
+                &[][..],
+                "channels, RTP and RTCP allocations (uclient's default)",
+            ),
+            (&["-c"][..], "channels, no RTCP allocations"),
+            (
+                &["-s"][..],
+                "Send/Data indications, RTP and RTCP allocations",
+            ),
         ] {
             let mut flags: Vec<&str> = transport.to_vec();
             flags.extend(creds);
@@ -338,7 +345,7 @@ fn client_to_client_through_one_relay_needs_no_configuration() {
     // The lab's base configuration only: no peer range opened.
     let _relay = RunningRelay::in_lab(&lab, &[]);
     for transport in [&[][..], &["-t"][..]] {
-        for mode in [&[][..], &["-s"][..]] {
+        for mode in [&[][..], &["-c"][..], &["-s"][..]] {
             let mut flags = vec!["-y"];
             flags.extend(transport);
             flags.extend(mode);

@@ -23,7 +23,8 @@ const SESSION: Session = Session {
 };
 
 fn uclient(lab: &Lab, flags: &[&str]) -> Report {
-    let mut all = vec!["-u", "alice", "-w", "wonderland"];
+    // -c: one allocation per client, so that every message is a channel packet counted here.
+    let mut all = vec!["-c", "-u", "alice", "-w", "wonderland"];
     all.extend(flags);
     coturn::uclient(lab, Host::ClientA, &SESSION, &all).unwrap()
 }

@@ -158,6 +158,71 @@ fn send_to_a_denied_peer_never_arrives() {
     );
 }
 
+/// CVE-2020-26262's class: a peer on the relay's own address is reachable only where it is a
+/// live relayed address, port-exact, whatever ranges the operator opened. Permissions are by
+/// IP (RFC 8656 section 9), so the permission a client gets for its neighbour's relayed
+/// address must not open the relay host's other ports to its Send indications.
+#[test]
+fn the_relays_own_ports_are_reachable_only_where_they_relay() {
+    let lab = Lab::up("tp-own").unwrap();
+    // The operator opens the lab's range, which holds the relay's own address.
+    let _relay = RunningRelay::in_lab(&lab, &["--allowed-peer-ip", "10.77.0.0/24"]);
+    // A service on the relay host's address: an echo, as found in the wild.
+    let echo = lab
+        .in_netns(Host::Relay, || UdpSocket::bind("10.77.0.1:7777"))
+        .unwrap()
+        .unwrap();
+    echo.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut a = TurnClient::new(&lab);
+    let relayed_a = a.allocate(attr::FAMILY_IPV4);
+    let mut b = TurnClient::new(&lab);
+    let relayed_b = b.allocate(attr::FAMILY_IPV4);
+    // The neighbours' relayed addresses are peers (how two browsers of one relay meet)...
+    assert_eq!(a.permit(relayed_b), None);
+    assert_eq!(b.permit(relayed_a), None);
+    // ... the relay's other ports are not, not even with the range opened.
+    for port in [7777, 3478] {
+        let own = SocketAddr::from(([10, 77, 0, 1], port));
+        assert_eq!(a.permit(own), Some(403), "{own}");
+        let r = a.call(Method::CHANNEL_BIND, |m| {
+            m.add(attr::CHANNEL_NUMBER, &[0x40, 0x01, 0, 0]);
+            m.add_xor_address(attr::XOR_PEER_ADDRESS, own);
+        });
+        assert_eq!(error(&Message::decode(&r).unwrap()), Some(403), "{own}");
+        // The permission for relayed_b's IP is the relay's IP: Send must still refuse.
+        let mut binding = MessageBuilder::new(Class::Request, Method::BINDING, [7; 12]);
+        binding.add(attr::SOFTWARE, b"probe");
+        let mut send = MessageBuilder::new(Class::Indication, Method::SEND, [port as u8; 12]);
+        send.add_xor_address(attr::XOR_PEER_ADDRESS, own)
+            .add(attr::DATA, &binding.build());
+        a.socket.send(&send.build()).unwrap();
+    }
+    // The Send to the neighbour arrives, as a Data indication.
+    let mut send = MessageBuilder::new(Class::Indication, Method::SEND, [42; 12]);
+    send.add_xor_address(attr::XOR_PEER_ADDRESS, relayed_b)
+        .add(attr::DATA, b"hello, neighbour");
+    a.socket.send(&send.build()).unwrap();
+    let mut buf = [0; 1500];
+    let n = b
+        .socket
+        .recv(&mut buf)
+        .expect("the neighbour's data arrives");
+    let data = Message::decode(&buf[..n]).unwrap();
+    assert_eq!(data.method(), Method::DATA);
+    assert_eq!(data.get(attr::DATA), Some(&b"hello, neighbour"[..]));
+    assert!(
+        echo.recv(&mut [0; 64]).is_err(),
+        "data reached 10.77.0.1:7777"
+    );
+    // Nothing came back to A: neither the echo nor the listener's Binding answer.
+    a.socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let got = a.socket.recv(&mut buf);
+    assert!(got.is_err(), "A got {:?}", got.map(|n| buf[..n].to_vec()));
+}
+
 #[test]
 fn operators_open_ranges_with_allowed_peer_ip() {
     let lab = Lab::up("tp-allow").unwrap();

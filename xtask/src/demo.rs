@@ -48,8 +48,8 @@ struct Session {
     report: coturn::Report,
 }
 
-pub(crate) fn run() -> anyhow::Result<()> {
-    let relay = build_relay()?;
+/// Runs the demo with `relay`, built. Needs root.
+pub(crate) fn run(relay: &std::path::Path) -> anyhow::Result<()> {
     println!("demo: building the lab (5 hosts on one bridge)");
     let lab = Lab::up("relay-demo")?;
     // The config and the relay's state live in a directory of the demo's own.
@@ -57,7 +57,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("relay.toml");
     std::fs::write(&config, CONFIG)?;
-    let result = demo(&lab, &relay, &config);
+    let result = demo(&lab, relay, &config);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -200,7 +200,8 @@ fn session(lab: &Lab, name: &'static str, flags: &[&str]) -> anyhow::Result<Sess
     println!("demo: TURN session over {name}");
     Ok(Session {
         name,
-        report: coturn::uclient(lab, Host::ClientA, &SESSION, flags)?,
+        // -c: no RTCP allocations, so every packet counted is one of the call's.
+        report: coturn::uclient(lab, Host::ClientA, &SESSION, &[&["-c"], flags].concat())?,
     })
 }
 
@@ -309,7 +310,7 @@ fn broken_frames() -> Vec<Vec<u8>> {
 }
 
 /// Builds the relay (the XDP program included) and returns the binary's path.
-fn build_relay() -> anyhow::Result<PathBuf> {
+pub(crate) fn build_relay() -> anyhow::Result<PathBuf> {
     println!("demo: building relay and its XDP program");
     let status = Command::new(env!("CARGO"))
         .args(["build", "--quiet", "--package", "relay", "--bin", "relay"])

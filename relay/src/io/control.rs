@@ -29,6 +29,9 @@ pub(crate) struct KernelFlows {
     pub(crate) dataplane: Dataplane,
     installed: HashMap<ChannelFlow, [u32; 2]>,
     free: Vec<u32>,
+    /// Channels that could not be installed (no counter slots or map entries left): they
+    /// stay in userspace, slower but forwarded.
+    not_installed: u64,
 }
 
 impl KernelFlows {
@@ -37,6 +40,7 @@ impl KernelFlows {
             dataplane,
             installed: HashMap::new(),
             free: (0..MAX_FLOWS).rev().collect(),
+            not_installed: 0,
         }
     }
 
@@ -56,23 +60,45 @@ impl KernelFlows {
                 }
                 stats
             }
-            None => return,
+            None => return self.full(&flow, "no counter slots left"),
         };
         let Some(entries) = channel_entries(&flow, stats, policers, monotonic_ns(expires)) else {
             self.free.extend(stats);
             return;
         };
-        for (key, action) in &entries {
+        for (i, (key, action)) in entries.iter().enumerate() {
             if let Err(e) = self.dataplane.insert_flow(key, action) {
-                // Userspace still forwards the channel: slower, not lost.
-                log::warn!(
-                    "fast path: cannot install channel {:#06x} of {}: {e}",
-                    flow.channel,
-                    flow.client
-                );
+                if self.installed.contains_key(&flow) {
+                    // An expiry update: the entries stay with their old expiry.
+                    log::warn!(
+                        "fast path: cannot refresh channel {:#06x}: {e}",
+                        flow.channel
+                    );
+                    return;
+                }
+                // Half a channel in the kernel is worse than none: take back what went in.
+                for (key, _) in &entries[..i] {
+                    let _ = self.dataplane.remove_flow(key);
+                }
+                self.free.extend(stats);
+                return self.full(&flow, &e.to_string());
             }
         }
         self.installed.insert(flow, stats);
+    }
+
+    /// Counts and logs (the first, then every 1000th) a channel left to userspace: slower,
+    /// not lost.
+    fn full(&mut self, flow: &ChannelFlow, why: &str) {
+        if self.not_installed.is_multiple_of(1000) {
+            log::warn!(
+                "fast path: channel {:#06x} of {} stays in userspace ({why}); {} so far",
+                flow.channel,
+                flow.client,
+                self.not_installed + 1
+            );
+        }
+        self.not_installed += 1;
     }
 
     /// Removes the entries of an adopted flow table that the daemon's state does not
@@ -166,25 +192,26 @@ impl Limits {
     }
 
     /// Slots for a new allocation: its own `--max-bps` (burst: one second's worth, as
-    /// coturn's) and its tenant's.
-    fn assign(&mut self, max_bps: Option<u64>, tenant: Option<usize>) -> [u32; 2] {
+    /// coturn's) and its tenant's. `None` when the allocation has a `--max-bps` and no slot
+    /// is left for it: a limit that cannot be enforced refuses the allocation (fails closed).
+    fn assign(&mut self, max_bps: Option<u64>, tenant: Option<usize>) -> Option<[u32; 2]> {
         let tenant = tenant.map_or(0, |t| self.slots.tenant(t));
-        let allocation = max_bps.map_or(0, |bps| {
-            let Some(slot) = self.slots.take() else {
-                log::warn!("no policer slot left: an allocation goes without its --max-bps");
-                return 0;
-            };
-            self.policers.configure(
-                slot,
-                Limit {
-                    packets_per_sec: 0,
-                    bits_per_sec: bps,
-                    burst_ns: 1_000_000_000,
-                },
-            );
-            slot
-        });
-        [allocation, tenant]
+        let allocation = match max_bps {
+            None => 0,
+            Some(bps) => {
+                let slot = self.slots.take()?;
+                self.policers.configure(
+                    slot,
+                    Limit {
+                        packets_per_sec: 0,
+                        bits_per_sec: bps,
+                        burst_ns: 1_000_000_000,
+                    },
+                );
+                slot
+            }
+        };
+        Some([allocation, tenant])
     }
 
     fn bound(&mut self, addr: SocketAddr, slots: [u32; 2]) {
@@ -295,6 +322,11 @@ pub(crate) struct Control {
     commands: Sender<Command>,
     wake: Arc<Wake>,
     streams: HashMap<ClientTuple, tokio::sync::mpsc::Sender<Vec<u8>>>,
+    /// Sockets of reserved ports (EVEN-PORT with R), held here until a RESERVATION-TOKEN
+    /// allocation takes them over or the reservation lapses.
+    held: HashMap<SocketAddr, UdpSocket>,
+    /// Allocations refused (508) because no policer slot was left for their `--max-bps`.
+    no_policer: u64,
 }
 
 impl Control {
@@ -314,6 +346,8 @@ impl Control {
             commands,
             wake,
             streams: HashMap::new(),
+            held: HashMap::new(),
+            no_policer: 0,
         }
     }
 
@@ -357,6 +391,12 @@ impl Control {
         let _ = self.commands.send(Command::Stop);
         self.wake.wake();
         log::info!("TURN server at exit: {}", self.server.stats());
+        log::info!(
+            "limits at exit: {} allocations refused for want of a policer slot; {} channels \
+             left to userspace, the kernel's flow table full",
+            self.no_policer,
+            self.kernel.as_ref().map_or(0, |k| k.not_installed)
+        );
         self.limits
             .report(self.kernel.as_ref().map(|k| &k.dataplane));
         // The data plane goes back to the caller, its flows still installed.
@@ -415,14 +455,23 @@ impl Control {
                 Output::Bind {
                     id,
                     addrs,
+                    reserve,
                     max_bps,
                     tenant,
                     dont_fragment,
                 } => {
                     let now = Instant::now();
-                    match bind_all(&addrs, dont_fragment) {
+                    let Some(policers) = self.limits.assign(max_bps, tenant) else {
+                        self.no_policer += 1;
+                        log::warn!(
+                            "allocation refused (508): no policer slot left for its --max-bps"
+                        );
+                        let full = std::io::Error::other("no policer slot left for --max-bps");
+                        self.server.relay_bound(now, id, Err(full));
+                        continue;
+                    };
+                    match self.open(&addrs, reserve, dont_fragment) {
                         Ok(sockets) => {
-                            let policers = self.limits.assign(max_bps, tenant);
                             for (addr, socket) in addrs.into_iter().zip(sockets) {
                                 self.limits.bound(addr, policers);
                                 let _ = self.commands.send(Command::AddRelay {
@@ -434,11 +483,17 @@ impl Control {
                             }
                             self.server.relay_bound(now, id, Ok(()));
                         }
-                        Err(e) => self.server.relay_bound(now, id, Err(e)),
+                        Err(e) => {
+                            self.limits.release_slot(policers[0]);
+                            self.server.relay_bound(now, id, Err(e));
+                        }
                     }
                     continue;
                 }
                 Output::Release { addr } => {
+                    if self.held.remove(&addr).is_some() {
+                        continue;
+                    }
                     self.limits.released(addr);
                     Command::RemoveRelay { addr }
                 }
@@ -472,18 +527,41 @@ impl Control {
     }
 }
 
+impl Control {
+    /// Opens the sockets of an [`Output::Bind`], all or none: `addrs` to relay (a held
+    /// reservation's socket is taken over, not bound again), `reserve` to hold.
+    fn open(
+        &mut self,
+        addrs: &[SocketAddr],
+        reserve: Option<SocketAddr>,
+        dont_fragment: bool,
+    ) -> std::io::Result<Vec<UdpSocket>> {
+        let mut fresh = addrs
+            .iter()
+            .filter(|a| !self.held.contains_key(a))
+            .map(|a| Ok((*a, bind_relay(*a, dont_fragment)?)))
+            .collect::<std::io::Result<HashMap<_, _>>>()?;
+        let reserved = reserve.map(|r| bind_relay(r, false)).transpose()?;
+        if dont_fragment {
+            for (addr, socket) in addrs.iter().filter_map(|a| Some((a, self.held.get(a)?))) {
+                set_dont_fragment(&socket2::SockRef::from(socket), *addr)?;
+            }
+        }
+        let sockets = addrs
+            .iter()
+            .filter_map(|a| fresh.remove(a).or_else(|| self.held.remove(a)))
+            .collect();
+        if let (Some(addr), Some(socket)) = (reserve, reserved) {
+            self.held.insert(addr, socket);
+        }
+        Ok(sockets)
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     if let Some(d) = deadline {
         tokio::time::sleep_until(d.into()).await;
     }
-}
-
-/// Binds UDP sockets on all of `addrs`, or none.
-fn bind_all(addrs: &[SocketAddr], dont_fragment: bool) -> std::io::Result<Vec<UdpSocket>> {
-    addrs
-        .iter()
-        .map(|a| bind_relay(*a, dont_fragment))
-        .collect()
 }
 
 fn bind_relay(addr: SocketAddr, dont_fragment: bool) -> std::io::Result<UdpSocket> {
@@ -492,21 +570,25 @@ fn bind_relay(addr: SocketAddr, dont_fragment: bool) -> std::io::Result<UdpSocke
         socket.set_only_v6(true)?;
     }
     if dont_fragment {
-        // RFC 8656 section 7.2: DONT-FRAGMENT asks for DF on the relayed packets.
-        if addr.is_ipv4() {
-            set_int(
-                &socket,
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                libc::IP_PMTUDISC_DO,
-            )?;
-        } else {
-            set_int(&socket, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1)?;
-        }
+        set_dont_fragment(&socket, addr)?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// RFC 8656 section 7.2: DONT-FRAGMENT asks for DF on the relayed packets.
+fn set_dont_fragment(socket: &Socket, addr: SocketAddr) -> std::io::Result<()> {
+    if addr.is_ipv4() {
+        set_int(
+            socket,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )
+    } else {
+        set_int(socket, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1)
+    }
 }
 
 fn set_int(socket: &Socket, level: i32, name: i32, value: i32) -> std::io::Result<()> {
@@ -525,5 +607,26 @@ fn set_int(socket: &Socket, level: i32, name: i32, value: i32) -> std::io::Resul
         Err(std::io::Error::last_os_error())
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policers::SLOTS;
+
+    /// A `--max-bps` that cannot be enforced refuses the allocation; with the slot given
+    /// back, the next one gets it.
+    #[test]
+    fn without_a_policer_slot_an_allocation_with_max_bps_is_refused() {
+        let mut limits = Limits::new(Arc::new(Policers::own()), Vec::new());
+        let taken: Vec<_> = (1..SLOTS)
+            .map(|_| limits.assign(Some(64_000), None).expect("slots left"))
+            .collect();
+        assert_eq!(limits.assign(Some(64_000), None), None);
+        // Without a limit of its own, an allocation needs no slot.
+        assert_eq!(limits.assign(None, None), Some([0, 0]));
+        limits.release_slot(taken[7][0]);
+        assert_eq!(limits.assign(Some(64_000), None), Some(taken[7]));
     }
 }

@@ -1,7 +1,9 @@
 //! Which peers a client may reach through the relay (RFC 8656 section 21.3: an open relay
 //! is an attack tool). By default loopback, private, link-local, unique-local, multicast and
-//! unspecified ranges are refused, as are the relay's own listening addresses; operators open
-//! or close ranges with `--allowed-peer-ip` and `--denied-peer-ip` as in coturn.
+//! unspecified ranges are refused; operators open or close ranges with `--allowed-peer-ip`
+//! and `--denied-peer-ip` as in coturn. The relay host's own addresses are refused whatever
+//! is opened, except port-exact where they are live relayed addresses (the class of
+//! CVE-2020-26262: a relay must not be a way into its own host's services).
 
 use std::{
     fmt,
@@ -125,13 +127,14 @@ const DEFAULT_DENIED: &[&str] = &[
 pub struct PeerPolicy {
     allowed: Vec<IpRange>,
     denied: Vec<IpRange>,
-    /// The relay's own listening addresses: never a peer (no loops through the relay).
-    listeners: Vec<SocketAddr>,
+    /// The relay host's own addresses (every interface's, the listening and relay IPs, the
+    /// advertised external IPs): a peer there only where it is a live relayed address.
+    own: Vec<IpAddr>,
 }
 
 impl PeerPolicy {
     /// `allowed` wins over `denied` and over the defaults, as in coturn.
-    pub fn new(allowed: Vec<IpRange>, denied: Vec<IpRange>, listeners: Vec<SocketAddr>) -> Self {
+    pub fn new(allowed: Vec<IpRange>, denied: Vec<IpRange>, own: Vec<IpAddr>) -> Self {
         let mut all_denied: Vec<IpRange> = DEFAULT_DENIED
             .iter()
             .map(|r| r.parse().expect("default ranges parse"))
@@ -140,23 +143,29 @@ impl PeerPolicy {
         Self {
             allowed,
             denied: all_denied,
-            listeners,
+            own: own.into_iter().map(canonical).collect(),
         }
+    }
+
+    /// Whether `ip` is the relay host's own (loopback and unspecified included): a peer
+    /// there must be a live relayed address, checked port-exact on every datagram.
+    pub fn is_own(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        ip.is_loopback() || ip.is_unspecified() || self.own.contains(&ip)
     }
 
     /// Whether a client may reach `peer`. `is_own_relayed` says whether `peer` is a relayed
     /// address of this same relay: those are always allowed, so that two clients of one
-    /// relay reach each other even when the relay's addresses are private.
+    /// relay reach each other even when the relay's addresses are private. The host's other
+    /// ports never are.
     pub fn permits(&self, peer: SocketAddr, is_own_relayed: bool) -> bool {
         if is_own_relayed {
             return true;
         }
-        let ip = canonical(peer.ip());
-        if self.listeners.iter().any(|l| {
-            l.port() == peer.port() && (canonical(l.ip()) == ip || l.ip().is_unspecified())
-        }) {
+        if self.is_own(peer.ip()) {
             return false;
         }
+        let ip = canonical(peer.ip());
         if self.allowed.iter().any(|r| r.contains(ip)) {
             return true;
         }
@@ -195,7 +204,7 @@ mod tests {
 
     #[test]
     fn defaults_refuse_special_ranges_and_allow_public_peers() {
-        let p = PeerPolicy::new(vec![], vec![], vec![addr("192.0.2.1:3478")]);
+        let p = PeerPolicy::new(vec![], vec![], vec!["192.0.2.1".parse().unwrap()]);
         for denied in [
             "127.0.0.1:5000",
             "[::1]:5000",
@@ -215,9 +224,11 @@ mod tests {
         }
         assert!(p.permits(addr("198.51.100.7:5000"), false));
         assert!(p.permits(addr("[2001:db8::7]:5000"), false));
-        // The relay's own listener is never a peer; its other ports are.
+        // The relay's own address is never a peer, on any port, unless relayed there.
         assert!(!p.permits(addr("192.0.2.1:3478"), false));
-        assert!(p.permits(addr("192.0.2.1:3479"), false));
+        assert!(!p.permits(addr("192.0.2.1:7"), false));
+        assert!(!p.permits(addr("[::ffff:192.0.2.1]:7"), false));
+        assert!(p.permits(addr("192.0.2.1:50000"), true));
     }
 
     #[test]
@@ -225,9 +236,11 @@ mod tests {
         let p = PeerPolicy::new(
             vec!["10.77.0.0/24".parse().unwrap()],
             vec!["198.51.100.0/24".parse().unwrap()],
-            vec![],
+            vec!["10.77.0.1".parse().unwrap()],
         );
         assert!(p.permits(addr("10.77.0.21:3480"), false));
+        // Opening a range that holds the relay's address does not open the relay.
+        assert!(!p.permits(addr("10.77.0.1:7"), false));
         assert!(!p.permits(addr("10.77.1.21:3480"), false));
         assert!(!p.permits(addr("198.51.100.7:5000"), false));
         assert!(p.permits(addr("127.0.0.1:50000"), true));

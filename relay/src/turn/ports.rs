@@ -2,15 +2,23 @@
 //! 7.2 asks for ports chosen at random from the range, and EVEN-PORT for even ones).
 
 use std::{
-    collections::HashSet,
+    collections::{HashSet, VecDeque},
     net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
 };
+
+/// A released port's socket is closed by the data path, asynchronously: the port rests this
+/// long before it is picked again, so that a new allocation's bind does not meet the old
+/// socket (EADDRINUSE, 508).
+const QUARANTINE: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 pub struct PortPool {
     min: u16,
     max: u16,
     in_use: HashSet<SocketAddr>,
+    /// Released ports still resting, oldest first; they stay in `in_use` until then.
+    resting: VecDeque<(Instant, SocketAddr)>,
 }
 
 impl PortPool {
@@ -19,6 +27,7 @@ impl PortPool {
             min,
             max,
             in_use: HashSet::new(),
+            resting: VecDeque::new(),
         }
     }
 
@@ -30,8 +39,13 @@ impl PortPool {
         ip: IpAddr,
         even: bool,
         pair: bool,
+        now: Instant,
         rng: &mut impl rand::Rng,
     ) -> Option<u16> {
+        while let Some((_, addr)) = self.resting.front().filter(|(until, _)| *until <= now) {
+            self.in_use.remove(addr);
+            self.resting.pop_front();
+        }
         let fits = |pool: &Self, port: u16| {
             (!even || port.is_multiple_of(2))
                 && !pool.in_use.contains(&SocketAddr::new(ip, port))
@@ -54,8 +68,17 @@ impl PortPool {
         self.in_use.insert(addr);
     }
 
-    pub fn release(&mut self, addr: SocketAddr) {
+    /// `addr`'s socket is being closed: free once it has rested.
+    pub fn release(&mut self, addr: SocketAddr, now: Instant) {
+        if self.in_use.contains(&addr) {
+            self.resting.push_back((now + QUARANTINE, addr));
+        }
+    }
+
+    /// `addr` was taken but its socket never opened (the bind failed): free now.
+    pub fn free(&mut self, addr: SocketAddr) {
         self.in_use.remove(&addr);
+        self.resting.retain(|(_, a)| *a != addr);
     }
 }
 
@@ -69,23 +92,44 @@ mod tests {
     fn picks_free_even_and_paired_ports_until_the_range_is_full() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let now = Instant::now();
         let mut pool = PortPool::new(50000, 50009);
         let mut got = Vec::new();
-        while let Some(p) = pool.pick(ip, false, false, &mut rng) {
+        while let Some(p) = pool.pick(ip, false, false, now, &mut rng) {
             pool.take(SocketAddr::new(ip, p));
             got.push(p);
         }
         got.sort_unstable();
         assert_eq!(got, (50000..=50009).collect::<Vec<_>>());
-        pool.release(SocketAddr::new(ip, 50004));
-        pool.release(SocketAddr::new(ip, 50005));
-        assert_eq!(pool.pick(ip, true, true, &mut rng), Some(50004));
-        pool.release(SocketAddr::new(ip, 50007));
-        assert_eq!(pool.pick(ip, true, false, &mut rng), Some(50004));
+        pool.free(SocketAddr::new(ip, 50004));
+        pool.free(SocketAddr::new(ip, 50005));
+        assert_eq!(pool.pick(ip, true, true, now, &mut rng), Some(50004));
+        pool.free(SocketAddr::new(ip, 50007));
+        assert_eq!(pool.pick(ip, true, false, now, &mut rng), Some(50004));
         assert_eq!(
-            pool.pick(ip, false, false, &mut rng)
+            pool.pick(ip, false, false, now, &mut rng)
                 .map(|p| p == 50004 || p == 50005 || p == 50007),
             Some(true)
+        );
+    }
+
+    /// A released port's old socket may still be open in the data path: it rests first.
+    #[test]
+    fn released_ports_rest_before_they_are_picked_again() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let now = Instant::now();
+        let mut pool = PortPool::new(50000, 50000);
+        let port = pool.pick(ip, false, false, now, &mut rng).unwrap();
+        pool.take(SocketAddr::new(ip, port));
+        pool.release(SocketAddr::new(ip, port), now);
+        assert_eq!(
+            pool.pick(ip, false, false, now + QUARANTINE / 2, &mut rng),
+            None
+        );
+        assert_eq!(
+            pool.pick(ip, false, false, now + QUARANTINE, &mut rng),
+            Some(port)
         );
     }
 }

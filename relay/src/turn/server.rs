@@ -101,13 +101,15 @@ pub enum Output {
         peer: SocketAddr,
         data: Vec<u8>,
     },
-    /// Open UDP sockets on all of `addrs` (all or none), then call [`Server::relay_bound`]
-    /// with `id`. `max_bps` is the allocation's budget, `tenant` the index in
-    /// [`Config::tenants`] of the tenant whose budget it also spends; `dont_fragment` asks
-    /// for DF.
+    /// Open UDP sockets on all of `addrs` and on `reserve` (all or none), then call
+    /// [`Server::relay_bound`] with `id`. `addrs` relay; `reserve` is held aside, unused, for
+    /// a later Bind of the same address (RESERVATION-TOKEN), which takes that socket over.
+    /// `max_bps` is the allocation's budget, `tenant` the index in [`Config::tenants`] of the
+    /// tenant whose budget it also spends; `dont_fragment` asks for DF.
     Bind {
         id: u64,
         addrs: Vec<SocketAddr>,
+        reserve: Option<SocketAddr>,
         max_bps: Option<u64>,
         tenant: Option<usize>,
         dont_fragment: bool,
@@ -392,6 +394,7 @@ impl Server {
         self.outputs.push_back(Output::Bind {
             id,
             addrs: alloc.relayed.clone(),
+            reserve: None,
             max_bps: self.config.max_bps,
             // The tenant as configured now: a restart may move users between tenants.
             tenant: tenant_of(&self.config.tenants, &alloc.username),
@@ -433,7 +436,8 @@ impl Server {
         self.next_id += 1;
         self.outputs.push_back(Output::Bind {
             id,
-            addrs: vec![addr],
+            addrs: Vec::new(),
+            reserve: Some(addr),
             max_bps: None,
             tenant: None,
             dont_fragment: false,
@@ -451,14 +455,14 @@ impl Server {
                         "allocation {id}: {tuple} dropped: binding {:?} again failed: {e}",
                         alloc.relayed
                     );
-                    self.remove_allocation(tuple);
+                    self.remove_allocation(tuple, now);
                 }
             }
             (Restoring::Reservation(_), Ok(())) => {}
             (Restoring::Reservation(token), Err(e)) => {
                 if let Some((addr, _)) = self.reservations.remove(&token) {
                     log::warn!("reservation of {addr} dropped: binding it again failed: {e}");
-                    self.ports.release(addr);
+                    self.ports.free(addr);
                     self.dirty = true;
                 }
             }
@@ -499,7 +503,7 @@ impl Server {
             return;
         };
         // RFC 8656 section 10.3: only permitted peers reach the client.
-        if !alloc.has_permission(peer.ip(), now) || alloc.expires <= now {
+        if !alloc.has_permission(peer.ip(), now) || alloc.expires <= now || !self.reachable(peer) {
             self.stats.unpermitted += 1;
             return;
         }
@@ -531,8 +535,11 @@ impl Server {
                 p.tuple,
                 p.relayed
             );
-            for addr in p.relayed.iter().chain(p.reserve.as_ref().map(|(a, _)| a)) {
-                self.ports.release(*addr);
+            // A reserved port handed over stays reserved: its socket is still held.
+            if p.used_reservation.is_none() {
+                for addr in p.relayed.iter().chain(p.reserve.as_ref().map(|(a, _)| a)) {
+                    self.ports.free(*addr);
+                }
             }
             let mut error = MessageBuilder::new(Class::Error, Method::ALLOCATE, p.tid);
             error.add_error_code(508, "Insufficient Capacity");
@@ -605,10 +612,10 @@ impl Server {
 
     /// A stream client's connection closed: its allocation goes with it (RFC 8656 section
     /// 7.3.1 ties an allocation to its connection).
-    pub fn handle_client_closed(&mut self, _now: Instant, tuple: ClientTuple) {
+    pub fn handle_client_closed(&mut self, now: Instant, tuple: ClientTuple) {
         if self.allocations.contains_key(&tuple) {
             log::info!("allocation {tuple}: connection closed");
-            self.remove_allocation(tuple);
+            self.remove_allocation(tuple, now);
         }
     }
 
@@ -625,7 +632,7 @@ impl Server {
                         if expires <= now {
                             self.reservations.remove(&token);
                             self.dirty = true;
-                            self.ports.release(addr);
+                            self.ports.release(addr, now);
                             self.outputs.push_back(Output::Release { addr });
                         }
                     }
@@ -639,7 +646,7 @@ impl Server {
                     };
                     if alloc.expires <= now {
                         log::info!("allocation {id}: {tuple} expired");
-                        self.remove_allocation(tuple);
+                        self.remove_allocation(tuple, now);
                         continue;
                     }
                     if alloc.expire(now) {
@@ -655,7 +662,7 @@ impl Server {
         }
     }
 
-    fn remove_allocation(&mut self, tuple: ClientTuple) {
+    fn remove_allocation(&mut self, tuple: ClientTuple, now: Instant) {
         let Some(alloc) = self.allocations.remove(&tuple) else {
             return;
         };
@@ -673,7 +680,7 @@ impl Server {
         }
         for relayed in &alloc.relayed {
             self.by_relayed.remove(relayed);
-            self.ports.release(*relayed);
+            self.ports.release(*relayed, now);
             self.outputs.push_back(Output::Release { addr: *relayed });
         }
         if let Some(n) = self.per_user.get_mut(&alloc.username) {
@@ -734,6 +741,7 @@ impl Server {
             .and_then(|a| {
                 let channel = a.channel(cd.channel, now)?;
                 a.has_permission(channel.peer.ip(), now).then_some(())?;
+                self.reachable(channel.peer).then_some(())?;
                 Some((a.relayed_for(channel.peer)?, channel.peer))
             });
         match target {
@@ -965,11 +973,10 @@ impl Server {
             let token = token.try_into().map(u64::from_be_bytes).ok();
             match token.and_then(|t| self.reservations.get(&t).map(|(a, _)| (t, *a))) {
                 Some((t, addr)) => {
-                    // The reserved port's socket is already open: hand it over.
+                    // The reserved port's socket is already open and held: the Bind hands
+                    // it over (closing it first would race the bind, EADDRINUSE).
                     relayed.push(addr);
                     used_reservation = Some(t);
-                    self.ports.release(addr);
-                    self.outputs.push_back(Output::Release { addr });
                 }
                 None => return self.error(tuple, msg, 508, "Insufficient Capacity", Some(auth)),
             }
@@ -981,7 +988,7 @@ impl Server {
                 Some([flags]) => (true, flags & 0x80 != 0),
                 _ => (false, false),
             };
-            let Some(port) = self.ports.pick(ip, even, pair, &mut self.rng) else {
+            let Some(port) = self.ports.pick(ip, even, pair, now, &mut self.rng) else {
                 return self.error(tuple, msg, 508, "Insufficient Capacity", Some(auth));
             };
             relayed.push(SocketAddr::new(ip, port));
@@ -991,7 +998,7 @@ impl Server {
             if let Some(Ok(extra)) = additional_family {
                 match self.relay_ip(extra).and_then(|ip| {
                     self.ports
-                        .pick(ip, false, false, &mut self.rng)
+                        .pick(ip, false, false, now, &mut self.rng)
                         .map(|p| SocketAddr::new(ip, p))
                 }) {
                     Some(addr) => relayed.push(addr),
@@ -1006,11 +1013,10 @@ impl Server {
         }
         let id = self.next_id;
         self.next_id += 1;
-        let mut addrs = relayed.clone();
-        addrs.extend(reserve.map(|(a, _)| a));
         self.outputs.push_back(Output::Bind {
             id,
-            addrs,
+            addrs: relayed.clone(),
+            reserve: reserve.map(|(a, _)| a),
             max_bps: self.config.max_bps,
             tenant: tenant_of(&self.config.tenants, &auth.username),
             dont_fragment: msg.get(attr::DONT_FRAGMENT).is_some(),
@@ -1056,7 +1062,7 @@ impl Server {
         let mut b = MessageBuilder::new(Class::Success, Method::REFRESH, msg.transaction_id());
         if requested == Some(0) {
             log::info!("allocation {tuple}: deleted by Refresh");
-            self.remove_allocation(tuple);
+            self.remove_allocation(tuple, now);
             b.add_u32(attr::LIFETIME, 0);
         } else {
             let lifetime = self.lifetime(msg);
@@ -1087,14 +1093,11 @@ impl Server {
             if alloc.relayed_for(peer).is_none() {
                 return Err((443, "Peer Address Family Mismatch"));
             }
-            let own = self.by_relayed.contains_key(&peer)
-                || self.config.external_ips.iter().any(|(relay, ext)| {
-                    *ext == peer.ip()
-                        && self
-                            .by_relayed
-                            .contains_key(&SocketAddr::new(*relay, peer.port()))
-                });
-            if !self.config.peer_policy.permits(peer, own) {
+            if !self
+                .config
+                .peer_policy
+                .permits(peer, self.is_own_relayed(peer))
+            {
                 return Err((403, "Forbidden"));
             }
             peers.push(peer);
@@ -1103,6 +1106,25 @@ impl Server {
             return Err((400, "Bad Request"));
         }
         Ok(peers)
+    }
+
+    /// Whether `peer` is a live relayed address of this relay, as relayed or as advertised
+    /// (an external IP).
+    fn is_own_relayed(&self, peer: SocketAddr) -> bool {
+        self.by_relayed.contains_key(&peer)
+            || self.config.external_ips.iter().any(|(relay, ext)| {
+                *ext == peer.ip()
+                    && self
+                        .by_relayed
+                        .contains_key(&SocketAddr::new(*relay, peer.port()))
+            })
+    }
+
+    /// Permissions are by IP (RFC 8656 section 9): on the relay host's own addresses that
+    /// would open every port of the host, so there a peer must be a live relayed address,
+    /// port-exact, on every datagram both ways.
+    fn reachable(&self, peer: SocketAddr) -> bool {
+        !self.config.peer_policy.is_own(peer.ip()) || self.is_own_relayed(peer)
     }
 
     /// RFC 8656 section 9.2: all permissions or none.
@@ -1185,6 +1207,7 @@ impl Server {
             .allocations
             .get(&tuple)
             .filter(|a| a.expires > now && a.has_permission(peer.ip(), now))
+            .filter(|_| self.reachable(peer))
             .and_then(|a| a.relayed_for(peer));
         match relayed {
             Some(relayed) => self.outputs.push_back(Output::ToPeer {

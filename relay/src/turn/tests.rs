@@ -1,7 +1,7 @@
 //! The TURN server driven on a virtual clock: no sockets, no sleeping.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::SocketAddr,
     time::{Duration, Instant},
 };
@@ -24,6 +24,15 @@ const LISTENER: &str = "10.77.0.1:3478";
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
+}
+
+/// The relay host's addresses: its listener's and its relay IPs.
+fn own_ips() -> Vec<std::net::IpAddr> {
+    vec![
+        addr(LISTENER).ip(),
+        RELAY4.parse().unwrap(),
+        RELAY6.parse().unwrap(),
+    ]
 }
 
 fn config() -> Config {
@@ -51,7 +60,7 @@ fn config() -> Config {
                 "fd77::/64".parse().unwrap(),
             ],
             vec![],
-            vec![addr(LISTENER)],
+            own_ips(),
         ),
         max_bps: None,
         user_quota: None,
@@ -72,6 +81,11 @@ struct Harness {
     held_binds: Option<Vec<(u64, Vec<SocketAddr>)>>,
     /// Every address the server had the harness bind.
     bound: Vec<SocketAddr>,
+    /// Sockets open: relaying (`open`) and held for a reservation (`held`). A relaying
+    /// socket is closed by the data path, later: at the end of the drain that released it.
+    open: HashSet<SocketAddr>,
+    held: HashSet<SocketAddr>,
+    closing: Vec<SocketAddr>,
     /// Every output but `Bind`, in order, whoever consumed it.
     history: Vec<Output>,
 }
@@ -87,8 +101,30 @@ impl Harness {
             fail_binds: false,
             held_binds: None,
             bound: Vec::new(),
+            open: HashSet::new(),
+            held: HashSet::new(),
+            closing: Vec::new(),
             history: Vec::new(),
         }
+    }
+
+    /// Binds as the control task does: a held reservation's socket is taken over, any other
+    /// address still open is EADDRINUSE; all or none.
+    fn bind(&mut self, addrs: &[SocketAddr], reserve: Option<SocketAddr>) -> std::io::Result<()> {
+        let busy = |a: &SocketAddr| self.open.contains(a) || self.held.contains(a);
+        if self.fail_binds
+            || addrs.iter().any(|a| self.open.contains(a))
+            || reserve.is_some_and(|r| busy(&r))
+        {
+            return Err(std::io::Error::other("EADDRINUSE"));
+        }
+        for a in addrs {
+            self.held.remove(a);
+            self.open.insert(*a);
+        }
+        self.held.extend(reserve);
+        self.bound.extend(addrs.iter().chain(&reserve));
+        Ok(())
     }
 
     fn drain(&mut self) -> Vec<Output> {
@@ -98,20 +134,25 @@ impl Harness {
                 Output::Bind { id, addrs, .. } if self.held_binds.is_some() => {
                     self.held_binds.as_mut().unwrap().push((id, addrs));
                 }
-                Output::Bind { id, addrs, .. } => {
-                    let result = if self.fail_binds {
-                        Err(std::io::Error::other("EADDRINUSE"))
-                    } else {
-                        self.bound.extend(addrs);
-                        Ok(())
-                    };
+                Output::Bind {
+                    id, addrs, reserve, ..
+                } => {
+                    let result = self.bind(&addrs, reserve);
                     self.server.relay_bound(self.now, id, result);
+                }
+                Output::Release { addr } if !self.held.remove(&addr) => {
+                    self.closing.push(addr);
+                    self.history.push(Output::Release { addr });
+                    out.push(Output::Release { addr });
                 }
                 o => {
                     self.history.push(o.clone());
                     out.push(o);
                 }
             }
+        }
+        for addr in self.closing.drain(..) {
+            self.open.remove(&addr);
         }
         out
     }
@@ -134,6 +175,9 @@ impl Harness {
         let read: Snapshot = serde_json::from_str(&json).unwrap();
         assert_eq!(read, snapshot);
         self.now += down;
+        // The old process's sockets closed with it.
+        self.open.clear();
+        self.held.clear();
         let unix_ms = UNIX_START * 1000 + (self.now - self.start).as_millis() as u64;
         self.server = Server::restore(self.config.clone(), &read, self.now, unix_ms, seed);
         snapshot
@@ -765,7 +809,7 @@ fn stream_clients_get_padded_channel_data_and_no_fast_path() {
 #[test]
 fn peer_policy_refuses_loopback_and_the_relay_but_allows_its_own_relayed_addresses() {
     let mut cfg = config();
-    cfg.peer_policy = PeerPolicy::new(vec![], vec![], vec![addr(LISTENER)]);
+    cfg.peer_policy = PeerPolicy::new(vec![], vec![], own_ips());
     let mut h = Harness::new(cfg);
     let mut a = Client::udp("10.77.0.11:40000", "alice", "secret");
     let relayed_a = a.allocate(&mut h);
@@ -829,7 +873,12 @@ fn even_port_reservation_and_its_token() {
     let r = c2.try_allocate(&mut h, |b| {
         b.add(attr::RESERVATION_TOKEN, &token);
     });
-    assert_eq!(relayed(&r), [SocketAddr::new(even.ip(), even.port() + 1)]);
+    let odd = SocketAddr::new(even.ip(), even.port() + 1);
+    assert_eq!(relayed(&r), [odd]);
+    // The held socket was handed over, not closed and bound again (a race with the data
+    // path: EADDRINUSE, 508).
+    assert!(!h.history.contains(&Output::Release { addr: odd }));
+    assert!(h.open.contains(&odd) && !h.held.contains(&odd));
     // A token is good once.
     let mut c3 = Client::udp("10.77.0.11:40002", "alice", "secret");
     let r = c3.try_allocate(&mut h, |b| {
