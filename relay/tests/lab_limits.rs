@@ -62,8 +62,8 @@ impl Sink {
     }
 }
 
-/// Sends ChannelData of `PAYLOAD` bytes tagged `tag` at `rate` per second for `SEND_FOR`,
-/// paced in 1 ms steps; returns how many were sent.
+/// Sends ChannelData of `PAYLOAD` bytes tagged `tag` at `rate` per second for `SEND_FOR`;
+/// returns how many were sent.
 fn send_at(c: &Client, tag: u8, rate: u64) -> u64 {
     let mut payload = vec![0; PAYLOAD];
     payload[0] = tag;
@@ -72,17 +72,9 @@ fn send_at(c: &Client, tag: u8, rate: u64) -> u64 {
         data: &payload,
     }
     .encode(false);
-    let start = Instant::now();
-    let mut sent = 0;
-    while start.elapsed() < SEND_FOR {
-        let due = rate * start.elapsed().as_micros() as u64 / 1_000_000 + 1;
-        while sent < due {
-            c.socket().send_to(&frame, c.server()).unwrap();
-            sent += 1;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    sent
+    pace(rate, || {
+        c.socket().send_to(&frame, c.server()).unwrap();
+    })
 }
 
 /// `tenant "NAME" at exit: N packets dropped over its limit (K by XDP, U in userspace)`.
@@ -99,23 +91,21 @@ fn tenant_drops(log: &[String], name: &str) -> (u64, u64) {
     (numbers[0], numbers[1])
 }
 
-#[test]
-fn a_tenant_flooding_at_ten_times_its_limit_costs_another_tenant_nothing() {
-    const LIMIT_PPS: u64 = 1000;
-    let lab = Lab::up("lim-tenant").unwrap();
-    let _switch = xdp_on_switch_port(&lab);
-    let dir = TempDir::new("lim-tenant");
+/// The relay with XDP on its NIC and two tenants held to `limit_pps` each (burst 100 ms):
+/// "north" (user alice) and "school" (user bob). The directory holds its config.
+fn relay_with_tenants(lab: &Lab, name: &str, limit_pps: u64) -> (RunningRelay, TempDir) {
+    let dir = TempDir::new(name);
     let config = dir.0.join("relay.toml");
     std::fs::write(
         &config,
         format!(
-            "[[tenant]]\nname = \"north\"\nusers = [\"alice\"]\npackets-per-second = {LIMIT_PPS}\nburst-ms = 100\n\n\
-             [[tenant]]\nname = \"school\"\nusers = [\"bob\"]\npackets-per-second = {LIMIT_PPS}\nburst-ms = 100\n"
+            "[[tenant]]\nname = \"north\"\nusers = [\"alice\"]\npackets-per-second = {limit_pps}\nburst-ms = 100\n\n\
+             [[tenant]]\nname = \"school\"\nusers = [\"bob\"]\npackets-per-second = {limit_pps}\nburst-ms = 100\n"
         ),
     )
     .unwrap();
     let relay = RunningRelay::in_lab(
-        &lab,
+        lab,
         &[
             "--config",
             config.to_str().unwrap(),
@@ -129,6 +119,15 @@ fn a_tenant_flooding_at_ten_times_its_limit_costs_another_tenant_nothing() {
             "10.77.0.21",
         ],
     );
+    (relay, dir)
+}
+
+#[test]
+fn a_tenant_flooding_at_ten_times_its_limit_costs_another_tenant_nothing() {
+    const LIMIT_PPS: u64 = 1000;
+    let lab = Lab::up("lim-tenant").unwrap();
+    let _switch = xdp_on_switch_port(&lab);
+    let (relay, _dir) = relay_with_tenants(&lab, "lim-tenant", LIMIT_PPS);
     let sink = Sink::bind(&lab, 4000);
     let flooder = channel_client(
         &lab,
@@ -242,4 +241,95 @@ fn max_bps_holds_on_the_kernel_path() {
         usage.contains(&format!("XDP relayed {forwarded} packets")),
         "{usage}\n{summary}"
     );
+}
+
+/// Anyone who learns a relayed address (it is in every ICE candidate) can send to it. Without
+/// a permission, a stranger's flood at 10x the tenant's limit spends none of its budget: the
+/// permitted peer's media reaches the client whole.
+#[test]
+fn a_strangers_flood_at_a_relayed_address_costs_the_tenant_nothing() {
+    const LIMIT_PPS: u64 = 1000;
+    let lab = Lab::up("lim-stranger").unwrap();
+    let _switch = xdp_on_switch_port(&lab);
+    let (relay, _dir) = relay_with_tenants(&lab, "lim-stranger", LIMIT_PPS);
+    let peer = Sink::bind(&lab, 4000);
+    let client = channel_client(
+        &lab,
+        Host::ClientA,
+        ("alice", "wonderland"),
+        CHANNEL,
+        peer.addr(),
+    );
+    let relayed = client.relayed();
+    let stranger = lab
+        .in_netns(Host::ClientB, || UdpSocket::bind("10.77.0.12:0"))
+        .unwrap()
+        .unwrap();
+    client
+        .socket()
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+
+    let done = AtomicBool::new(false);
+    let (media_sent, flood_sent, media_received) = std::thread::scope(|s| {
+        // The client counts the peer's media: ChannelData of PAYLOAD bytes.
+        let counting = s.spawn(|| {
+            let mut buf = [0; 2048];
+            let mut n = 0_u64;
+            loop {
+                match client.socket().recv(&mut buf) {
+                    Ok(len) if len == 4 + PAYLOAD => n += 1,
+                    Err(_) if done.load(Ordering::Acquire) => return n,
+                    Ok(_) | Err(_) => {}
+                }
+            }
+        });
+        let flood = s.spawn(|| {
+            pace(LIMIT_PPS * 10, || {
+                let _ = stranger.send_to(&[0xee; PAYLOAD], relayed);
+            })
+        });
+        let media = pace(LIMIT_PPS / 2, || {
+            peer.socket.send_to(&[1; PAYLOAD], relayed).unwrap();
+        });
+        let flood = flood.join().unwrap();
+        done.store(true, Ordering::Release);
+        (media, flood, counting.join().unwrap())
+    });
+    let (stdout, log) = relay.stop_logged(Signal::SIGTERM);
+    let (north_dropped, _) = tenant_drops(&log, "north");
+    let exit = log
+        .iter()
+        .find(|l| l.contains("UDP data path at exit"))
+        .cloned()
+        .unwrap_or_default();
+    let summary = format!(
+        "media sent {media_sent}, received {media_received}; flood sent {flood_sent}; north \
+         dropped {north_dropped}\n{exit}\n{stdout}"
+    );
+    eprintln!("{summary}");
+    assert_eq!(
+        media_received, media_sent,
+        "the media lost packets: {summary}"
+    );
+    assert_eq!(
+        north_dropped, 0,
+        "the stranger spent the tenant's budget: {summary}"
+    );
+}
+
+/// Calls `send` `rate` times per second for `SEND_FOR`, paced in 1 ms steps; returns how
+/// many times.
+fn pace(rate: u64, mut send: impl FnMut()) -> u64 {
+    let start = Instant::now();
+    let mut calls = 0;
+    while start.elapsed() < SEND_FOR {
+        let due = rate * start.elapsed().as_micros() as u64 / 1_000_000 + 1;
+        while calls < due {
+            send();
+            calls += 1;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    calls
 }

@@ -460,34 +460,7 @@ impl Control {
                     tenant,
                     dont_fragment,
                 } => {
-                    let now = Instant::now();
-                    let Some(policers) = self.limits.assign(max_bps, tenant) else {
-                        self.no_policer += 1;
-                        log::warn!(
-                            "allocation refused (508): no policer slot left for its --max-bps"
-                        );
-                        let full = std::io::Error::other("no policer slot left for --max-bps");
-                        self.server.relay_bound(now, id, Err(full));
-                        continue;
-                    };
-                    match self.open(&addrs, reserve, dont_fragment) {
-                        Ok(sockets) => {
-                            for (addr, socket) in addrs.into_iter().zip(sockets) {
-                                self.limits.bound(addr, policers);
-                                let _ = self.commands.send(Command::AddRelay {
-                                    addr,
-                                    socket,
-                                    policers,
-                                });
-                                commands += 1;
-                            }
-                            self.server.relay_bound(now, id, Ok(()));
-                        }
-                        Err(e) => {
-                            self.limits.release_slot(policers[0]);
-                            self.server.relay_bound(now, id, Err(e));
-                        }
-                    }
+                    commands += self.bind(id, &addrs, reserve, max_bps, tenant, dont_fragment);
                     continue;
                 }
                 Output::Release { addr } => {
@@ -506,6 +479,18 @@ impl Control {
                     }
                     Command::FlowUp(flow)
                 }
+                Output::Permit {
+                    relayed,
+                    peer,
+                    expires,
+                    own,
+                } => Command::Permit {
+                    relayed,
+                    peer,
+                    expires_ns: monotonic_ns(expires),
+                    own,
+                },
+                Output::Unpermit { relayed, peer } => Command::Unpermit { relayed, peer },
                 Output::FlowDown(flow) => {
                     if let Some(kernel) = &mut self.kernel {
                         kernel.down(&flow);
@@ -528,6 +513,47 @@ impl Control {
 }
 
 impl Control {
+    /// Carries out an [`Output::Bind`]: the policer slots first (a `--max-bps` that cannot
+    /// be enforced refuses the allocation, 508), then the sockets, handed to the data path.
+    /// Returns how many commands went to it.
+    fn bind(
+        &mut self,
+        id: u64,
+        addrs: &[SocketAddr],
+        reserve: Option<SocketAddr>,
+        max_bps: Option<u64>,
+        tenant: Option<usize>,
+        dont_fragment: bool,
+    ) -> usize {
+        let now = Instant::now();
+        let Some(policers) = self.limits.assign(max_bps, tenant) else {
+            self.no_policer += 1;
+            log::warn!("allocation refused (508): no policer slot left for its --max-bps");
+            let full = std::io::Error::other("no policer slot left for --max-bps");
+            self.server.relay_bound(now, id, Err(full));
+            return 0;
+        };
+        match self.open(addrs, reserve, dont_fragment) {
+            Ok(sockets) => {
+                for (addr, socket) in addrs.iter().zip(sockets) {
+                    self.limits.bound(*addr, policers);
+                    let _ = self.commands.send(Command::AddRelay {
+                        addr: *addr,
+                        socket,
+                        policers,
+                    });
+                }
+                self.server.relay_bound(now, id, Ok(()));
+                addrs.len()
+            }
+            Err(e) => {
+                self.limits.release_slot(policers[0]);
+                self.server.relay_bound(now, id, Err(e));
+                0
+            }
+        }
+    }
+
     /// Opens the sockets of an [`Output::Bind`], all or none: `addrs` to relay (a held
     /// reservation's socket is taken over, not bound again), `reserve` to hold.
     fn open(

@@ -8,7 +8,7 @@
 
 use std::{
     collections::HashMap,
-    net::{SocketAddr, UdpSocket},
+    net::{IpAddr, SocketAddr, UdpSocket},
     sync::Arc,
 };
 
@@ -47,6 +47,18 @@ pub(crate) enum Command {
     },
     FlowUp(ChannelFlow),
     FlowDown(ChannelFlow),
+    /// `peer` may send to `relayed` until `expires_ns` (monotonic); `own`: it is the relay
+    /// host's own address, where only live relayed addresses pass (port-exact).
+    Permit {
+        relayed: SocketAddr,
+        peer: IpAddr,
+        expires_ns: u64,
+        own: bool,
+    },
+    Unpermit {
+        relayed: SocketAddr,
+        peer: IpAddr,
+    },
     Stop,
 }
 
@@ -91,6 +103,8 @@ struct Relay {
     id: SocketId,
     /// Policer slots `[allocation, tenant]` (0: none).
     policers: [u32; 2],
+    /// The allocation's permissions: peer IP -> (expiry, monotonic ns; the host's own?).
+    permissions: HashMap<IpAddr, (u64, bool)>,
 }
 
 impl Relay {
@@ -111,6 +125,9 @@ pub(crate) struct Stats {
     pub(crate) up: u64,
     /// Relayed datagrams dropped over an allocation's `--max-bps` or its tenant's limit.
     pub(crate) over_limit: u64,
+    /// Peer datagrams dropped without a permission (or from a port of the relay host's own
+    /// that is not a relayed address), before they spent any budget or reached the server.
+    pub(crate) unpermitted: u64,
     /// Datagrams dropped because the control task's queue was full.
     pub(crate) control_full: u64,
     /// Sends the kernel refused (a full socket buffer, an ICMP error); filled by the backend.
@@ -137,11 +154,12 @@ impl std::fmt::Display for Stats {
         write!(
             f,
             "{} channel datagrams forwarded to peers and {} to clients by the flow table, {} handed \
-             to the TURN server; dropped: {} over a rate limit, {} on a full control queue, {} \
-             truncated; {} send errors",
+             to the TURN server; dropped: {} from peers without permission, {} over a rate limit, \
+             {} on a full control queue, {} truncated; {} send errors",
             self.fast_to_peer,
             self.fast_to_client,
             self.up,
+            self.unpermitted,
             self.over_limit,
             self.control_full,
             self.truncated,
@@ -219,7 +237,14 @@ impl Datapath {
                 policers,
             } => {
                 let id = self.new_id(Role::Relay(addr));
-                self.relays.insert(addr, Relay { id, policers });
+                self.relays.insert(
+                    addr,
+                    Relay {
+                        id,
+                        policers,
+                        permissions: HashMap::new(),
+                    },
+                );
                 io.add(id, socket);
             }
             Command::RemoveRelay { addr } => {
@@ -243,6 +268,21 @@ impl Datapath {
                 self.by_client
                     .remove(&(f.client.server, f.client.client, f.channel));
                 self.by_peer.remove(&(f.relayed, f.peer));
+            }
+            Command::Permit {
+                relayed,
+                peer,
+                expires_ns,
+                own,
+            } => {
+                if let Some(relay) = self.relays.get_mut(&relayed) {
+                    relay.permissions.insert(peer, (expires_ns, own));
+                }
+            }
+            Command::Unpermit { relayed, peer } => {
+                if let Some(relay) = self.relays.get_mut(&relayed) {
+                    relay.permissions.remove(&peer);
+                }
             }
             Command::Stop => return false,
         }
@@ -309,6 +349,19 @@ impl Datapath {
         let Some(relay) = self.relays.get(&relayed) else {
             return;
         };
+        // RFC 8656 section 9: only permitted peers reach the client. Checked first, so that
+        // a stranger who learnt the relayed address spends no one's budget and no room in
+        // the control queue.
+        let permitted = match relay.permissions.get(&peer.ip()) {
+            Some((expires_ns, own)) => {
+                *expires_ns > monotonic_now_ns() && (!own || self.relays.contains_key(&peer))
+            }
+            None => false,
+        };
+        if !permitted {
+            self.stats.unpermitted += 1;
+            return;
+        }
         // Both directions count against the budgets, as in coturn.
         if !relay.admits(&self.policers, data.len()) {
             self.stats.over_limit += 1;
@@ -421,7 +474,21 @@ mod tests {
             channel: 0x4000,
             peer: addr("198.51.100.21:3480"),
         };
+        permit(&mut dp, &mut io, relayed, flow.peer.ip(), false);
         (dp, io, rx, flow)
+    }
+
+    /// A permission for `peer` on `relayed` for the next minute.
+    fn permit(dp: &mut Datapath, io: &mut FakeIo, relayed: SocketAddr, peer: IpAddr, own: bool) {
+        dp.on_command(
+            io,
+            Command::Permit {
+                relayed,
+                peer,
+                expires_ns: monotonic_now_ns() + 60_000_000_000,
+                own,
+            },
+        );
     }
 
     #[test]
@@ -446,7 +513,14 @@ mod tests {
         .encode(false);
         assert_eq!(io.sent.last(), Some(&(0, flow.client.client, back)));
         assert_eq!((dp.stats.fast_to_peer, dp.stats.fast_to_client), (1, 1));
-        // Another peer of the same allocation is not in the table: up it goes.
+        // Another permitted peer of the same allocation is not in the table: up it goes.
+        permit(
+            &mut dp,
+            &mut io,
+            flow.relayed,
+            "198.51.100.22".parse().unwrap(),
+            false,
+        );
         dp.on_datagram(&mut io, 1, addr("198.51.100.22:3480"), b"x");
         assert!(matches!(rx.try_recv(), Ok(Event::Peer { .. })));
         dp.on_command(&mut io, Command::FlowDown(flow));
@@ -487,5 +561,69 @@ mod tests {
         }
         assert_eq!((dp.stats.up, dp.stats.control_full), (2, 3));
         assert!(rx.try_recv().is_ok() && rx.try_recv().is_ok() && rx.try_recv().is_err());
+    }
+
+    /// Anyone who learns a relayed address (it is in every ICE candidate) can send to it:
+    /// without a permission their datagrams spend neither the allocation's budget nor room
+    /// in the control queue.
+    #[test]
+    fn a_strangers_flood_spends_no_budget_and_no_queue() {
+        // 8000 bit/s, a one-second burst: room for one 1000-byte payload.
+        let (mut dp, mut io, mut rx, flow) = setup(Some(8000), 2);
+        dp.on_command(&mut io, Command::FlowUp(flow));
+        for i in 0..100 {
+            dp.on_datagram(&mut io, 1, addr("203.0.113.9:4000"), &[i; 1000]);
+        }
+        assert_eq!(dp.stats.unpermitted, 100);
+        assert_eq!((dp.stats.up, dp.stats.over_limit), (0, 0));
+        assert!(rx.try_recv().is_err());
+        // The permitted peer's media still has its whole budget.
+        dp.on_datagram(&mut io, 1, flow.peer, &[7; 1000]);
+        assert_eq!(dp.stats.fast_to_client, 1);
+        // A permission that has expired lets nothing through either.
+        dp.on_command(
+            &mut io,
+            Command::Permit {
+                relayed: flow.relayed,
+                peer: "203.0.113.9".parse().unwrap(),
+                expires_ns: monotonic_now_ns() - 1,
+                own: false,
+            },
+        );
+        dp.on_datagram(&mut io, 1, addr("203.0.113.9:4000"), b"late");
+        assert_eq!(dp.stats.unpermitted, 101);
+    }
+
+    /// A permission for the relay host's own address admits its relayed addresses only,
+    /// port-exact: not the listener, not a service on another port.
+    #[test]
+    fn on_the_hosts_own_address_only_relayed_ports_pass() {
+        let (mut dp, mut io, mut rx, flow) = setup(None, 16);
+        let own = flow.relayed.ip();
+        permit(&mut dp, &mut io, flow.relayed, own, true);
+        dp.on_command(
+            &mut io,
+            Command::AddRelay {
+                addr: addr("127.0.0.1:50002"),
+                socket: udp(),
+                policers: [0, 0],
+            },
+        );
+        dp.on_datagram(&mut io, 1, addr("127.0.0.1:50002"), b"neighbour");
+        assert!(matches!(rx.try_recv(), Ok(Event::Peer { .. })));
+        for port in [7, 3478, 50004] {
+            dp.on_datagram(&mut io, 1, SocketAddr::new(own, port), b"service");
+        }
+        assert_eq!(dp.stats.unpermitted, 3);
+        assert!(rx.try_recv().is_err());
+        dp.on_command(
+            &mut io,
+            Command::Unpermit {
+                relayed: flow.relayed,
+                peer: own,
+            },
+        );
+        dp.on_datagram(&mut io, 1, addr("127.0.0.1:50002"), b"neighbour");
+        assert_eq!(dp.stats.unpermitted, 4);
     }
 }

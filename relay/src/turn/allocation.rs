@@ -65,6 +65,8 @@ pub(super) struct Allocation {
     /// here, not looked up, so a flow can be removed after its channel and reservation are
     /// long gone.
     installed: HashMap<u16, (SocketAddr, Instant)>,
+    /// The permissions as last announced to the data path, with their expiry.
+    announced: HashMap<IpAddr, Instant>,
 }
 
 impl Allocation {
@@ -90,6 +92,7 @@ impl Allocation {
             channel_by_peer: HashMap::new(),
             cooldowns: Vec::new(),
             installed: HashMap::new(),
+            announced: HashMap::new(),
         }
     }
 
@@ -246,6 +249,37 @@ impl Allocation {
     }
 
     /// Every installed flow, for removal when the allocation ends.
+    /// What the data path must learn of the permissions since the last call: permissions
+    /// new or refreshed (with their expiry), and permissions gone. The data path drops a
+    /// peer's datagram without one before it spends any budget (RFC 8656 section 9).
+    pub(super) fn sync_permissions(
+        &mut self,
+        now: Instant,
+    ) -> (Vec<(IpAddr, Instant)>, Vec<IpAddr>) {
+        let up: Vec<_> = self
+            .permissions
+            .iter()
+            .filter(|(ip, e)| **e > now && self.announced.get(ip) != Some(e))
+            .map(|(ip, e)| (*ip, *e))
+            .collect();
+        let down: Vec<_> = self
+            .announced
+            .keys()
+            .filter(|ip| self.permissions.get(ip).is_none_or(|e| *e <= now))
+            .copied()
+            .collect();
+        for ip in &down {
+            self.announced.remove(ip);
+        }
+        self.announced.extend(up.iter().copied());
+        (up, down)
+    }
+
+    /// The permissions the data path holds, to take back when the allocation ends.
+    pub(super) fn announced_permissions(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.announced.keys().copied()
+    }
+
     pub(super) fn installed_flows(&self) -> Vec<Flow> {
         self.installed.iter().map(|(n, (p, _))| (*n, *p)).collect()
     }

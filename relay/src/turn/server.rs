@@ -122,6 +122,18 @@ pub enum Output {
     FlowUp(ChannelFlow, Instant),
     /// A channel the fast path must stop forwarding.
     FlowDown(ChannelFlow),
+    /// Datagrams from `peer` (an IP: permissions are by IP, RFC 8656 section 9) may reach
+    /// the allocation of `relayed` until `expires`; the data path drops the others before
+    /// they spend any budget. `own`: `peer` is the relay host's own address, so only its
+    /// live relayed addresses pass (port-exact).
+    Permit {
+        relayed: SocketAddr,
+        peer: IpAddr,
+        expires: Instant,
+        own: bool,
+    },
+    /// The permission of `peer` on `relayed` ended.
+    Unpermit { relayed: SocketAddr, peer: IpAddr },
 }
 
 /// A channel binding of a UDP client whose peer is permitted: what the fast path needs.
@@ -678,6 +690,11 @@ impl Server {
                 self.outputs.push_back(Output::FlowDown(flow));
             }
         }
+        for peer in alloc.announced_permissions() {
+            if let Some(relayed) = alloc.relayed_for(SocketAddr::new(peer, 0)) {
+                self.outputs.push_back(Output::Unpermit { relayed, peer });
+            }
+        }
         for relayed in &alloc.relayed {
             self.by_relayed.remove(relayed);
             self.ports.release(*relayed, now);
@@ -710,6 +727,25 @@ impl Server {
             return;
         };
         let (up, down) = alloc.sync_flows(now);
+        // Peers reach every allocation over UDP: its permissions go to the data path
+        // whatever the client's transport.
+        let (permitted, unpermitted) = alloc.sync_permissions(now);
+        for (peer, expires) in permitted {
+            if let Some(relayed) = alloc.relayed_for(SocketAddr::new(peer, 0)) {
+                let own = self.config.peer_policy.is_own(peer);
+                self.outputs.push_back(Output::Permit {
+                    relayed,
+                    peer,
+                    expires,
+                    own,
+                });
+            }
+        }
+        for peer in unpermitted {
+            if let Some(relayed) = alloc.relayed_for(SocketAddr::new(peer, 0)) {
+                self.outputs.push_back(Output::Unpermit { relayed, peer });
+            }
+        }
         if tuple.transport != Transport::Udp {
             return;
         }

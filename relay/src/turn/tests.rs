@@ -86,6 +86,8 @@ struct Harness {
     open: HashSet<SocketAddr>,
     held: HashSet<SocketAddr>,
     closing: Vec<SocketAddr>,
+    /// The data path's permissions: (relayed, peer IP) -> expiry.
+    permitted: HashMap<(SocketAddr, std::net::IpAddr), Instant>,
     /// Every output but `Bind`, in order, whoever consumed it.
     history: Vec<Output>,
 }
@@ -104,6 +106,7 @@ impl Harness {
             open: HashSet::new(),
             held: HashSet::new(),
             closing: Vec::new(),
+            permitted: HashMap::new(),
             history: Vec::new(),
         }
     }
@@ -139,6 +142,20 @@ impl Harness {
                 } => {
                     let result = self.bind(&addrs, reserve);
                     self.server.relay_bound(self.now, id, result);
+                }
+                // The data path's copy of the permissions.
+                o @ Output::Permit {
+                    relayed,
+                    peer,
+                    expires,
+                    ..
+                } => {
+                    self.permitted.insert((relayed, peer), expires);
+                    self.history.push(o);
+                }
+                o @ Output::Unpermit { relayed, peer } => {
+                    self.permitted.remove(&(relayed, peer));
+                    self.history.push(o);
                 }
                 Output::Release { addr } if !self.held.remove(&addr) => {
                     self.closing.push(addr);
@@ -178,6 +195,7 @@ impl Harness {
         // The old process's sockets closed with it.
         self.open.clear();
         self.held.clear();
+        self.permitted.clear();
         let unix_ms = UNIX_START * 1000 + (self.now - self.start).as_millis() as u64;
         self.server = Server::restore(self.config.clone(), &read, self.now, unix_ms, seed);
         snapshot
@@ -633,6 +651,40 @@ fn send_and_data_indications_follow_permissions() {
         "permission expired after 300 s"
     );
     assert!(h.peer_sends(relayed, peer, b"late").is_empty());
+}
+
+/// The data path drops peers without a permission before they spend any budget: it holds a
+/// copy of the permissions, kept in step with the server's.
+#[test]
+fn the_data_path_learns_every_permission_and_its_end() {
+    let mut h = Harness::new(config());
+    let mut a = Client::udp("10.77.0.11:40000", "alice", "secret");
+    let relayed_a = a.allocate(&mut h);
+    let mut b = Client::udp("10.77.0.12:40000", "bob", "hunter2");
+    let relayed_b = b.allocate(&mut h);
+    let peer = addr(PEER);
+    a.permit(&mut h, peer);
+    let granted = h.now;
+    assert_eq!(
+        h.permitted.get(&(relayed_a, peer.ip())),
+        Some(&(granted + Duration::from_secs(300)))
+    );
+    // A refresh moves the expiry; the neighbour's relayed address is the host's own.
+    h.advance(Duration::from_secs(100));
+    a.permit(&mut h, peer);
+    assert_eq!(
+        h.permitted[&(relayed_a, peer.ip())],
+        h.now + Duration::from_secs(300)
+    );
+    a.permit(&mut h, relayed_b);
+    assert!(h.history.iter().any(|o| matches!(o,
+        Output::Permit { relayed, peer, own: true, .. } if *relayed == relayed_a && *peer == relayed_b.ip())));
+    // Expiry takes both back; so does the allocation's end.
+    h.advance(Duration::from_secs(300));
+    assert!(h.permitted.is_empty(), "{:?}", h.permitted);
+    a.permit(&mut h, peer);
+    a.refresh(&mut h, 0);
+    assert!(h.permitted.is_empty(), "{:?}", h.permitted);
 }
 
 #[test]
@@ -1129,6 +1181,7 @@ mod properties {
                 }
             }
             prop_assert!(up.is_empty(), "flows never removed: {up:?}");
+            prop_assert!(run.h.permitted.is_empty(), "permissions never taken back: {:?}", run.h.permitted);
             let released: HashSet<SocketAddr> = history.iter().filter_map(|o| match o {
                 Output::Release { addr } => Some(*addr),
                 _ => None,
