@@ -4,8 +4,11 @@
 //!
 //! A TURN channel is two flows: client -> peer (match the client's 5-tuple and channel,
 //! strip the ChannelData header, send from the relayed address) and peer -> client (match
-//! the peer and relayed address, add the header, send from the listener). Plain RTP flows
-//! (rewrite only) and 1:N fan-out use the same table with other action kinds.
+//! the peer and relayed address, add the header, send from the listener). When the peer is
+//! another allocation's relayed address on this relay (two browsers of one relay: the most
+//! common TURN case in WebRTC), the client's flow is a hairpin instead: its ChannelData goes
+//! straight to the other client, on the other client's channel. Plain RTP flows (rewrite
+//! only) and 1:N fan-out use the same table with other action kinds.
 
 /// Address family codes used in keys and actions.
 pub const FAMILY_IPV4: u8 = 4;
@@ -48,6 +51,10 @@ pub enum ActionKind {
     AddChannel = 2,
     /// Rewrite addresses and ports only (plain RTP relaying; later issues).
     RewriteOnly = 3,
+    /// Client -> client of another allocation of this relay (relay/relay): swap the
+    /// ChannelData channel for the other client's, rewrite addresses and ports. Spends and
+    /// counts on both allocations, as the two hops through userspace would.
+    Hairpin = 4,
 }
 
 /// The action for a [`FlowKey`]: the new addresses, and the flow's bookkeeping.
@@ -72,14 +79,17 @@ pub struct FlowAction {
     pub tenant_policer: u32,
     /// Index in `POLICERS` of the allocation's own limit, `--max-bps` (0: none).
     pub allocation_policer: u32,
-    /// Explicit padding, always zero.
-    pub pad: u32,
+    /// Hairpin: the other allocation's to-client counters (`FLOW_STATS`); 0 otherwise.
+    pub hairpin_stats_index: u32,
     /// CLOCK_MONOTONIC nanoseconds after which the permission behind the flow is gone: the
     /// program then leaves the packet to userspace.
     pub expires_ns: u64,
+    /// Hairpin: the other allocation's tenant and own limits (`POLICERS`); 0 otherwise.
+    pub hairpin_tenant_policer: u32,
+    pub hairpin_allocation_policer: u32,
 }
 
-const _: () = assert!(size_of::<FlowAction>() == 64);
+const _: () = assert!(size_of::<FlowAction>() == 72);
 
 impl FlowAction {
     pub const fn kind(&self) -> Option<ActionKind> {
@@ -87,6 +97,7 @@ impl FlowAction {
             1 => Some(ActionKind::StripChannel),
             2 => Some(ActionKind::AddChannel),
             3 => Some(ActionKind::RewriteOnly),
+            4 => Some(ActionKind::Hairpin),
             _ => None,
         }
     }

@@ -16,6 +16,7 @@ mod atomic;
 pub mod csum;
 pub mod flow;
 pub mod parse;
+pub mod permission;
 pub mod police;
 pub mod verdict;
 

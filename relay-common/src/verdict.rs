@@ -28,11 +28,15 @@ pub enum Verdict {
     /// A packet of an installed flow over its tenant's or allocation's rate limit. Dropped
     /// (and counted per policer in `POLICED`), not passed: userspace would only drop it too.
     OverLimit = 7,
+    /// A datagram to a relayed address from a peer without a permission (RFC 8656 section
+    /// 9), or from a port of the relay host's own address that is not a relayed address.
+    /// Dropped before it spends any budget: userspace would only drop it too.
+    Unpermitted = 8,
 }
 
 impl Verdict {
     /// Number of verdicts: the size of the `VERDICTS` map.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
 
     /// Every verdict, in map-index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
@@ -44,12 +48,16 @@ impl Verdict {
         Self::Malformed,
         Self::Forwarded,
         Self::OverLimit,
+        Self::Unpermitted,
     ];
 
     /// Whether the program lets the frame go on to the network stack (`XDP_PASS`) or drops it
     /// (`XDP_DROP`).
     pub const fn passes(self) -> bool {
-        !matches!(self, Self::Truncated | Self::Malformed | Self::OverLimit)
+        !matches!(
+            self,
+            Self::Truncated | Self::Malformed | Self::OverLimit | Self::Unpermitted
+        )
     }
 
     /// The XDP action this verdict maps to (values from `enum xdp_action` in the kernel
@@ -57,7 +65,7 @@ impl Verdict {
     pub const fn xdp_action(self) -> u32 {
         match self {
             Self::Forwarded => XDP_TX,
-            Self::Truncated | Self::Malformed | Self::OverLimit => XDP_DROP,
+            Self::Truncated | Self::Malformed | Self::OverLimit | Self::Unpermitted => XDP_DROP,
             _ => XDP_PASS,
         }
     }
@@ -78,6 +86,7 @@ impl Verdict {
             Self::Malformed => "malformed",
             Self::Forwarded => "forwarded",
             Self::OverLimit => "over-limit",
+            Self::Unpermitted => "unpermitted",
         }
     }
 }
@@ -129,8 +138,13 @@ mod tests {
     }
 
     #[test]
-    fn only_broken_frames_are_dropped() {
-        let dropped = [Verdict::Truncated, Verdict::Malformed, Verdict::OverLimit];
+    fn only_broken_over_limit_and_unpermitted_frames_are_dropped() {
+        let dropped = [
+            Verdict::Truncated,
+            Verdict::Malformed,
+            Verdict::OverLimit,
+            Verdict::Unpermitted,
+        ];
         for v in Verdict::ALL {
             assert_eq!(v.passes(), !dropped.contains(&v), "{v:?}");
             let want = match v {

@@ -129,18 +129,17 @@ pub(crate) fn forward(ctx: &XdpContext, f: &UdpFrame) -> Option<(Verdict, u32)> 
         return None;
     }
     let kind = action.kind()?;
+    // The ChannelData length must account for the whole UDP payload: no padding, no
+    // trailing bytes (those datagrams go to userspace, which forwards what it may).
+    let strips = matches!(kind, ActionKind::StripChannel | ActionKind::Hairpin);
+    let cd_len = usize::from(be16([old.cd[2], old.cd[3]]));
+    if strips && (key.channel == 0 || cd_len + CHANNEL_DATA_HLEN != payload_len) {
+        return None;
+    }
     let out_payload = match kind {
-        // The ChannelData length must account for the whole UDP payload: no padding, no
-        // trailing bytes (those datagrams go to userspace, which forwards what it may).
-        ActionKind::StripChannel => {
-            let cd_len = usize::from(be16([old.cd[2], old.cd[3]]));
-            if key.channel == 0 || cd_len + CHANNEL_DATA_HLEN != payload_len {
-                return None;
-            }
-            cd_len
-        }
+        ActionKind::StripChannel => cd_len,
         ActionKind::AddChannel => payload_len + CHANNEL_DATA_HLEN,
-        ActionKind::RewriteOnly => payload_len,
+        ActionKind::RewriteOnly | ActionKind::Hairpin => payload_len,
     };
     let new_udp_len = (UDP_HLEN + out_payload) as u16;
     let ip_len = if v4 { IPV4_HLEN } else { IPV6_HLEN };
@@ -177,10 +176,7 @@ pub(crate) fn forward(ctx: &XdpContext, f: &UdpFrame) -> Option<(Verdict, u32)> 
 
     // The limits count relayed bytes (the application data, without the ChannelData
     // header), as the userspace data path does, so both spend the same budget alike.
-    let relayed = match kind {
-        ActionKind::StripChannel => out_payload,
-        ActionKind::AddChannel | ActionKind::RewriteOnly => payload_len,
-    } as u64;
+    let relayed = if strips { cd_len } else { payload_len } as u64;
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
     if !maps::police(
         action.allocation_policer,
@@ -189,6 +185,20 @@ pub(crate) fn forward(ctx: &XdpContext, f: &UdpFrame) -> Option<(Verdict, u32)> 
         relayed,
         frame_len,
     ) {
+        return Some((Verdict::OverLimit, xdp_action::XDP_DROP));
+    }
+    // A hairpin is two hops in one: it spends the other allocation's budgets too, or
+    // neither's.
+    if kind == ActionKind::Hairpin
+        && !maps::police(
+            action.hairpin_allocation_policer,
+            action.hairpin_tenant_policer,
+            now,
+            relayed,
+            frame_len,
+        )
+    {
+        maps::refund(action.allocation_policer, action.tenant_policer, relayed);
         return Some((Verdict::OverLimit, xdp_action::XDP_DROP));
     }
 
@@ -264,12 +274,16 @@ pub(crate) fn forward(ctx: &XdpContext, f: &UdpFrame) -> Option<(Verdict, u32)> 
     let new_cd = [
         (action.channel >> 8) as u8,
         action.channel as u8,
-        (payload_len >> 8) as u8,
-        payload_len as u8,
+        (relayed >> 8) as u8,
+        relayed as u8,
     ];
     match kind {
         ActionKind::StripChannel => delta = csum::sub(delta, &old.cd),
         ActionKind::AddChannel => delta = csum::add(delta, &new_cd),
+        ActionKind::Hairpin => {
+            delta = csum::sub(delta, &old.cd);
+            delta = csum::add(delta, &new_cd);
+        }
         ActionKind::RewriteOnly => {}
     }
     let new_csum = if v4 && old_csum == 0 {
@@ -285,7 +299,7 @@ pub(crate) fn forward(ctx: &XdpContext, f: &UdpFrame) -> Option<(Verdict, u32)> 
     let shift: i32 = match kind {
         ActionKind::StripChannel => CHANNEL_DATA_HLEN as i32,
         ActionKind::AddChannel => -(CHANNEL_DATA_HLEN as i32),
-        ActionKind::RewriteOnly => 0,
+        ActionKind::RewriteOnly | ActionKind::Hairpin => 0,
     };
     // SAFETY: a plain helper call; every packet pointer is re-derived afterwards.
     if shift != 0 && unsafe { bpf_xdp_adjust_head(ctx.ctx, shift) } != 0 {
@@ -331,11 +345,15 @@ pub(crate) fn forward(ctx: &XdpContext, f: &UdpFrame) -> Option<(Verdict, u32)> 
     }
     udp[6..8].copy_from_slice(&new_csum.to_be_bytes());
     frame.write(l4, &udp)?;
-    if kind == ActionKind::AddChannel {
+    if matches!(kind, ActionKind::AddChannel | ActionKind::Hairpin) {
         frame.write(l4 + UDP_HLEN, &new_cd)?;
     }
 
-    maps::count_flow(action.stats_index, u64::from(tot_len) + l3 as u64, now);
+    let sent_len = u64::from(tot_len) + l3 as u64;
+    maps::count_flow(action.stats_index, sent_len, now);
+    if kind == ActionKind::Hairpin {
+        maps::count_flow(action.hairpin_stats_index, sent_len, now);
+    }
     let sent = if fib.ifindex == ingress {
         xdp_action::XDP_TX
     } else {

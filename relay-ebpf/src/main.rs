@@ -6,11 +6,13 @@ mod bounce;
 mod forward;
 mod maps;
 mod parse;
+mod permission;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
+use relay_common::Verdict;
 
-/// Forwards the packets of installed flows; classifies and counts everything, and passes
-/// or drops what is not forwarded.
+/// Forwards the packets of installed flows; drops peers' datagrams without a permission;
+/// classifies and counts everything, and passes or drops what is not forwarded.
 #[xdp]
 fn relay_xdp(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
@@ -20,7 +22,13 @@ fn relay_xdp(ctx: XdpContext) -> u32 {
                 maps::count(verdict, len);
                 return action;
             }
-            frame.verdict()
+            // SAFETY: a plain helper call.
+            let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+            if permission::unpermitted(&parse::XdpFrame(&ctx), &frame, now) == Some(true) {
+                Verdict::Unpermitted
+            } else {
+                frame.verdict()
+            }
         }
         Err(verdict) => verdict,
     };

@@ -9,6 +9,7 @@ use aya_ebpf::{
 use relay_common::{
     Counters, Verdict,
     flow::{FlowAction, FlowKey, FlowStats, MAX_FLOWS},
+    permission::{MAX_PERMISSIONS, MAX_RELAYED, Permission, PermissionKey, RelayedKey},
     police::{MAX_POLICERS, Policer},
 };
 
@@ -33,6 +34,15 @@ static POLICERS: Array<Policer> = Array::with_max_entries(MAX_POLICERS, BPF_F_MM
 /// Packets and bytes each policer dropped in the kernel, per CPU.
 #[map]
 static POLICED: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_POLICERS, 0);
+
+/// Relayed addresses whose permissions the program checks (value unused).
+#[map]
+static RELAYED: HashMap<RelayedKey, u32> = HashMap::with_max_entries(MAX_RELAYED, 0);
+
+/// Permissions of the relayed addresses in `RELAYED`.
+#[map]
+static PERMISSIONS: HashMap<PermissionKey, Permission> =
+    HashMap::with_max_entries(MAX_PERMISSIONS, 0);
 
 /// Interfaces a flow may leave by when it is not the one it came in on, keyed by ifindex.
 #[map]
@@ -70,6 +80,20 @@ pub(crate) fn count(verdict: Verdict, bytes: u64) {
 pub(crate) fn flow(key: &FlowKey) -> Option<&'static FlowAction> {
     // SAFETY: see above; the program only reads the value.
     unsafe { FLOWS.get(key) }
+}
+
+/// Whether the daemon listed `addr` as a relayed address.
+#[inline(always)]
+pub(crate) fn is_relayed(addr: &RelayedKey) -> bool {
+    // SAFETY: the value is not read.
+    unsafe { RELAYED.get(addr) }.is_some()
+}
+
+/// The permission for `key`, if the daemon installed one.
+#[inline(always)]
+pub(crate) fn permission(key: &PermissionKey) -> Option<&'static Permission> {
+    // SAFETY: as in `flow`: valid for the program run, only read.
+    unsafe { PERMISSIONS.get(key) }
 }
 
 /// Counts a forwarded packet of `bytes` bytes for the flow's counters on this CPU.
@@ -124,6 +148,17 @@ pub(crate) fn police(allocation: u32, tenant: u32, now_ns: u64, bytes: u64, fram
         }
     }
     true
+}
+
+/// Gives back what [`police`] spent of `allocation` and `tenant` for a packet of `bytes`
+/// relayed bytes that another pair of policers then refused.
+#[inline(always)]
+pub(crate) fn refund(allocation: u32, tenant: u32, bytes: u64) {
+    for index in [allocation, tenant] {
+        if let Some((_, p)) = policer(index) {
+            p.refund(bytes);
+        }
+    }
 }
 
 #[inline(always)]

@@ -7,6 +7,7 @@
 
 use std::{
     fmt,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -22,7 +23,8 @@ use aya::{
 };
 use relay_common::{
     Counters, Verdict,
-    flow::{FlowAction, FlowKey, FlowStats},
+    flow::{ActionKind, FAMILY_IPV4, FAMILY_IPV6, FlowAction, FlowKey, FlowStats},
+    permission::{Permission, PermissionKey, RelayedKey},
 };
 
 /// The XDP object built by `build.rs` from `relay-ebpf`.
@@ -39,19 +41,23 @@ const FLOW_STATS_MAP: &str = "FLOW_STATS";
 const POLICERS_MAP: &str = "POLICERS";
 const POLICED_MAP: &str = "POLICED";
 const DEVICES_MAP: &str = "DEVICES";
+const RELAYED_MAP: &str = "RELAYED";
+const PERMISSIONS_MAP: &str = "PERMISSIONS";
 /// The maps that outlive the daemon (the per-CPU scratch map need not).
-const PINNED_MAPS: [&str; 6] = [
+const PINNED_MAPS: [&str; 8] = [
     VERDICTS_MAP,
     FLOWS_MAP,
     FLOW_STATS_MAP,
     POLICERS_MAP,
     POLICED_MAP,
     DEVICES_MAP,
+    RELAYED_MAP,
+    PERMISSIONS_MAP,
 ];
 /// Version of the maps' layout (the keys and values in relay-common). A daemon adopts only
 /// maps of its own layout: after an upgrade that changes it, the new program starts on new
 /// maps (and the daemon installs its flows there again).
-const LAYOUT: u32 = 2;
+const LAYOUT: u32 = 3;
 
 /// Where an instance's data plane is pinned: `/sys/fs/bpf/relay/<instance>`, holding
 /// `maps-v<LAYOUT>/<MAP>`, the program `relay_xdp`, and one `link-<interface>` per attached
@@ -223,7 +229,7 @@ impl fmt::Display for VerdictCounters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:<10} {:>6} {:>12} {:>14}",
+            "{:<11} {:>6} {:>12} {:>14}",
             "verdict", "action", "packets", "bytes"
         )?;
         for v in Verdict::ALL {
@@ -235,7 +241,7 @@ impl fmt::Display for VerdictCounters {
             };
             writeln!(
                 f,
-                "{:<10} {action:>6} {:>12} {:>14}",
+                "{:<11} {action:>6} {:>12} {:>14}",
                 v.name(),
                 c.packets,
                 c.bytes
@@ -344,21 +350,98 @@ impl Dataplane {
         key: &FlowKey,
         action: &FlowAction,
     ) -> Result<(), DataplaneError> {
-        let map = self.map_mut(FLOWS_MAP)?;
-        BpfHashMap::<_, FlowKey, FlowAction>::try_from(map)?.insert(key, action, 0)?;
-        Ok(())
+        self.insert(FLOWS_MAP, key, action)
     }
 
     /// Removes a flow; removing one that is not there is not an error.
     pub fn remove_flow(&mut self, key: &FlowKey) -> Result<(), DataplaneError> {
-        let map = self.map_mut(FLOWS_MAP)?;
-        match BpfHashMap::<_, FlowKey, FlowAction>::try_from(map)?.remove(key) {
+        self.remove::<_, FlowAction>(FLOWS_MAP, key)
+    }
+
+    /// Has the program check the permissions of datagrams to `relayed`.
+    pub fn insert_relayed(&mut self, relayed: SocketAddr) -> Result<(), DataplaneError> {
+        self.insert(RELAYED_MAP, &relayed_key(relayed), &0_u32)
+    }
+
+    /// Stops checking `relayed`: its datagrams go to the stack, where the daemon checks them.
+    pub fn remove_relayed(&mut self, relayed: SocketAddr) -> Result<(), DataplaneError> {
+        self.remove::<_, u32>(RELAYED_MAP, &relayed_key(relayed))
+    }
+
+    /// Lets `peer` send to `relayed` until `expires_ns` (CLOCK_MONOTONIC); `own`: `peer` is
+    /// the relay host's own address, where only relayed addresses pass (port-exact).
+    pub fn insert_permission(
+        &mut self,
+        relayed: SocketAddr,
+        peer: IpAddr,
+        expires_ns: u64,
+        own: bool,
+    ) -> Result<(), DataplaneError> {
+        let permission = Permission {
+            expires_ns,
+            own: u8::from(own),
+            pad: [0; 7],
+        };
+        self.insert(PERMISSIONS_MAP, &permission_key(relayed, peer), &permission)
+    }
+
+    pub fn remove_permission(
+        &mut self,
+        relayed: SocketAddr,
+        peer: IpAddr,
+    ) -> Result<(), DataplaneError> {
+        self.remove::<_, Permission>(PERMISSIONS_MAP, &permission_key(relayed, peer))
+    }
+
+    /// Every relayed address and permission installed, for reconciling adopted maps with
+    /// the daemon's state.
+    pub fn relayed_and_permission_keys(
+        &self,
+    ) -> Result<(Vec<RelayedKey>, Vec<PermissionKey>), DataplaneError> {
+        Ok((
+            self.keys::<_, u32>(RELAYED_MAP)?,
+            self.keys::<_, Permission>(PERMISSIONS_MAP)?,
+        ))
+    }
+
+    /// Removes an adopted relayed address or permission by its key.
+    pub fn remove_relayed_key(&mut self, key: &RelayedKey) -> Result<(), DataplaneError> {
+        self.remove::<_, u32>(RELAYED_MAP, key)
+    }
+
+    pub fn remove_permission_key(&mut self, key: &PermissionKey) -> Result<(), DataplaneError> {
+        self.remove::<_, Permission>(PERMISSIONS_MAP, key)
+    }
+
+    fn insert<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        key: &K,
+        value: &V,
+    ) -> Result<(), DataplaneError> {
+        BpfHashMap::<_, K, V>::try_from(self.map_mut(name)?)?.insert(key, value, 0)?;
+        Ok(())
+    }
+
+    /// Removing a key that is not there is not an error.
+    fn remove<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        key: &K,
+    ) -> Result<(), DataplaneError> {
+        match BpfHashMap::<_, K, V>::try_from(self.map_mut(name)?)?.remove(key) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
                 Ok(())
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    fn keys<K: aya::Pod, V: aya::Pod>(&self, name: &'static str) -> Result<Vec<K>, DataplaneError> {
+        Ok(BpfHashMap::<_, K, V>::try_from(self.map(name)?)?
+            .keys()
+            .collect::<Result<_, _>>()?)
     }
 
     /// Lets flows leave by interface `interface` (its ifindex in `DEVICES`), where the program
@@ -375,10 +458,7 @@ impl Dataplane {
 
     /// Every flow key installed, for reconciling an adopted table with the daemon's state.
     pub fn flow_keys(&self) -> Result<Vec<FlowKey>, DataplaneError> {
-        let map = self.map(FLOWS_MAP)?;
-        Ok(BpfHashMap::<_, FlowKey, FlowAction>::try_from(map)?
-            .keys()
-            .collect::<Result<_, _>>()?)
+        self.keys::<_, FlowAction>(FLOWS_MAP)
     }
 
     /// Zeroes the counters at `index` (on every CPU), for a flow taking the slot over.
@@ -641,76 +721,141 @@ fn test_run(
     })
 }
 
-/// The kernel entries of a TURN channel: client -> peer (strip the ChannelData header, send
-/// from the relayed address) and peer -> client (add it, send from the listener), with the
-/// counter slots `stats`, spending the budgets of policer slots `[allocation, tenant]`
-/// (0: none), until `expires_ns` (CLOCK_MONOTONIC; the program passes packets up after it).
-/// `None` when the fast path cannot carry the flow: stream clients, or a client
-/// and peer of different families (the kernel does not translate).
-pub fn channel_entries(
-    flow: &crate::turn::ChannelFlow,
-    stats: [u32; 2],
-    [allocation_policer, tenant_policer]: [u32; 2],
-    expires_ns: u64,
-) -> Option<[(FlowKey, FlowAction); 2]> {
-    use relay_common::flow::{ActionKind, FAMILY_IPV4, FAMILY_IPV6};
-    if flow.client.transport != crate::turn::Transport::Udp
-        || flow.client.client.is_ipv4() != flow.peer.is_ipv4()
-    {
-        return None;
-    }
-    let family = if flow.peer.is_ipv4() {
-        FAMILY_IPV4
-    } else {
-        FAMILY_IPV6
-    };
-    let octets = |a: std::net::SocketAddr| {
-        let mut o = [0; 16];
-        match a.ip() {
-            std::net::IpAddr::V4(v4) => o[..4].copy_from_slice(&v4.octets()),
-            std::net::IpAddr::V6(v6) => o = v6.octets(),
+/// A channel as the fast path carries it: the flow, its counter slots `[to peer, to client]`
+/// and the policer slots `[allocation, tenant]` of its relayed address (0: none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelChannel {
+    pub flow: crate::turn::ChannelFlow,
+    pub stats: [u32; 2],
+    pub policers: [u32; 2],
+}
+
+impl KernelChannel {
+    /// The kernel entries of the channel: client -> peer (strip the ChannelData header, send
+    /// from the relayed address) and peer -> client (add it, send from the listener), until
+    /// `expires_ns` (CLOCK_MONOTONIC; the program passes packets up after it). `None` when
+    /// the fast path cannot carry the flow: stream clients, or a client and peer of different
+    /// families (the kernel does not translate).
+    pub fn entries(&self, expires_ns: u64) -> Option<[(FlowKey, FlowAction); 2]> {
+        let flow = &self.flow;
+        if flow.client.transport != crate::turn::Transport::Udp
+            || flow.client.client.is_ipv4() != flow.peer.is_ipv4()
+        {
+            return None;
         }
-        o
-    };
-    let key = |src: std::net::SocketAddr, dst: std::net::SocketAddr, channel| FlowKey {
-        src: octets(src),
-        dst: octets(dst),
+        let [to_peer, to_client] = self.stats;
+        Some([
+            (
+                flow_key(flow.client.client, flow.client.server, flow.channel),
+                self.action(
+                    ActionKind::StripChannel,
+                    flow.relayed,
+                    flow.peer,
+                    to_peer,
+                    expires_ns,
+                ),
+            ),
+            (
+                flow_key(flow.peer, flow.relayed, 0),
+                self.action(
+                    ActionKind::AddChannel,
+                    flow.client.server,
+                    flow.client.client,
+                    to_client,
+                    expires_ns,
+                ),
+            ),
+        ])
+    }
+
+    /// The client -> peer entry when the peer is `other`'s relayed address and `other`'s
+    /// peer is this channel's relayed address (relay/relay): this client's ChannelData goes
+    /// straight to `other`'s client on `other`'s channel, from the listener `other`'s client
+    /// talks to, spending and counting on both allocations.
+    pub fn hairpin(&self, other: &Self, expires_ns: u64) -> Option<(FlowKey, FlowAction)> {
+        let [(key, _), _] = self.entries(expires_ns)?;
+        let [_, (_, mut action)] = other.entries(expires_ns)?;
+        // The other channel's peer -> client action, made to carry this client's ChannelData.
+        action.kind = ActionKind::Hairpin as u8;
+        action.channel = other.flow.channel;
+        action.stats_index = self.stats[0];
+        [action.allocation_policer, action.tenant_policer] = self.policers;
+        action.hairpin_stats_index = other.stats[1];
+        [
+            action.hairpin_allocation_policer,
+            action.hairpin_tenant_policer,
+        ] = other.policers;
+        Some((key, action))
+    }
+
+    fn action(
+        &self,
+        kind: ActionKind,
+        src: SocketAddr,
+        dst: SocketAddr,
+        stats_index: u32,
+        expires_ns: u64,
+    ) -> FlowAction {
+        FlowAction {
+            src: octets(src.ip()),
+            dst: octets(dst.ip()),
+            src_port: src.port().to_be_bytes(),
+            dst_port: dst.port().to_be_bytes(),
+            channel: self.flow.channel,
+            kind: kind as u8,
+            family: family(dst.ip()),
+            stats_index,
+            tenant_policer: self.policers[1],
+            allocation_policer: self.policers[0],
+            hairpin_stats_index: 0,
+            expires_ns,
+            hairpin_tenant_policer: 0,
+            hairpin_allocation_policer: 0,
+        }
+    }
+}
+
+fn flow_key(src: SocketAddr, dst: SocketAddr, channel: u16) -> FlowKey {
+    FlowKey {
+        src: octets(src.ip()),
+        dst: octets(dst.ip()),
         src_port: src.port().to_be_bytes(),
         dst_port: dst.port().to_be_bytes(),
         channel,
-        family,
+        family: family(dst.ip()),
         pad: 0,
-    };
-    let action = |kind: ActionKind,
-                  src: std::net::SocketAddr,
-                  dst: std::net::SocketAddr,
-                  stats_index| FlowAction {
-        src: octets(src),
-        dst: octets(dst),
-        src_port: src.port().to_be_bytes(),
-        dst_port: dst.port().to_be_bytes(),
-        channel: flow.channel,
-        kind: kind as u8,
-        family,
-        stats_index,
-        tenant_policer,
-        allocation_policer,
+    }
+}
+
+pub(crate) fn relayed_key(relayed: SocketAddr) -> RelayedKey {
+    RelayedKey {
+        addr: octets(relayed.ip()),
+        port: relayed.port().to_be_bytes(),
+        family: family(relayed.ip()),
         pad: 0,
-        expires_ns,
-    };
-    Some([
-        (
-            key(flow.client.client, flow.client.server, flow.channel),
-            action(ActionKind::StripChannel, flow.relayed, flow.peer, stats[0]),
-        ),
-        (
-            key(flow.peer, flow.relayed, 0),
-            action(
-                ActionKind::AddChannel,
-                flow.client.server,
-                flow.client.client,
-                stats[1],
-            ),
-        ),
-    ])
+    }
+}
+
+pub(crate) fn permission_key(relayed: SocketAddr, peer: IpAddr) -> PermissionKey {
+    PermissionKey {
+        relayed: relayed_key(relayed),
+        peer: octets(peer),
+    }
+}
+
+/// The maps' address layout: network byte order, IPv4 in the first 4 bytes.
+fn octets(ip: IpAddr) -> [u8; 16] {
+    let mut o = [0; 16];
+    match ip {
+        IpAddr::V4(v4) => o[..4].copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => o = v6.octets(),
+    }
+    o
+}
+
+const fn family(ip: IpAddr) -> u8 {
+    match ip {
+        IpAddr::V4(_) => FAMILY_IPV4,
+        IpAddr::V6(_) => FAMILY_IPV6,
+    }
 }

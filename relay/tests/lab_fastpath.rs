@@ -5,7 +5,7 @@
 mod support;
 
 use nix::sys::signal::Signal;
-use support::{RunningRelay, verdict_row, xdp_on_switch_port};
+use support::{RunningRelay, exit_figures, verdict_row, xdp_on_switch_port};
 use xtask::{
     coturn::{self, Report, Session},
     lab::{Host, Lab},
@@ -63,5 +63,30 @@ fn channel_traffic_is_forwarded_in_xdp_both_ways_over_ipv4_and_ipv6() {
     assert!(
         forwarded * 100 >= channel_packets * 99,
         "XDP forwarded {forwarded} of {channel_packets} channel packets (want at least 99%)\n{stdout}"
+    );
+}
+
+/// Two clients of one relay talking through their relayed addresses (uclient -y: the
+/// relay/relay case of two browsers sharing a TURN server): each one's channel peer is the
+/// other's relayed address, and the XDP program hands ChannelData from one client to the
+/// other in one pass (a hairpin) instead of leaving both hops to userspace.
+#[test]
+fn client_to_client_channels_are_forwarded_in_xdp_as_a_hairpin() {
+    let lab = Lab::up("fp-hairpin").unwrap();
+    let _switch = xdp_on_switch_port(&lab);
+    // The default peer policy: a client reaches another's relayed address, nothing else.
+    let relay = RunningRelay::in_lab(&lab, &["--interface", "eth0"]);
+    let report = uclient(&lab, &["-y", "10.77.0.1"]);
+    assert!(report.is_clean(&SESSION), "{}", report.tail());
+    let (stdout, log) = relay.stop_logged(Signal::SIGTERM);
+    let (forwarded, _) = verdict_row(&stdout, "forwarded");
+    let exit = exit_figures(&log, "UDP data path at exit: ");
+    // Each message crosses the relay once, client to client; uclient counts both ways.
+    let channel_packets = u64::from(report.sent);
+    eprintln!("{channel_packets} channel packets, {forwarded} forwarded by XDP\n{exit}\n{stdout}");
+    assert!(
+        forwarded * 100 >= channel_packets * 99,
+        "XDP forwarded {forwarded} of {channel_packets} client-to-client packets (want at least \
+         99%)\n{exit}\n{stdout}"
     );
 }

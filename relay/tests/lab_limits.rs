@@ -13,7 +13,9 @@ use std::{
 
 use nix::sys::signal::Signal;
 use relay::{stun::ChannelData, turn::client::Client};
-use support::{RunningRelay, TempDir, channel_client, verdict_row, xdp_on_switch_port};
+use support::{
+    RunningRelay, TempDir, channel_client, exit_figures, verdict_row, xdp_on_switch_port,
+};
 use xtask::lab::{Host, Lab};
 
 const CHANNEL: u16 = 0x4001;
@@ -298,11 +300,7 @@ fn a_strangers_flood_at_a_relayed_address_costs_the_tenant_nothing() {
     });
     let (stdout, log) = relay.stop_logged(Signal::SIGTERM);
     let (north_dropped, _) = tenant_drops(&log, "north");
-    let exit = log
-        .iter()
-        .find(|l| l.contains("UDP data path at exit"))
-        .cloned()
-        .unwrap_or_default();
+    let exit = exit_figures(&log, "UDP data path at exit: ");
     let summary = format!(
         "media sent {media_sent}, received {media_received}; flood sent {flood_sent}; north \
          dropped {north_dropped}\n{exit}\n{stdout}"

@@ -83,8 +83,10 @@ fn action(
         stats_index,
         tenant_policer: 0,
         allocation_policer: 0,
-        pad: 0,
+        hairpin_stats_index: 0,
         expires_ns: u64::MAX,
+        hairpin_tenant_policer: 0,
+        hairpin_allocation_policer: 0,
     }
 }
 
@@ -430,15 +432,8 @@ fn policers_drop_over_the_limit_in_the_kernel_and_share_budgets_with_userspace()
             &to_peer,
         )
         .unwrap();
-        // One bit per second, so minutes per packet: the bursts hold 3 packets for the
-        // tenant, 5 for the allocation, and nothing refills while the test runs.
+        // The bursts hold 3 packets for the tenant, 5 for the allocation.
         let policers = dp.policers().unwrap();
-        let per_packet = 8 * DATA.len() as u64 * 1_000_000_000;
-        let limit = |packets| relay_common::police::Limit {
-            packets_per_sec: 0,
-            bits_per_sec: 1,
-            burst_ns: packets * per_packet,
-        };
         policers.configure(TENANT, limit(3));
         policers.configure(ALLOCATION, limit(5));
         let frame = udp_frame(
@@ -544,6 +539,176 @@ fn a_flow_to_another_interface_is_redirected_through_the_devmap() {
         assert_eq!(out.action, XDP_REDIRECT);
         assert_eq!(out.frame, want, "rewritten for eth1's next hop");
         assert!(checksum_is_right(&out.frame));
+    })
+    .unwrap();
+}
+
+/// One bit per second, so minutes per packet of `DATA`: a burst of `packets` packets, and
+/// nothing refills while a test runs.
+fn limit(packets: u64) -> relay_common::police::Limit {
+    relay_common::police::Limit {
+        packets_per_sec: 0,
+        bits_per_sec: 1,
+        burst_ns: packets * 8 * DATA.len() as u64 * 1_000_000_000,
+    }
+}
+
+/// Client A's channel 0x4000 to client B's relayed address and B's channel 0x4001 to A's,
+/// with counter slots 30/31 and 40/41 and allocation policers `policers`.
+fn relay_relay_channels(policers: [u32; 2]) -> [relay::dataplane::KernelChannel; 2] {
+    use relay::turn::{ChannelFlow, ClientTuple, Transport};
+    let at = |host: Host, port: u16| std::net::SocketAddr::new(ip(host, false), port);
+    let relayed = [
+        at(Host::Relay, RELAYED_PORT),
+        at(Host::Relay, RELAYED_PORT + 2),
+    ];
+    let clients = [Host::ClientA, Host::ClientB];
+    std::array::from_fn(|i| relay::dataplane::KernelChannel {
+        flow: ChannelFlow {
+            client: ClientTuple {
+                transport: Transport::Udp,
+                client: at(clients[i], CLIENT_PORT),
+                server: at(Host::Relay, LISTEN_PORT),
+            },
+            relayed: relayed[i],
+            channel: 0x4000 + i as u16,
+            peer: relayed[1 - i],
+        },
+        stats: [30 + 10 * i as u32, 31 + 10 * i as u32],
+        policers: [policers[i], 0],
+    })
+}
+
+/// Two clients of this relay, each with a channel to the other's relayed address
+/// (relay/relay, as two browsers sharing a TURN server): with the daemon's hairpin entries,
+/// one client's ChannelData leaves for the other client on the other's channel in one
+/// pass, counted on both channels and spending both allocations' budgets, or neither's.
+#[test]
+fn a_hairpin_hands_one_clients_channel_data_to_the_other_in_one_pass() {
+    const ALLOCATION_A: u32 = 5;
+    const ALLOCATION_B: u32 = 6;
+    let lab = Lab::up("xf-hairpin").unwrap();
+    lab.in_netns(Host::Relay, || {
+        let ifindex = nix::net::if_::if_nametoindex("eth0").unwrap();
+        relay::dataplane::enable_forwarding("eth0").unwrap();
+        let mut dp = Dataplane::load().unwrap();
+        let [a, b] = relay_relay_channels([ALLOCATION_A, ALLOCATION_B]);
+        for (from, to) in [(&a, &b), (&b, &a)] {
+            for (key, action) in from.entries(u64::MAX).unwrap() {
+                dp.insert_flow(&key, &action).unwrap();
+            }
+            let (key, action) = from.hairpin(to, u64::MAX).unwrap();
+            dp.insert_flow(&key, &action).unwrap();
+        }
+        let policers = dp.policers().unwrap();
+        // B's budget holds 2 packets, A's 5.
+        policers.configure(ALLOCATION_A, limit(5));
+        policers.configure(ALLOCATION_B, limit(2));
+
+        let relay = ip(Host::Relay, false);
+        let from_a = udp_frame(
+            (Host::ClientA, ip(Host::ClientA, false), CLIENT_PORT),
+            (Host::Relay, relay, LISTEN_PORT),
+            None,
+            &channel_data(0x4000, DATA),
+        );
+        let to_b = udp_frame(
+            (Host::Relay, relay, LISTEN_PORT),
+            (Host::ClientB, ip(Host::ClientB, false), CLIENT_PORT),
+            None,
+            &channel_data(0x4001, DATA),
+        );
+        let out = dp.test_run_on(&from_a, ifindex).unwrap();
+        assert_eq!(out.action, XDP_TX);
+        assert_eq!(out.frame, to_b, "\n{:02x?}\n{:02x?}", out.frame, to_b);
+        assert!(checksum_is_right(&out.frame));
+        // Counted as A's packet to its peer and as B's packet from its peer.
+        for (slot, want) in [(30, 1), (41, 1), (31, 0), (40, 0)] {
+            assert_eq!(dp.flow_stats(slot).unwrap().packets, want, "slot {slot}");
+        }
+        // B's budget is spent after its second packet: the third is dropped, and A, which
+        // admitted it first, gets its share back.
+        assert_eq!(dp.test_run_on(&from_a, ifindex).unwrap().action, XDP_TX);
+        assert_eq!(dp.test_run_on(&from_a, ifindex).unwrap().action, XDP_DROP);
+        assert_eq!(dp.policed(ALLOCATION_B).unwrap().packets, 1);
+        let now = relay::clock::monotonic_now_ns();
+        let bytes = DATA.len() as u64;
+        for _ in 0..3 {
+            assert!(
+                policers.admit([ALLOCATION_A, 0], now, bytes),
+                "A was refunded"
+            );
+        }
+        assert!(!policers.admit([ALLOCATION_A, 0], now, bytes));
+    })
+    .unwrap();
+}
+
+/// RFC 8656 section 9 in the kernel: to a relayed address the daemon guards, only peers
+/// with a live permission pass; on the relay's own address, only relayed ports.
+#[test]
+fn peers_without_a_permission_are_dropped_in_the_kernel() {
+    let lab = Lab::up("xf-permit").unwrap();
+    lab.in_netns(Host::Relay, || {
+        let ifindex = nix::net::if_::if_nametoindex("eth0").unwrap();
+        let mut dp = Dataplane::load().unwrap();
+        let (relay, peer) = (ip(Host::Relay, false), ip(Host::Peer, false));
+        let relayed = std::net::SocketAddr::new(relay, RELAYED_PORT);
+        let neighbour = std::net::SocketAddr::new(relay, RELAYED_PORT + 2);
+        let from = |host: Host, addr: IpAddr, port: u16| {
+            udp_frame(
+                (host, addr, port),
+                (Host::Relay, relay, RELAYED_PORT),
+                None,
+                DATA,
+            )
+        };
+        let run = |dp: &mut Dataplane, frame: &[u8]| dp.test_run_on(frame, ifindex).unwrap().action;
+        let from_peer = from(Host::Peer, peer, PEER_PORT);
+        // Not guarded: the stack (and the daemon) decide.
+        assert_eq!(run(&mut dp, &from_peer), XDP_PASS);
+        dp.insert_relayed(relayed).unwrap();
+        assert_eq!(run(&mut dp, &from_peer), XDP_DROP, "no permission");
+        let far = relay::clock::monotonic_now_ns() + 60_000_000_000;
+        dp.insert_permission(relayed, peer, far, false).unwrap();
+        assert_eq!(run(&mut dp, &from_peer), XDP_PASS, "permitted");
+        dp.insert_permission(relayed, peer, 1, false).unwrap();
+        assert_eq!(run(&mut dp, &from_peer), XDP_DROP, "expired");
+        dp.remove_permission(relayed, peer).unwrap();
+        // The relay's own address: only its relayed addresses, port-exact.
+        dp.insert_permission(relayed, relay, far, true).unwrap();
+        let from_neighbour = from(Host::Relay, relay, RELAYED_PORT + 2);
+        assert_eq!(
+            run(&mut dp, &from_neighbour),
+            XDP_DROP,
+            "not a relayed address yet"
+        );
+        dp.insert_relayed(neighbour).unwrap();
+        assert_eq!(
+            run(&mut dp, &from_neighbour),
+            XDP_PASS,
+            "a live relayed address"
+        );
+        assert_eq!(
+            run(&mut dp, &from(Host::Relay, relay, 7)),
+            XDP_DROP,
+            "port 7"
+        );
+        assert_eq!(
+            run(&mut dp, &from(Host::Relay, relay, LISTEN_PORT)),
+            XDP_DROP,
+            "the listener"
+        );
+        assert_eq!(
+            dp.verdict_counters()
+                .unwrap()
+                .get(Verdict::Unpermitted)
+                .packets,
+            5
+        );
+        // Removed from RELAYED: passed to the stack again.
+        dp.remove_relayed(relayed).unwrap();
+        assert_eq!(run(&mut dp, &from(Host::Relay, relay, 7)), XDP_PASS);
     })
     .unwrap();
 }

@@ -19,6 +19,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "coturn",
         "turnutils_uclient, turnutils_peer, turnutils_stunclient: real TURN clients and peers",
     ),
+    (
+        "chromium",
+        "headless Chromium: a browser's WebRTC stack as a real TURN client",
+    ),
 ];
 
 pub(crate) fn run() -> anyhow::Result<()> {

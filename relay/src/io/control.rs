@@ -2,7 +2,7 @@
 //! connections hand up, fires its timers, and carries out its outputs.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     net::{SocketAddr, UdpSocket},
     path::PathBuf,
     sync::{Arc, mpsc::Sender},
@@ -14,155 +14,16 @@ use tokio::sync::mpsc::Receiver as EventReceiver;
 
 use super::{
     datapath::{Command, Event},
+    kernel::Kernel,
     wake::Wake,
 };
 use crate::{
     clock::monotonic_ns,
-    dataplane::{Dataplane, channel_entries},
+    dataplane::Dataplane,
     policers::{Policers, Slots},
-    turn::{ChannelFlow, ClientTuple, Output, Server, Transport, tenant::Tenant},
+    turn::{ClientTuple, Output, Server, Transport, tenant::Tenant},
 };
-use relay_common::{flow::MAX_FLOWS, police::Limit};
-
-/// The kernel's copy of the channel flows, when an XDP program is attached.
-pub(crate) struct KernelFlows {
-    pub(crate) dataplane: Dataplane,
-    installed: HashMap<ChannelFlow, [u32; 2]>,
-    free: Vec<u32>,
-    /// Channels that could not be installed (no counter slots or map entries left): they
-    /// stay in userspace, slower but forwarded.
-    not_installed: u64,
-}
-
-impl KernelFlows {
-    pub(crate) fn new(dataplane: Dataplane) -> Self {
-        Self {
-            dataplane,
-            installed: HashMap::new(),
-            free: (0..MAX_FLOWS).rev().collect(),
-            not_installed: 0,
-        }
-    }
-
-    /// Installs a flow spending the budgets of policer slots `[allocation, tenant]`, or
-    /// updates its expiry when it is installed already.
-    fn up(&mut self, flow: ChannelFlow, expires: Instant, policers: [u32; 2]) {
-        let stats = match self.installed.get(&flow) {
-            Some(stats) => *stats,
-            None if self.free.len() >= 2 => {
-                let stats = [self.free.pop().unwrap_or(0), self.free.pop().unwrap_or(0)];
-                // The slots may hold counts of an earlier flow, removed since or left by an
-                // adopted data plane.
-                for slot in stats {
-                    if let Err(e) = self.dataplane.reset_flow_stats(slot) {
-                        log::warn!("fast path: cannot reset counters {slot}: {e}");
-                    }
-                }
-                stats
-            }
-            None => return self.full(&flow, "no counter slots left"),
-        };
-        let Some(entries) = channel_entries(&flow, stats, policers, monotonic_ns(expires)) else {
-            self.free.extend(stats);
-            return;
-        };
-        for (i, (key, action)) in entries.iter().enumerate() {
-            if let Err(e) = self.dataplane.insert_flow(key, action) {
-                if self.installed.contains_key(&flow) {
-                    // An expiry update: the entries stay with their old expiry.
-                    log::warn!(
-                        "fast path: cannot refresh channel {:#06x}: {e}",
-                        flow.channel
-                    );
-                    return;
-                }
-                // Half a channel in the kernel is worse than none: take back what went in.
-                for (key, _) in &entries[..i] {
-                    let _ = self.dataplane.remove_flow(key);
-                }
-                self.free.extend(stats);
-                return self.full(&flow, &e.to_string());
-            }
-        }
-        self.installed.insert(flow, stats);
-    }
-
-    /// Counts and logs (the first, then every 1000th) a channel left to userspace: slower,
-    /// not lost.
-    fn full(&mut self, flow: &ChannelFlow, why: &str) {
-        if self.not_installed.is_multiple_of(1000) {
-            log::warn!(
-                "fast path: channel {:#06x} of {} stays in userspace ({why}); {} so far",
-                flow.channel,
-                flow.client,
-                self.not_installed + 1
-            );
-        }
-        self.not_installed += 1;
-    }
-
-    /// Removes the entries of an adopted flow table that the daemon's state does not
-    /// announce (channels that ended while no daemon ran): called once the restored
-    /// allocations have announced theirs. Returns how many went.
-    fn reconcile(&mut self) -> usize {
-        let wanted: HashSet<_> = self
-            .installed
-            .iter()
-            .filter_map(|(flow, stats)| channel_entries(flow, *stats, [0, 0], 0))
-            .flat_map(|entries| entries.map(|(key, _)| key))
-            .collect();
-        let keys = match self.dataplane.flow_keys() {
-            Ok(keys) => keys,
-            Err(e) => {
-                log::warn!("fast path: cannot list the adopted flows: {e}");
-                return 0;
-            }
-        };
-        let mut removed = 0;
-        for key in keys.iter().filter(|k| !wanted.contains(k)) {
-            match self.dataplane.remove_flow(key) {
-                Ok(()) => removed += 1,
-                Err(e) => log::warn!("fast path: cannot remove a stale flow: {e}"),
-            }
-        }
-        removed
-    }
-
-    fn down(&mut self, flow: &ChannelFlow) {
-        let Some(stats) = self.installed.remove(flow) else {
-            return;
-        };
-        // Usage, as coturn logs it when a session ends: what the kernel relayed for the
-        // channel (what userspace relayed is in the data path's counters).
-        if let (Ok(to_peer), Ok(to_client)) = (
-            self.dataplane.flow_stats(stats[0]),
-            self.dataplane.flow_stats(stats[1]),
-        ) {
-            log::info!(
-                "usage: channel {:#06x} of {} to {}: XDP relayed {} packets ({} bytes) to the peer, {} ({} bytes) to the client",
-                flow.channel,
-                flow.client,
-                flow.peer,
-                to_peer.packets,
-                to_peer.bytes,
-                to_client.packets,
-                to_client.bytes
-            );
-        }
-        if let Some(entries) = channel_entries(flow, stats, [0, 0], 0) {
-            for (key, _) in &entries {
-                if let Err(e) = self.dataplane.remove_flow(key) {
-                    log::warn!(
-                        "fast path: cannot remove channel {:#06x} of {}: {e}",
-                        flow.channel,
-                        flow.client
-                    );
-                }
-            }
-        }
-        self.free.extend(stats);
-    }
-}
+use relay_common::police::Limit;
 
 /// The rate limits: which policer slots each relayed address spends.
 pub(crate) struct Limits {
@@ -316,7 +177,7 @@ impl State {
 
 pub(crate) struct Control {
     pub(crate) server: Server,
-    kernel: Option<KernelFlows>,
+    kernel: Option<Kernel>,
     limits: Limits,
     state: State,
     commands: Sender<Command>,
@@ -332,7 +193,7 @@ pub(crate) struct Control {
 impl Control {
     pub(crate) fn new(
         server: Server,
-        kernel: Option<KernelFlows>,
+        kernel: Option<Kernel>,
         limits: Limits,
         state: State,
         commands: Sender<Command>,
@@ -364,7 +225,10 @@ impl Control {
         if let Some(kernel) = &mut self.kernel {
             let stale = kernel.reconcile();
             if stale > 0 {
-                log::info!("fast path: removed {stale} flows that ended while no daemon ran");
+                log::info!(
+                    "fast path: removed {stale} flows, relayed addresses and permissions that \
+                     ended while no daemon ran"
+                );
             }
         }
         loop {
@@ -393,9 +257,11 @@ impl Control {
         log::info!("TURN server at exit: {}", self.server.stats());
         log::info!(
             "limits at exit: {} allocations refused for want of a policer slot; {} channels \
-             left to userspace, the kernel's flow table full",
+             left to userspace, the kernel's flow table full; {} relayed addresses left \
+             unguarded in the kernel, its permission table full",
             self.no_policer,
-            self.kernel.as_ref().map_or(0, |k| k.not_installed)
+            self.kernel.as_ref().map_or(0, |k| k.not_installed),
+            self.kernel.as_ref().map_or(0, |k| k.permissions_failed)
         );
         self.limits
             .report(self.kernel.as_ref().map(|k| &k.dataplane));
@@ -468,6 +334,9 @@ impl Control {
                         continue;
                     }
                     self.limits.released(addr);
+                    if let Some(kernel) = &mut self.kernel {
+                        kernel.relay_down(addr);
+                    }
                     Command::RemoveRelay { addr }
                 }
                 // Both the kernel and the userspace data path get the flow: a packet the
@@ -484,13 +353,24 @@ impl Control {
                     peer,
                     expires,
                     own,
-                } => Command::Permit {
-                    relayed,
-                    peer,
-                    expires_ns: monotonic_ns(expires),
-                    own,
-                },
-                Output::Unpermit { relayed, peer } => Command::Unpermit { relayed, peer },
+                } => {
+                    let expires_ns = monotonic_ns(expires);
+                    if let Some(kernel) = &mut self.kernel {
+                        kernel.permit(relayed, peer, expires_ns, own);
+                    }
+                    Command::Permit {
+                        relayed,
+                        peer,
+                        expires_ns,
+                        own,
+                    }
+                }
+                Output::Unpermit { relayed, peer } => {
+                    if let Some(kernel) = &mut self.kernel {
+                        kernel.unpermit(relayed, peer);
+                    }
+                    Command::Unpermit { relayed, peer }
+                }
                 Output::FlowDown(flow) => {
                     if let Some(kernel) = &mut self.kernel {
                         kernel.down(&flow);
@@ -537,6 +417,9 @@ impl Control {
             Ok(sockets) => {
                 for (addr, socket) in addrs.iter().zip(sockets) {
                     self.limits.bound(*addr, policers);
+                    if let Some(kernel) = &mut self.kernel {
+                        kernel.relay_up(*addr);
+                    }
                     let _ = self.commands.send(Command::AddRelay {
                         addr: *addr,
                         socket,

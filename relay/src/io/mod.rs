@@ -3,6 +3,7 @@
 
 mod control;
 mod datapath;
+mod kernel;
 mod mmsg;
 mod stream;
 mod uring;
@@ -126,7 +127,7 @@ pub async fn serve(
         backend_name
     );
 
-    let kernel = dataplane.map(control::KernelFlows::new);
+    let kernel = dataplane.map(kernel::Kernel::new);
     let saved = control::State::new(run.state_file);
     let dataplane = control::Control::new(server, kernel, limits, saved, commands_tx, wake)
         .run(events_rx, shutdown)
@@ -151,7 +152,9 @@ fn start_server(config: crate::turn::Config, state_file: &Path) -> anyhow::Resul
     let unix = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    let seed = rand::random();
+    // Ports, transaction ids and the nonce key from the OS's CSPRNG: a 256-bit seed, not a
+    // guessable 64-bit one.
+    let rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
     match Snapshot::read(state_file) {
         Ok(Some(snapshot)) => {
             log::info!(
@@ -160,7 +163,7 @@ fn start_server(config: crate::turn::Config, state_file: &Path) -> anyhow::Resul
                 state_file.display()
             );
             let unix_ms = u64::try_from(unix.as_millis()).unwrap_or(u64::MAX);
-            return Ok(Server::restore(config, &snapshot, now, unix_ms, seed));
+            return Ok(Server::restore(config, &snapshot, now, unix_ms, rng));
         }
         Ok(None) => {}
         Err(e) => {
@@ -169,7 +172,7 @@ fn start_server(config: crate::turn::Config, state_file: &Path) -> anyhow::Resul
             let _ = std::fs::rename(state_file, aside);
         }
     }
-    Ok(Server::new(config, now, unix.as_secs(), seed))
+    Ok(Server::new(config, now, unix.as_secs(), rng))
 }
 
 /// A `msghdr` for one datagram: its address and one buffer, no control data. Both UDP

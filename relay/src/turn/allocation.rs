@@ -219,15 +219,22 @@ impl Allocation {
             .fold(self.expires, Instant::min)
     }
 
-    /// Channels that may use the fast path now (bound, and their peer permitted), each with
+    /// Channels that may use the fast path now (bound, their peer permitted and
+    /// `reachable`: see `server::reachable`), each with
     /// the instant its channel, permission or allocation ends, compared with what is
     /// installed: returns the flows to install or whose expiry moved, and the flows to
     /// remove, and records the new set.
-    pub(super) fn sync_flows(&mut self, now: Instant) -> (Vec<(Flow, Instant)>, Vec<Flow>) {
+    pub(super) fn sync_flows(
+        &mut self,
+        now: Instant,
+        reachable: impl Fn(SocketAddr) -> bool,
+    ) -> (Vec<(Flow, Instant)>, Vec<Flow>) {
         let live: HashMap<u16, (SocketAddr, Instant)> = self
             .channels
             .iter()
-            .filter(|(_, c)| c.expires > now && self.has_permission(c.peer.ip(), now))
+            .filter(|(_, c)| {
+                c.expires > now && self.has_permission(c.peer.ip(), now) && reachable(c.peer)
+            })
             .map(|(n, c)| {
                 let permission = self.permissions.get(&c.peer.ip()).copied().unwrap_or(now);
                 (*n, (c.peer, c.expires.min(permission).min(self.expires)))
@@ -273,6 +280,11 @@ impl Allocation {
         }
         self.announced.extend(up.iter().copied());
         (up, down)
+    }
+
+    /// The peers of the channels bound, live or not.
+    pub(super) fn channel_peers(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.channels.values().map(|c| c.peer)
     }
 
     /// The permissions the data path holds, to take back when the allocation ends.

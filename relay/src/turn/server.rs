@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
+use rand::{Rng as _, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -149,6 +149,11 @@ pub struct ChannelFlow {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     pub allocations: usize,
+    /// Datagrams the server relayed itself, both ways: what neither the kernel nor the
+    /// data path's flow table carried. On channels (ChannelData), and in Send and Data
+    /// indications (a browser's first ICE checks, before its ChannelBind).
+    pub relayed_on_channels: u64,
+    pub relayed_in_indications: u64,
     /// Datagrams that were neither STUN nor ChannelData, or did not decode.
     pub malformed: u64,
     /// Data from a client with no allocation, or to/from a peer without permission.
@@ -161,9 +166,15 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} allocations; dropped: {} malformed, {} without allocation or permission; {} \
-             requests refused for credentials",
-            self.allocations, self.malformed, self.unpermitted, self.unauthorized
+            "{} allocations; relayed {} datagrams on channels and {} in indications; dropped: \
+             {} malformed, {} without allocation or permission; {} requests refused for \
+             credentials",
+            self.allocations,
+            self.relayed_on_channels,
+            self.relayed_in_indications,
+            self.malformed,
+            self.unpermitted,
+            self.unauthorized
         )
     }
 }
@@ -214,6 +225,9 @@ pub struct Server {
     ids: HashMap<u64, ClientTuple>,
     id_of: HashMap<ClientTuple, u64>,
     by_relayed: HashMap<SocketAddr, ClientTuple>,
+    /// Allocations with a channel to a relayed address of this relay (relay/relay), by
+    /// that address: when it is released, their flows must go.
+    channels_to: HashMap<SocketAddr, std::collections::HashSet<ClientTuple>>,
     per_user: HashMap<String, usize>,
     ports: PortPool,
     reservations: HashMap<u64, (SocketAddr, Instant)>,
@@ -231,9 +245,10 @@ pub struct Server {
 
 impl Server {
     /// `epoch` and `unix_at_epoch` tie the monotonic clock the server is fed to Unix time
-    /// (REST credentials carry Unix expiry times). `seed` seeds port choice and nonce keys.
-    pub fn new(config: Config, epoch: Instant, unix_at_epoch: u64, seed: u64) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed);
+    /// (REST credentials carry Unix expiry times). `rng` draws what clients can observe or
+    /// must not guess: relayed ports, transaction ids, the nonce key. In production it is
+    /// seeded from the OS (`StdRng::from_os_rng`); tests seed it to replay a run.
+    pub fn new(config: Config, epoch: Instant, unix_at_epoch: u64, mut rng: StdRng) -> Self {
         let auth = Authenticator::new(
             config.realm.clone(),
             config.credentials.clone(),
@@ -251,6 +266,7 @@ impl Server {
             ids: HashMap::new(),
             id_of: HashMap::new(),
             by_relayed: HashMap::new(),
+            channels_to: HashMap::new(),
             per_user: HashMap::new(),
             reservations: HashMap::new(),
             pending: HashMap::new(),
@@ -348,9 +364,9 @@ impl Server {
         snapshot: &Snapshot,
         now: Instant,
         unix_ms_now: u64,
-        seed: u64,
+        rng: StdRng,
     ) -> Self {
-        let mut server = Self::new(config, now, unix_ms_now / 1000, seed);
+        let mut server = Self::new(config, now, unix_ms_now / 1000, rng);
         server.unix_ms_at_epoch = unix_ms_now;
         let max_lifetime = server.config.max_lifetime;
         for saved in &snapshot.allocations {
@@ -360,6 +376,13 @@ impl Server {
         }
         for r in &snapshot.reservations {
             server.adopt_reservation(r, now, unix_ms_now);
+        }
+        for (tuple, alloc) in &server.allocations {
+            for peer in alloc.channel_peers() {
+                if server.by_relayed.contains_key(&peer) {
+                    server.channels_to.entry(peer).or_default().insert(*tuple);
+                }
+            }
         }
         let dropped = snapshot.allocations.len() + snapshot.reservations.len()
             - server.allocations.len()
@@ -521,8 +544,10 @@ impl Server {
         }
         let tuple = alloc.tuple;
         let out = if let Some(channel) = alloc.channel_to(peer, now) {
+            self.stats.relayed_on_channels += 1;
             ChannelData { channel, data }.encode(tuple.transport.is_stream())
         } else {
+            self.stats.relayed_in_indications += 1;
             let mut b = MessageBuilder::new(Class::Indication, Method::DATA, self.rng.random());
             b.add_xor_address(attr::XOR_PEER_ADDRESS, peer)
                 .add(attr::DATA, data);
@@ -695,10 +720,12 @@ impl Server {
                 self.outputs.push_back(Output::Unpermit { relayed, peer });
             }
         }
+        let mut dependents = Vec::new();
         for relayed in &alloc.relayed {
             self.by_relayed.remove(relayed);
             self.ports.release(*relayed, now);
             self.outputs.push_back(Output::Release { addr: *relayed });
+            dependents.extend(self.channels_to.remove(relayed).into_iter().flatten());
         }
         if let Some(n) = self.per_user.get_mut(&alloc.username) {
             *n -= 1;
@@ -709,6 +736,9 @@ impl Server {
         if let Some(id) = self.id_of.remove(&tuple) {
             self.ids.remove(&id);
             self.restoring.remove(&id);
+        }
+        for dependent in dependents {
+            self.sync_flows(dependent, now);
         }
     }
 
@@ -726,7 +756,10 @@ impl Server {
         let Some(alloc) = self.allocations.get_mut(&tuple) else {
             return;
         };
-        let (up, down) = alloc.sync_flows(now);
+        // A channel to a relayed address of this relay that has since been released stays
+        // bound (RFC 8656 section 12), but carries nothing: the port may be anyone's now.
+        let (config, by_relayed) = (&self.config, &self.by_relayed);
+        let (up, down) = alloc.sync_flows(now, |peer| reachable(config, by_relayed, peer));
         // Peers reach every allocation over UDP: its permissions go to the data path
         // whatever the client's transport.
         let (permitted, unpermitted) = alloc.sync_permissions(now);
@@ -782,6 +815,7 @@ impl Server {
             });
         match target {
             Some((relayed, peer)) => {
+                self.stats.relayed_on_channels += 1;
                 self.outputs.push_back(Output::ToPeer {
                     relayed,
                     peer,
@@ -1144,23 +1178,12 @@ impl Server {
         Ok(peers)
     }
 
-    /// Whether `peer` is a live relayed address of this relay, as relayed or as advertised
-    /// (an external IP).
     fn is_own_relayed(&self, peer: SocketAddr) -> bool {
-        self.by_relayed.contains_key(&peer)
-            || self.config.external_ips.iter().any(|(relay, ext)| {
-                *ext == peer.ip()
-                    && self
-                        .by_relayed
-                        .contains_key(&SocketAddr::new(*relay, peer.port()))
-            })
+        is_own_relayed(&self.config, &self.by_relayed, peer)
     }
 
-    /// Permissions are by IP (RFC 8656 section 9): on the relay host's own addresses that
-    /// would open every port of the host, so there a peer must be a live relayed address,
-    /// port-exact, on every datagram both ways.
     fn reachable(&self, peer: SocketAddr) -> bool {
-        !self.config.peer_policy.is_own(peer.ip()) || self.is_own_relayed(peer)
+        reachable(&self.config, &self.by_relayed, peer)
     }
 
     /// RFC 8656 section 9.2: all permissions or none.
@@ -1223,6 +1246,9 @@ impl Server {
         }
         alloc.bind(number, peer, now);
         alloc.permit(peer.ip(), now);
+        if self.by_relayed.contains_key(&peer) {
+            self.channels_to.entry(peer).or_default().insert(tuple);
+        }
         self.dirty = true;
         self.sync_flows(tuple, now);
         self.rearm(tuple);
@@ -1246,12 +1272,39 @@ impl Server {
             .filter(|_| self.reachable(peer))
             .and_then(|a| a.relayed_for(peer));
         match relayed {
-            Some(relayed) => self.outputs.push_back(Output::ToPeer {
-                relayed,
-                peer,
-                data: data.to_vec(),
-            }),
+            Some(relayed) => {
+                self.stats.relayed_in_indications += 1;
+                self.outputs.push_back(Output::ToPeer {
+                    relayed,
+                    peer,
+                    data: data.to_vec(),
+                });
+            }
             None => self.stats.unpermitted += 1,
         }
     }
+}
+
+/// Whether `peer` is a live relayed address of this relay, as relayed or as advertised (an
+/// external IP).
+fn is_own_relayed(
+    config: &Config,
+    by_relayed: &HashMap<SocketAddr, ClientTuple>,
+    peer: SocketAddr,
+) -> bool {
+    by_relayed.contains_key(&peer)
+        || config.external_ips.iter().any(|(relay, ext)| {
+            *ext == peer.ip() && by_relayed.contains_key(&SocketAddr::new(*relay, peer.port()))
+        })
+}
+
+/// Permissions are by IP (RFC 8656 section 9): on the relay host's own addresses that would
+/// open every port of the host, so there a peer must be a live relayed address, port-exact,
+/// on every datagram both ways.
+fn reachable(
+    config: &Config,
+    by_relayed: &HashMap<SocketAddr, ClientTuple>,
+    peer: SocketAddr,
+) -> bool {
+    !config.peer_policy.is_own(peer.ip()) || is_own_relayed(config, by_relayed, peer)
 }

@@ -26,6 +26,11 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// A replayable random number generator (production seeds from the OS).
+fn seeded(seed: u64) -> rand::rngs::StdRng {
+    rand::SeedableRng::seed_from_u64(seed)
+}
+
 /// The relay host's addresses: its listener's and its relay IPs.
 fn own_ips() -> Vec<std::net::IpAddr> {
     vec![
@@ -96,7 +101,7 @@ impl Harness {
     fn new(config: Config) -> Self {
         let now = Instant::now();
         Self {
-            server: Server::new(config.clone(), now, UNIX_START, 42),
+            server: Server::new(config.clone(), now, UNIX_START, seeded(42)),
             config,
             start: now,
             now,
@@ -197,7 +202,7 @@ impl Harness {
         self.held.clear();
         self.permitted.clear();
         let unix_ms = UNIX_START * 1000 + (self.now - self.start).as_millis() as u64;
-        self.server = Server::restore(self.config.clone(), &read, self.now, unix_ms, seed);
+        self.server = Server::restore(self.config.clone(), &read, self.now, unix_ms, seeded(seed));
         snapshot
     }
 
@@ -685,6 +690,36 @@ fn the_data_path_learns_every_permission_and_its_end() {
     a.permit(&mut h, peer);
     a.refresh(&mut h, 0);
     assert!(h.permitted.is_empty(), "{:?}", h.permitted);
+}
+
+/// A channel to a neighbour's relayed address outlives the neighbour's allocation (RFC 8656
+/// section 12), but once that address is released the port may be anyone's: the flow goes
+/// and the channel carries nothing.
+#[test]
+fn a_channel_to_a_released_neighbour_carries_nothing() {
+    let mut h = Harness::new(config());
+    let mut a = Client::udp("10.77.0.11:40000", "alice", "secret");
+    a.allocate(&mut h);
+    let mut b = Client::udp("10.77.0.12:40000", "bob", "hunter2");
+    let relayed_b = b.allocate(&mut h);
+    assert_eq!(a.bind(&mut h, 0x4000, relayed_b).class(), Class::Success);
+    let out = b.refresh(&mut h, 0);
+    assert_eq!(out.class(), Class::Success);
+    assert!(
+        h.history
+            .iter()
+            .any(|o| matches!(o, Output::FlowDown(f) if f.peer == relayed_b)),
+        "{:?}",
+        h.history
+    );
+    let unpermitted = h.server.stats().unpermitted;
+    let cd = ChannelData {
+        channel: 0x4000,
+        data: b"to whoever has the port now",
+    }
+    .encode(false);
+    assert!(to_peer(&h.client_sends(a.tuple, &cd)).is_empty());
+    assert_eq!(h.server.stats().unpermitted, unpermitted + 1);
 }
 
 #[test]

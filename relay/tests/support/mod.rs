@@ -208,6 +208,15 @@ pub(crate) fn channel_client(
     .unwrap()
 }
 
+/// What the relay logged at exit after `prefix` ("UDP data path at exit: ", "TURN server
+/// at exit: "): its counters.
+pub(crate) fn exit_figures(log: &[String], prefix: &str) -> String {
+    log.iter().find_map(|l| l.split_once(prefix)).map_or_else(
+        || panic!("the relay logged no {prefix:?}"),
+        |(_, f)| f.to_owned(),
+    )
+}
+
 /// Packets and bytes of one verdict's row in the table the relay prints on exit.
 pub(crate) fn verdict_row(stdout: &str, verdict: &str) -> (u64, u64) {
     let line = stdout

@@ -1,0 +1,321 @@
+//! The kernel's copy of what its fast path needs, when an XDP program is attached: the
+//! channel flows (and the relay/relay hairpins between them), the relayed addresses and
+//! their permissions.
+//!
+//! What cannot be installed fails safe: a channel left out stays in userspace (slower, not
+//! lost); a relayed address whose permission cannot be installed is no longer guarded in
+//! the kernel (its datagrams go up, where the data path checks them).
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+    time::Instant,
+};
+
+use relay_common::flow::MAX_FLOWS;
+
+use crate::{
+    clock::monotonic_ns,
+    dataplane::{Dataplane, KernelChannel},
+    turn::ChannelFlow,
+};
+
+pub(crate) struct Kernel {
+    pub(crate) dataplane: Dataplane,
+    /// Installed channels, with their expiry (CLOCK_MONOTONIC ns).
+    channels: HashMap<ChannelFlow, (KernelChannel, u64)>,
+    /// Installed channels by `(relayed, peer)`: a channel's hairpin partner is the one at
+    /// `(its peer, its relayed)`.
+    by_path: HashMap<(SocketAddr, SocketAddr), ChannelFlow>,
+    /// Free counter slots of `FLOW_STATS`.
+    free: Vec<u32>,
+    /// Relayed addresses in `RELAYED`, and those left out of it (fail safe).
+    relayed: HashSet<SocketAddr>,
+    unguarded: HashSet<SocketAddr>,
+    permissions: HashSet<(SocketAddr, IpAddr)>,
+    /// Channels that could not be installed (no counter slots or map entries left).
+    pub(crate) not_installed: u64,
+    /// Relayed addresses left unguarded because a permission could not be installed.
+    pub(crate) permissions_failed: u64,
+}
+
+impl Kernel {
+    pub(crate) fn new(dataplane: Dataplane) -> Self {
+        Self {
+            dataplane,
+            channels: HashMap::new(),
+            by_path: HashMap::new(),
+            free: (0..MAX_FLOWS).rev().collect(),
+            relayed: HashSet::new(),
+            unguarded: HashSet::new(),
+            permissions: HashSet::new(),
+            not_installed: 0,
+            permissions_failed: 0,
+        }
+    }
+
+    /// Installs a channel spending the budgets of policer slots `[allocation, tenant]`, or
+    /// moves its expiry when it is installed already; pairs it with its hairpin partner.
+    pub(crate) fn up(&mut self, flow: ChannelFlow, expires: Instant, policers: [u32; 2]) {
+        let expires_ns = monotonic_ns(expires);
+        let channel = if let Some((channel, _)) = self.channels.get(&flow) {
+            *channel
+        } else {
+            let Some(stats) = self.take_stats() else {
+                return self.left_out(&flow, "no counter slots left");
+            };
+            KernelChannel {
+                flow,
+                stats,
+                policers,
+            }
+        };
+        let Some(entries) = channel.entries(expires_ns) else {
+            // Not for the kernel (a stream client, families that differ).
+            self.free.extend(channel.stats);
+            return;
+        };
+        let new = !self.channels.contains_key(&flow);
+        for (i, (key, action)) in entries.iter().enumerate() {
+            if let Err(e) = self.dataplane.insert_flow(key, action) {
+                if !new {
+                    // An expiry update: the entries stay with their old expiry.
+                    log::warn!(
+                        "fast path: cannot refresh channel {:#06x}: {e}",
+                        flow.channel
+                    );
+                    return;
+                }
+                // Half a channel in the kernel is worse than none: take back what went in.
+                for (key, _) in &entries[..i] {
+                    let _ = self.dataplane.remove_flow(key);
+                }
+                self.free.extend(channel.stats);
+                return self.left_out(&flow, &e.to_string());
+            }
+        }
+        self.channels.insert(flow, (channel, expires_ns));
+        self.by_path.insert((flow.relayed, flow.peer), flow);
+        self.pair(&flow);
+    }
+
+    /// When `flow`'s peer is another channel's relayed address and that channel's peer is
+    /// `flow`'s (two clients of this relay talking: relay/relay), both clients' entries
+    /// send straight to the other client, until the earlier of the two expiries.
+    fn pair(&mut self, flow: &ChannelFlow) {
+        let Some(partner) = self.by_path.get(&(flow.peer, flow.relayed)) else {
+            return;
+        };
+        let (Some((a, a_expires)), Some((b, b_expires))) =
+            (self.channels.get(flow), self.channels.get(partner))
+        else {
+            return;
+        };
+        let expires_ns = (*a_expires).min(*b_expires);
+        for (from, to) in [(a, b), (b, a)] {
+            if let Some((key, action)) = from.hairpin(to, expires_ns) {
+                // On failure the plain entry stays: the hairpin goes through userspace.
+                if let Err(e) = self.dataplane.insert_flow(&key, &action) {
+                    log::warn!(
+                        "fast path: cannot pair channel {:#06x} of {} with {}: {e}",
+                        from.flow.channel,
+                        from.flow.client,
+                        to.flow.client
+                    );
+                }
+            }
+        }
+    }
+
+    pub(crate) fn down(&mut self, flow: &ChannelFlow) {
+        let Some((channel, _)) = self.channels.remove(flow) else {
+            return;
+        };
+        self.by_path.remove(&(flow.relayed, flow.peer));
+        self.log_usage(&channel);
+        if let Some(entries) = channel.entries(0) {
+            for (key, _) in &entries {
+                if let Err(e) = self.dataplane.remove_flow(key) {
+                    log::warn!(
+                        "fast path: cannot remove channel {:#06x} of {}: {e}",
+                        flow.channel,
+                        flow.client
+                    );
+                }
+            }
+        }
+        self.free.extend(channel.stats);
+        // The partner's client entry was a hairpin through this channel: plain again.
+        if let Some((partner, expires_ns)) = self
+            .by_path
+            .get(&(flow.peer, flow.relayed))
+            .and_then(|p| self.channels.get(p))
+            .copied()
+        {
+            for (key, action) in partner.entries(expires_ns).into_iter().flatten() {
+                if let Err(e) = self.dataplane.insert_flow(&key, &action) {
+                    log::warn!(
+                        "fast path: cannot unpair channel {:#06x}: {e}",
+                        partner.flow.channel
+                    );
+                }
+            }
+        }
+    }
+
+    /// Usage, as coturn logs it when a session ends: what the kernel relayed for the channel
+    /// (what userspace relayed is in the data path's counters).
+    fn log_usage(&self, channel: &KernelChannel) {
+        let flow = &channel.flow;
+        if let (Ok(to_peer), Ok(to_client)) = (
+            self.dataplane.flow_stats(channel.stats[0]),
+            self.dataplane.flow_stats(channel.stats[1]),
+        ) {
+            log::info!(
+                "usage: channel {:#06x} of {} to {}: XDP relayed {} packets ({} bytes) to the peer, {} ({} bytes) to the client",
+                flow.channel,
+                flow.client,
+                flow.peer,
+                to_peer.packets,
+                to_peer.bytes,
+                to_client.packets,
+                to_client.bytes
+            );
+        }
+    }
+
+    /// Two counter slots, zeroed: they may hold counts of an earlier flow, removed since or
+    /// left by an adopted data plane.
+    fn take_stats(&mut self) -> Option<[u32; 2]> {
+        if self.free.len() < 2 {
+            return None;
+        }
+        let stats = [self.free.pop()?, self.free.pop()?];
+        for slot in stats {
+            if let Err(e) = self.dataplane.reset_flow_stats(slot) {
+                log::warn!("fast path: cannot reset counters {slot}: {e}");
+            }
+        }
+        Some(stats)
+    }
+
+    /// Counts and logs (the first, then every 1000th) a channel left to userspace: slower,
+    /// not lost.
+    fn left_out(&mut self, flow: &ChannelFlow, why: &str) {
+        if self.not_installed.is_multiple_of(1000) {
+            log::warn!(
+                "fast path: channel {:#06x} of {} stays in userspace ({why}); {} so far",
+                flow.channel,
+                flow.client,
+                self.not_installed + 1
+            );
+        }
+        self.not_installed += 1;
+    }
+
+    /// A relayed address whose peers' datagrams the program is to check.
+    pub(crate) fn relay_up(&mut self, relayed: SocketAddr) {
+        match self.dataplane.insert_relayed(relayed) {
+            Ok(()) => {
+                self.relayed.insert(relayed);
+            }
+            Err(e) => log::warn!("fast path: {relayed} checked in userspace only: {e}"),
+        }
+    }
+
+    pub(crate) fn relay_down(&mut self, relayed: SocketAddr) {
+        self.unguarded.remove(&relayed);
+        if self.relayed.remove(&relayed) {
+            if let Err(e) = self.dataplane.remove_relayed(relayed) {
+                log::warn!("fast path: cannot remove relayed address {relayed}: {e}");
+            }
+        }
+    }
+
+    pub(crate) fn permit(&mut self, relayed: SocketAddr, peer: IpAddr, expires_ns: u64, own: bool) {
+        if self.unguarded.contains(&relayed) {
+            return;
+        }
+        match self
+            .dataplane
+            .insert_permission(relayed, peer, expires_ns, own)
+        {
+            Ok(()) => {
+                self.permissions.insert((relayed, peer));
+            }
+            Err(e) => {
+                // Fail safe: without this permission the program would drop a permitted
+                // peer; unguarded, the address's datagrams go up to be checked there.
+                log::warn!(
+                    "fast path: cannot install a permission of {relayed} ({e}): its peers are \
+                     checked in userspace"
+                );
+                self.permissions_failed += 1;
+                self.unguarded.insert(relayed);
+                if self.relayed.remove(&relayed) {
+                    let _ = self.dataplane.remove_relayed(relayed);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn unpermit(&mut self, relayed: SocketAddr, peer: IpAddr) {
+        if self.permissions.remove(&(relayed, peer)) {
+            if let Err(e) = self.dataplane.remove_permission(relayed, peer) {
+                log::warn!("fast path: cannot remove a permission of {relayed}: {e}");
+            }
+        }
+    }
+
+    /// Removes the entries of adopted maps that the daemon's state does not announce
+    /// (what ended while no daemon ran): called once the restored allocations have
+    /// announced theirs. Returns how many went.
+    pub(crate) fn reconcile(&mut self) -> usize {
+        let wanted: HashSet<_> = self
+            .channels
+            .iter()
+            .filter_map(|(_, (channel, _))| channel.entries(0))
+            .flat_map(|entries| entries.map(|(key, _)| key))
+            .collect();
+        let mut removed = 0;
+        match self.dataplane.flow_keys() {
+            Ok(keys) => {
+                for key in keys.iter().filter(|k| !wanted.contains(k)) {
+                    match self.dataplane.remove_flow(key) {
+                        Ok(()) => removed += 1,
+                        Err(e) => log::warn!("fast path: cannot remove a stale flow: {e}"),
+                    }
+                }
+            }
+            Err(e) => log::warn!("fast path: cannot list the adopted flows: {e}"),
+        }
+        let (relayed, permissions) = match self.dataplane.relayed_and_permission_keys() {
+            Ok(keys) => keys,
+            Err(e) => {
+                log::warn!("fast path: cannot list the adopted permissions: {e}");
+                return removed;
+            }
+        };
+        let wanted: HashSet<_> = self
+            .relayed
+            .iter()
+            .map(|r| crate::dataplane::relayed_key(*r))
+            .collect();
+        for key in relayed.iter().filter(|k| !wanted.contains(k)) {
+            if self.dataplane.remove_relayed_key(key).is_ok() {
+                removed += 1;
+            }
+        }
+        let wanted: HashSet<_> = self
+            .permissions
+            .iter()
+            .map(|(r, p)| crate::dataplane::permission_key(*r, *p))
+            .collect();
+        for key in permissions.iter().filter(|k| !wanted.contains(k)) {
+            if self.dataplane.remove_permission_key(key).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
