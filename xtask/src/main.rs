@@ -95,7 +95,9 @@ fn target_dir() -> std::path::PathBuf {
 const FUZZ_SMOKE_SECONDS: u64 = 15;
 const FUZZ_TARGETS: [&str; 3] = ["stun_message", "channel_data", "turn_server"];
 
-/// Runs each fuzz target for `seconds`; any crash fails.
+/// Runs each fuzz target for `seconds`, from its committed seeds (`relay/fuzz/seeds`) and
+/// what earlier runs found (`relay/fuzz/corpus`, not committed); reports executions per
+/// target; any crash fails.
 fn fuzz(seconds: u64, only: Option<&str>) -> anyhow::Result<()> {
     let relay = workspace().join("relay");
     for target in FUZZ_TARGETS
@@ -103,24 +105,56 @@ fn fuzz(seconds: u64, only: Option<&str>) -> anyhow::Result<()> {
         .filter(|t| only.is_none_or(|o| o == **t))
     {
         println!("fuzz: {target} for {seconds} s");
-        let status = Command::new("cargo")
-            .args([
-                "+nightly",
-                "fuzz",
-                "run",
-                target,
-                "--",
-                &format!("-max_total_time={seconds}"),
-            ])
+        let corpus = relay.join("fuzz/corpus").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        let mut run = Command::new("cargo");
+        run.args(["+nightly", "fuzz", "run", target])
+            .arg(&corpus)
             .current_dir(&relay)
             // The fuzz build needs no XDP object.
             .env("AYA_BUILD_SKIP", "1")
-            .status()?;
-        if !status.success() {
+            .stderr(std::process::Stdio::piped());
+        let seeds = relay.join("fuzz/seeds").join(target);
+        if seeds.is_dir() {
+            run.arg(&seeds);
+        }
+        let mut child = run
+            .args(["--", &format!("-max_total_time={seconds}")])
+            .spawn()?;
+        // libFuzzer talks on stderr: keep the end for a failure, the last line for the
+        // figures ("Done 123456 runs in 15 second(s)").
+        let mut tail = std::collections::VecDeque::new();
+        for line in
+            std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().expect("piped")))
+        {
+            tail.push_back(line?);
+            if tail.len() > 60 {
+                tail.pop_front();
+            }
+        }
+        if !child.wait()?.success() {
+            for line in &tail {
+                eprintln!("{line}");
+            }
             bail!("fuzz target {target} failed: see relay/fuzz/artifacts/{target}");
+        }
+        match tail.iter().rev().find_map(|l| executions(l)) {
+            Some((runs, secs)) => println!(
+                "fuzz: {target}: {runs} executions in {secs} s ({} per second), no crash",
+                runs / secs.max(1)
+            ),
+            None => println!("fuzz: {target}: no crash (libFuzzer printed no run count)"),
         }
     }
     Ok(())
+}
+
+/// `Done 123456 runs in 15 second(s)` -> (123456, 15).
+fn executions(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("Done ")?;
+    let (runs, rest) = rest.split_once(" runs in ")?;
+    let secs = rest.split_whitespace().next()?;
+    Some((runs.parse().ok()?, secs.parse().ok()?))
 }
 
 /// The default members only: `relay-ebpf` builds for the BPF target, inside relay's build.
