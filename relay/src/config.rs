@@ -108,6 +108,12 @@ pub struct Settings {
     /// Allocations in all.
     #[arg(long, value_name = "N")]
     pub total_quota: Option<usize>,
+    /// Live permissions (peer IPs) one allocation may hold [default: 128].
+    #[arg(long, value_name = "N")]
+    pub max_permissions: Option<usize>,
+    /// Live channels one allocation may hold [default: 64].
+    #[arg(long, value_name = "N")]
+    pub max_channels: Option<usize>,
     /// Longest allocation lifetime a client may ask for, in seconds [default: 3600].
     #[arg(long, value_name = "SECONDS")]
     pub max_allocate_lifetime: Option<u64>,
@@ -257,6 +263,8 @@ impl Settings {
             max_bps: self.max_bps.or(file.max_bps),
             user_quota: self.user_quota.or(file.user_quota),
             total_quota: self.total_quota.or(file.total_quota),
+            max_permissions: self.max_permissions.or(file.max_permissions),
+            max_channels: self.max_channels.or(file.max_channels),
             max_allocate_lifetime: self.max_allocate_lifetime.or(file.max_allocate_lifetime),
             no_tcp: self.no_tcp.or(file.no_tcp),
             no_tls: self.no_tls.or(file.no_tls),
@@ -442,6 +450,8 @@ impl Settings {
                 max_bps: self.max_bps,
                 user_quota: self.user_quota,
                 total_quota: self.total_quota,
+                max_permissions: self.max_permissions.unwrap_or(128),
+                max_channels: self.max_channels.unwrap_or(64),
                 tenants,
             },
             udp,

@@ -40,6 +40,8 @@ fn server(now: Instant) -> Server {
         max_bps: None,
         user_quota: Some(4),
         total_quota: Some(8),
+        max_permissions: 8,
+        max_channels: 4,
         tenants: vec![],
     };
     Server::new(config, now, 1_800_000_000, rand::SeedableRng::seed_from_u64(0))

@@ -121,6 +121,15 @@ impl Allocation {
     }
 
     /// Installs or refreshes the permission for `peer`; returns its expiry.
+    /// Permissions not yet expired (expired ones may wait for the next timer).
+    pub(super) fn permissions_live(&self, now: Instant) -> usize {
+        self.permissions.values().filter(|e| **e > now).count()
+    }
+
+    pub(super) fn channels_live(&self, now: Instant) -> usize {
+        self.channels.values().filter(|c| c.expires > now).count()
+    }
+
     pub(super) fn permit(&mut self, peer: IpAddr, now: Instant) -> Instant {
         let expires = now + PERMISSION_LIFETIME;
         self.permissions.insert(peer, expires);
@@ -229,33 +238,35 @@ impl Allocation {
         now: Instant,
         reachable: impl Fn(SocketAddr) -> bool,
     ) -> (Vec<(Flow, Instant)>, Vec<Flow>) {
-        let live: HashMap<u16, (SocketAddr, Instant)> = self
+        // Compared in place: no map is built per request.
+        let live = |number: &u16| {
+            let c = self.channels.get(number)?;
+            let permission = *self.permissions.get(&c.peer.ip())?;
+            (c.expires > now && permission > now && reachable(c.peer))
+                .then(|| (c.peer, c.expires.min(permission).min(self.expires)))
+        };
+        let up: Vec<(Flow, Instant)> = self
             .channels
-            .iter()
-            .filter(|(_, c)| {
-                c.expires > now && self.has_permission(c.peer.ip(), now) && reachable(c.peer)
-            })
-            .map(|(n, c)| {
-                let permission = self.permissions.get(&c.peer.ip()).copied().unwrap_or(now);
-                (*n, (c.peer, c.expires.min(permission).min(self.expires)))
-            })
-            .collect();
-        let up = live
-            .iter()
+            .keys()
+            .filter_map(|n| live(n).map(|v| (*n, v)))
             .filter(|(n, v)| self.installed.get(n) != Some(v))
-            .map(|(n, (p, e))| ((*n, *p), *e))
+            .map(|(n, (peer, expires))| ((n, peer), expires))
             .collect();
-        let down = self
+        let down: Vec<Flow> = self
             .installed
             .iter()
-            .filter(|(n, (p, _))| live.get(n).map(|(lp, _)| lp) != Some(p))
+            .filter(|(n, (p, _))| live(n).map(|(lp, _)| lp) != Some(*p))
             .map(|(n, (p, _))| (*n, *p))
             .collect();
-        self.installed = live;
+        for (n, _) in &down {
+            self.installed.remove(n);
+        }
+        for ((n, peer), expires) in &up {
+            self.installed.insert(*n, (*peer, *expires));
+        }
         (up, down)
     }
 
-    /// Every installed flow, for removal when the allocation ends.
     /// What the data path must learn of the permissions since the last call: permissions
     /// new or refreshed (with their expiry), and permissions gone. The data path drops a
     /// peer's datagram without one before it spends any budget (RFC 8656 section 9).

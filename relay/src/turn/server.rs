@@ -86,6 +86,10 @@ pub struct Config {
     pub max_bps: Option<u64>,
     pub user_quota: Option<usize>,
     pub total_quota: Option<usize>,
+    /// Live permissions (peer IPs) and channels one allocation may hold: beyond, 508. Each
+    /// costs kernel map entries; without a cap two allocations could fill the flow table.
+    pub max_permissions: usize,
+    pub max_channels: usize,
     /// Tenants, whose shared rate limits the data path enforces.
     pub tenants: Vec<Tenant>,
 }
@@ -160,6 +164,8 @@ pub struct Stats {
     pub unpermitted: u64,
     /// Requests refused for credentials (401, 438, 441).
     pub unauthorized: u64,
+    /// CreatePermission and ChannelBind refused (508) over the allocation's caps.
+    pub over_cap: u64,
 }
 
 impl fmt::Display for Stats {
@@ -168,13 +174,14 @@ impl fmt::Display for Stats {
             f,
             "{} allocations; relayed {} datagrams on channels and {} in indications; dropped: \
              {} malformed, {} without allocation or permission; {} requests refused for \
-             credentials",
+             credentials, {} over an allocation's permission or channel cap",
             self.allocations,
             self.relayed_on_channels,
             self.relayed_in_indications,
             self.malformed,
             self.unpermitted,
-            self.unauthorized
+            self.unauthorized,
+            self.over_cap
         )
     }
 }
@@ -239,6 +246,9 @@ pub struct Server {
     dirty: bool,
     next_id: u64,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    /// The earliest allocation timer in `timers` per allocation id: a later one is not
+    /// pushed (it would pile up, one per request), an earlier one supersedes it.
+    armed: HashMap<u64, Instant>,
     outputs: VecDeque<Output>,
     stats: Stats,
 }
@@ -274,6 +284,7 @@ impl Server {
             dirty: false,
             next_id: 1,
             timers: BinaryHeap::new(),
+            armed: HashMap::new(),
             outputs: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -424,8 +435,7 @@ impl Server {
         *self.per_user.entry(alloc.username.clone()).or_default() += 1;
         self.ids.insert(id, tuple);
         self.id_of.insert(tuple, id);
-        self.timers
-            .push(Reverse((alloc.next_expiry(), Timer::Allocation(id))));
+        self.arm(id, alloc.next_expiry());
         self.outputs.push_back(Output::Bind {
             id,
             addrs: alloc.relayed.clone(),
@@ -640,7 +650,7 @@ impl Server {
         self.dirty = true;
         self.ids.insert(id, p.tuple);
         self.id_of.insert(p.tuple, id);
-        self.timers.push(Reverse((expires, Timer::Allocation(id))));
+        self.arm(id, expires);
         self.outputs.push_back(Output::ToClient {
             tuple: p.tuple,
             data: response,
@@ -675,6 +685,11 @@ impl Server {
                     }
                 }
                 Timer::Allocation(id) => {
+                    // Superseded by an earlier one, which re-armed after it fired.
+                    if self.armed.get(&id) != Some(&at) {
+                        continue;
+                    }
+                    self.armed.remove(&id);
                     let Some(tuple) = self.ids.get(&id).copied() else {
                         continue;
                     };
@@ -690,10 +705,7 @@ impl Server {
                         self.dirty = true;
                     }
                     self.sync_flows(tuple, now);
-                    if let Some(alloc) = self.allocations.get(&tuple) {
-                        self.timers
-                            .push(Reverse((alloc.next_expiry(), Timer::Allocation(id))));
-                    }
+                    self.rearm(tuple);
                 }
             }
         }
@@ -736,6 +748,7 @@ impl Server {
         if let Some(id) = self.id_of.remove(&tuple) {
             self.ids.remove(&id);
             self.restoring.remove(&id);
+            self.armed.remove(&id);
         }
         for dependent in dependents {
             self.sync_flows(dependent, now);
@@ -782,14 +795,16 @@ impl Server {
         if tuple.transport != Transport::Udp {
             return;
         }
-        for ((channel, peer), expires) in up {
-            if let Some(flow) = alloc.channel_flow(channel, peer) {
-                self.outputs.push_back(Output::FlowUp(flow, expires));
-            }
-        }
+        // Downs first: a channel number bound again to another peer keeps its client-side
+        // key, which the old flow's removal must not take from the new one.
         for (channel, peer) in down {
             if let Some(flow) = alloc.channel_flow(channel, peer) {
                 self.outputs.push_back(Output::FlowDown(flow));
+            }
+        }
+        for ((channel, peer), expires) in up {
+            if let Some(flow) = alloc.channel_flow(channel, peer) {
+                self.outputs.push_back(Output::FlowUp(flow, expires));
             }
         }
     }
@@ -797,9 +812,24 @@ impl Server {
     /// Re-arms the allocation's timer for its next expiry.
     fn rearm(&mut self, tuple: ClientTuple) {
         if let (Some(id), Some(alloc)) = (self.id_of.get(&tuple), self.allocations.get(&tuple)) {
-            self.timers
-                .push(Reverse((alloc.next_expiry(), Timer::Allocation(*id))));
+            self.arm(*id, alloc.next_expiry());
         }
+    }
+
+    /// Makes sure allocation `id`'s timer fires by `at`: one timer per allocation pending,
+    /// however many requests move its next expiry.
+    fn arm(&mut self, id: u64, at: Instant) {
+        if self.armed.get(&id).is_some_and(|armed| *armed <= at) {
+            return;
+        }
+        self.armed.insert(id, at);
+        self.timers.push(Reverse((at, Timer::Allocation(id))));
+    }
+
+    /// Timers pending, stale ones included (tests: they must not pile up).
+    #[cfg(test)]
+    pub(super) fn pending_timers(&self) -> usize {
+        self.timers.len()
     }
 
     fn channel_data_from_client(&mut self, now: Instant, tuple: ClientTuple, cd: ChannelData<'_>) {
@@ -1202,6 +1232,17 @@ impl Server {
             .allocations
             .get_mut(&tuple)
             .expect("checked by the caller");
+        // All or none (section 9.2), and within the allocation's cap.
+        let new = peers
+            .iter()
+            .filter(|p| !alloc.has_permission(p.ip(), now))
+            .map(SocketAddr::ip)
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        if alloc.permissions_live(now) + new > self.config.max_permissions {
+            self.stats.over_cap += 1;
+            return self.error(tuple, msg, 508, "Insufficient Capacity", Some(auth));
+        }
         for peer in peers {
             alloc.permit(peer.ip(), now);
         }
@@ -1243,6 +1284,14 @@ impl Server {
                 BindConflict::PeerTaken => "Bad Request: peer bound to another channel",
             };
             return self.error(tuple, msg, 400, reason, Some(auth));
+        }
+        let over = (alloc.channel(number, now).is_none()
+            && alloc.channels_live(now) >= self.config.max_channels)
+            || (!alloc.has_permission(peer.ip(), now)
+                && alloc.permissions_live(now) >= self.config.max_permissions);
+        if over {
+            self.stats.over_cap += 1;
+            return self.error(tuple, msg, 508, "Insufficient Capacity", Some(auth));
         }
         alloc.bind(number, peer, now);
         alloc.permit(peer.ip(), now);

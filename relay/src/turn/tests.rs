@@ -70,6 +70,8 @@ fn config() -> Config {
         max_bps: None,
         user_quota: None,
         total_quota: None,
+        max_permissions: 128,
+        max_channels: 64,
         tenants: vec![],
     }
 }
@@ -224,7 +226,7 @@ struct Client {
     username: String,
     password: String,
     nonce: Option<String>,
-    next_tid: u8,
+    next_tid: u32,
 }
 
 impl Client {
@@ -252,7 +254,9 @@ impl Client {
 
     fn tid(&mut self) -> [u8; 12] {
         self.next_tid += 1;
-        [self.next_tid; 12]
+        let mut tid = [self.next_tid as u8; 12];
+        tid[..4].copy_from_slice(&self.next_tid.to_be_bytes());
+        tid
     }
 
     /// A request with `attrs`, authenticated when the client holds a nonce.
@@ -496,7 +500,9 @@ fn retransmitted_allocate_gets_the_same_answer_and_a_new_one_437() {
     let mut h = Harness::new(config());
     let mut c = Client::udp("10.77.0.11:40000", "alice", "secret");
     c.allocate(&mut h);
-    let tid = [c.next_tid; 12];
+    // The transaction id of the Allocate that succeeded, sent again.
+    c.next_tid -= 1;
+    let tid = c.tid();
     let mut b = MessageBuilder::new(Class::Request, Method::ALLOCATE, tid);
     b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
         .add(attr::USERNAME, b"alice")
@@ -720,6 +726,66 @@ fn a_channel_to_a_released_neighbour_carries_nothing() {
     .encode(false);
     assert!(to_peer(&h.client_sends(a.tuple, &cd)).is_empty());
     assert_eq!(h.server.stats().unpermitted, unpermitted + 1);
+}
+
+/// Each permission and channel costs kernel map entries: an allocation holds at most the
+/// configured number of each (508 beyond), all or none, and gets room back as they expire.
+#[test]
+fn permissions_and_channels_are_capped_per_allocation() {
+    let mut cfg = config();
+    (cfg.max_permissions, cfg.max_channels) = (3, 2);
+    let mut h = Harness::new(cfg);
+    let mut a = Client::udp("10.77.0.11:40000", "alice", "secret");
+    a.allocate(&mut h);
+    let peer = |i: u8| addr(&format!("10.77.0.{}:3480", 30 + i));
+    assert_eq!(a.bind(&mut h, 0x4000, peer(0)).class(), Class::Success);
+    assert_eq!(a.bind(&mut h, 0x4001, peer(1)).class(), Class::Success);
+    assert_eq!(
+        error_code(&a.bind(&mut h, 0x4002, peer(2))),
+        Some(508),
+        "third channel"
+    );
+    // Refreshing a channel is not a new one.
+    assert_eq!(a.bind(&mut h, 0x4001, peer(1)).class(), Class::Success);
+    assert_eq!(a.permit(&mut h, peer(2)).class(), Class::Success);
+    assert_eq!(
+        error_code(&a.permit(&mut h, peer(3))),
+        Some(508),
+        "fourth permission"
+    );
+    assert_eq!(
+        a.permit(&mut h, peer(2)).class(),
+        Class::Success,
+        "a refresh"
+    );
+    assert_eq!(h.server.stats().over_cap, 2);
+    // Expired, they make room again.
+    a.refresh(&mut h, 3600);
+    h.advance(Duration::from_secs(601));
+    assert_eq!(a.permit(&mut h, peer(3)).class(), Class::Success);
+    assert_eq!(a.bind(&mut h, 0x4002, peer(4)).class(), Class::Success);
+}
+
+/// Every request that moves an allocation's next expiry used to push a timer that was never
+/// removed: a client refreshing a permission in a loop grew the heap without bound.
+#[test]
+fn timers_do_not_pile_up() {
+    let mut h = Harness::new(config());
+    let mut a = Client::udp("10.77.0.11:40000", "alice", "secret");
+    a.allocate(&mut h);
+    let peer = addr(PEER);
+    for _ in 0..1000 {
+        a.permit(&mut h, peer);
+        h.advance(Duration::from_millis(100));
+    }
+    assert!(
+        h.server.pending_timers() <= 2,
+        "{} timers",
+        h.server.pending_timers()
+    );
+    // And the one that is left still expires the permission.
+    h.advance(Duration::from_secs(300));
+    assert!(h.permitted.is_empty());
 }
 
 #[test]
