@@ -100,17 +100,21 @@ pub async fn serve(
         }
     };
 
+    // One for every stream listener, so that the connection caps hold across them.
+    let streams = stream::Streams::new(stream::StreamLimits::default());
     for addr in &run.tcp {
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("listening-port: cannot bind TCP {addr}"))?;
-        tokio::spawn(stream::serve(l, None, events_tx.clone()));
+        let streams = Arc::clone(&streams);
+        tokio::spawn(stream::serve(l, None, events_tx.clone(), streams));
     }
     for addr in &run.tls {
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("tls-listening-port: cannot bind TLS {addr}"))?;
-        tokio::spawn(stream::serve(l, run.tls_config.clone(), events_tx.clone()));
+        let (tls, streams) = (run.tls_config.clone(), Arc::clone(&streams));
+        tokio::spawn(stream::serve(l, tls, events_tx.clone(), streams));
     }
     drop(events_tx);
     // Before the ready line: a restored relay says so first.
@@ -136,6 +140,7 @@ pub async fn serve(
         .join()
         .map_err(|_| anyhow::anyhow!("the UDP data path thread panicked"))?;
     log::info!("UDP data path at exit: {stats}");
+    log::info!("TCP/TLS streams at exit: {streams}");
     Ok(dataplane)
 }
 
