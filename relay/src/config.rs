@@ -75,20 +75,28 @@ pub struct Settings {
     /// Realm of the long-term credentials [default: relay].
     #[arg(long)]
     pub realm: Option<String>,
-    /// A static user, `NAME:PASSWORD` (repeatable).
+    /// A static user, `NAME:PASSWORD` (repeatable). On the command line every user of the
+    /// host can read it (`ps`): prefer `--user-file`.
     #[arg(long, value_name = "NAME:PASSWORD")]
     #[serde(default)]
-    pub user: Vec<String>,
+    pub user: Vec<Secret>,
+    /// File of static users, one `NAME:PASSWORD` per line (`#` comments); readable by its
+    /// owner only.
+    #[arg(long, value_name = "FILE")]
+    pub user_file: Option<PathBuf>,
     /// Accept TURN REST API credentials (`--static-auth-secret`).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub use_auth_secret: Option<bool>,
-    /// Shared secret of the TURN REST API.
+    /// Shared secret of the TURN REST API (prefer `--static-auth-secret-file`).
     #[arg(long, value_name = "SECRET")]
-    pub static_auth_secret: Option<String>,
+    pub static_auth_secret: Option<Secret>,
+    /// File holding the shared secret of the TURN REST API; readable by its owner only.
+    #[arg(long, value_name = "FILE")]
+    pub static_auth_secret_file: Option<PathBuf>,
     /// TLS certificate chain (PEM).
     #[arg(long, value_name = "FILE")]
     pub cert: Option<PathBuf>,
-    /// TLS private key (PEM).
+    /// TLS private key (PEM); readable by its owner only.
     #[arg(long, value_name = "FILE")]
     pub pkey: Option<PathBuf>,
     /// Peer range to allow even when denied by default: `IP`, `IP-IP` or `IP/LEN` (repeatable).
@@ -227,6 +235,12 @@ pub struct RunConfig {
 impl Settings {
     /// Loads `--config` if given and lets the flags override it.
     pub fn load(self) -> Result<Self, ConfigError> {
+        if self.static_auth_secret.is_some() || !self.user.is_empty() {
+            log::warn!(
+                "a password or secret on the command line is visible to every user of this host \
+                 (ps, /proc): prefer --user-file and --static-auth-secret-file"
+            );
+        }
         let Some(path) = self.config.clone() else {
             return Ok(self);
         };
@@ -234,6 +248,11 @@ impl Settings {
             .map_err(|e| bad("config", format!("cannot read {}: {e}", path.display())))?;
         let file: Self =
             toml::from_str(&text).map_err(|e| bad("config", format!("{}: {e}", path.display())))?;
+        if file.static_auth_secret.is_some() || !file.user.is_empty() {
+            if let Err(problem) = owner_only(&path) {
+                log::warn!("config: {problem}: it holds passwords or a secret");
+            }
+        }
         Ok(self.over(file))
     }
 
@@ -254,8 +273,12 @@ impl Settings {
             max_port: self.max_port.or(file.max_port),
             realm: self.realm.or(file.realm),
             user: vec(self.user, file.user),
+            user_file: self.user_file.or(file.user_file),
             use_auth_secret: self.use_auth_secret.or(file.use_auth_secret),
             static_auth_secret: self.static_auth_secret.or(file.static_auth_secret),
+            static_auth_secret_file: self
+                .static_auth_secret_file
+                .or(file.static_auth_secret_file),
             cert: self.cert.or(file.cert),
             pkey: self.pkey.or(file.pkey),
             allowed_peer_ip: vec(self.allowed_peer_ip, file.allowed_peer_ip),
@@ -349,8 +372,33 @@ impl Settings {
             ));
         }
 
+        let mut user_lines: Vec<String> = self.user.iter().map(|u| u.0.clone()).collect();
+        if let Some(path) = &self.user_file {
+            let text = read_secret("user-file", path)?;
+            user_lines.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
+            );
+        }
+        let static_auth_secret = match (&self.static_auth_secret, &self.static_auth_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "static-auth-secret-file",
+                    "give the secret or its file, not both",
+                ));
+            }
+            (Some(secret), None) => Some(secret.0.clone()),
+            (None, Some(path)) => Some(
+                read_secret("static-auth-secret-file", path)?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
         let mut users = HashMap::new();
-        for u in &self.user {
+        for u in &user_lines {
             let (name, password) = u
                 .split_once(':')
                 .ok_or_else(|| bad("user", format!("{:?}: expected NAME:PASSWORD", redact(u))))?;
@@ -362,10 +410,7 @@ impl Settings {
             }
             users.insert(name.to_owned(), password.to_owned());
         }
-        let rest_secret = match (
-            self.use_auth_secret.unwrap_or(false),
-            self.static_auth_secret,
-        ) {
+        let rest_secret = match (self.use_auth_secret.unwrap_or(false), static_auth_secret) {
             (true, Some(s)) if !s.is_empty() => Some(s),
             (true, _) => return Err(bad("static-auth-secret", "required with use-auth-secret")),
             (false, Some(_)) => {
@@ -579,12 +624,54 @@ const fn is_link_local(ip: IpAddr) -> bool {
     }
 }
 
+/// A secret held in a file: refused unless only its owner may read it (a key or password
+/// that others can read is no longer a secret).
+fn read_secret(field: &'static str, path: &Path) -> Result<String, ConfigError> {
+    owner_only(path).map_err(|problem| bad(field, problem))?;
+    std::fs::read_to_string(path)
+        .map_err(|e| bad(field, format!("cannot read {}: {e}", path.display())))
+}
+
+/// `Err` with the problem when `path` is readable (or writable) by its group or others.
+fn owner_only(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} is open to its group or others (mode {:o}): chmod 600 it",
+            path.display(),
+            mode & 0o777
+        ));
+    }
+    Ok(())
+}
+
+/// A password or secret given as a setting: kept out of every `Debug` print.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
 fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
-    let read = |field, path: &Path| {
-        std::fs::read(path).map_err(|e| bad(field, format!("cannot read {}: {e}", path.display())))
-    };
-    let cert_pem = read("cert", cert)?;
-    let key_pem = read("pkey", key)?;
+    let cert_pem = std::fs::read(cert)
+        .map_err(|e| bad("cert", format!("cannot read {}: {e}", cert.display())))?;
+    let key_pem = read_secret("pkey", key)?.into_bytes();
     let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
         .collect::<Result<_, _>>()
         .map_err(|e| bad("cert", format!("{}: {e}", cert.display())))?;
@@ -705,6 +792,77 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("alice:***"), "{err}");
+    }
+
+    /// A file with `mode` in this test process's directory (the test removes it).
+    fn secret_file(name: &str, text: &str, mode: u32) -> (PathBuf, PathBuf) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("relay-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        (dir, path)
+    }
+
+    /// Secrets from files readable by their owner only; the same files open to others are
+    /// refused, with the fix named.
+    #[test]
+    fn secrets_come_from_owner_only_files() {
+        let (dir, users) = secret_file(
+            "users",
+            "# ward carts\nalice:wonderland\n\nbob:builder\n",
+            0o600,
+        );
+        let (_, secret) = secret_file("secret", "north\n", 0o600);
+        let s = Settings {
+            user_file: Some(users.clone()),
+            use_auth_secret: Some(true),
+            static_auth_secret_file: Some(secret.clone()),
+            ..Settings::default()
+        };
+        let run = s.resolve(LOCAL).unwrap();
+        assert_eq!(run.turn.credentials.users.len(), 2);
+        assert_eq!(run.turn.credentials.rest_secret.as_deref(), Some("north"));
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        let s = Settings {
+            user_file: Some(users),
+            use_auth_secret: Some(true),
+            static_auth_secret_file: Some(secret),
+            ..Settings::default()
+        };
+        let err = s.resolve(LOCAL).err().unwrap().to_string();
+        assert!(
+            err.starts_with("static-auth-secret-file: ") && err.contains("chmod 600"),
+            "{err}"
+        );
+        let (_, key) = secret_file("key.pem", "-----BEGIN PRIVATE KEY-----\n", 0o640);
+        let (_, cert) = secret_file("cert.pem", "", 0o644);
+        let s = Settings {
+            user: vec!["a:b".parse().unwrap()],
+            cert: Some(cert),
+            pkey: Some(key),
+            ..Settings::default()
+        };
+        let err = s.resolve(LOCAL).err().unwrap().to_string();
+        assert!(
+            err.starts_with("pkey: ") && err.contains("mode 640"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Nothing that holds a password or secret prints it.
+    #[test]
+    fn debug_prints_no_secret() {
+        let s = settings("user = [\"alice:wonderland\"]\nstatic-auth-secret = \"north-secret\"")
+            .unwrap();
+        let printed = format!("{s:?}");
+        assert!(
+            !printed.contains("wonderland") && !printed.contains("north-secret"),
+            "{printed}"
+        );
     }
 
     #[test]

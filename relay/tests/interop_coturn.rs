@@ -44,6 +44,12 @@ fn setup(name: &str, extra: &[&str]) -> Setup {
     let (cert_path, key_path) = (certs.0.join("cert.pem"), certs.0.join("key.pem"));
     std::fs::write(&cert_path, key.cert.pem()).unwrap();
     std::fs::write(&key_path, key.key_pair.serialize_pem()).unwrap();
+    // A key its group or others may read is refused.
+    std::fs::set_permissions(
+        &key_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let (cert, pkey) = (
         cert_path.display().to_string(),
         key_path.display().to_string(),

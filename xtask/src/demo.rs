@@ -57,6 +57,8 @@ pub(crate) fn run(relay: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("relay.toml");
     std::fs::write(&config, CONFIG)?;
+    // It holds passwords: its owner's only.
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let result = demo(&lab, relay, &config);
     let _ = std::fs::remove_dir_all(&dir);
     result

@@ -38,12 +38,21 @@ impl std::fmt::Debug for Credentials {
 }
 
 /// A request whose credentials checked out.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Authenticated {
     pub username: String,
     pub key: Vec<u8>,
     /// The integrity attribute the client used; the response uses the same.
     pub kind: IntegrityKind,
+}
+
+/// Without the key: nothing holding a key prints it.
+impl std::fmt::Debug for Authenticated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticated")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a request was refused, as the error code to answer with.
