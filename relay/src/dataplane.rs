@@ -579,40 +579,84 @@ impl Bounce {
     }
 }
 
+/// A kernel setting the relay changed: its key below `/proc/sys`
+/// (`net/ipv4/conf/eth0/forwarding`), what it was and what the relay set. `relay run`
+/// records these so that `relay down` can put them back.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SysctlChange {
+    pub key: String,
+    pub before: String,
+    pub after: String,
+}
+
+impl SysctlChange {
+    fn path(&self) -> PathBuf {
+        Path::new("/proc/sys").join(&self.key)
+    }
+}
+
+impl fmt::Display for SysctlChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} -> {}", self.key, self.before, self.after)
+    }
+}
+
 /// Turns forwarding on for `interface` (IPv4 and IPv6, that interface only), as the fast
 /// path's next-hop lookup (`bpf_fib_lookup`, a router's helper) refuses to resolve on an
 /// interface that does not forward. Where the interface took IPv6 router advertisements
 /// (accept_ra 1, which forwarding would silence) it keeps taking them (accept_ra 2). Returns
-/// what it changed, for the log. Works in the calling thread's network namespace.
-pub fn enable_forwarding(interface: &str) -> std::io::Result<Vec<String>> {
+/// what it changed, for the log and for [`restore_forwarding`]. Works in the calling
+/// thread's network namespace.
+pub fn enable_forwarding(interface: &str) -> std::io::Result<Vec<SysctlChange>> {
     let mut changed = Vec::new();
-    let mut set = |path: String, from: &str, to: &str| -> std::io::Result<()> {
-        let now = std::fs::read_to_string(&path)?;
-        if now.trim() == from {
+    let mut set = |key: String, from: &str, to: &str| -> std::io::Result<()> {
+        let change = SysctlChange {
+            key,
+            before: from.to_owned(),
+            after: to.to_owned(),
+        };
+        let path = change.path();
+        if std::fs::read_to_string(&path)?.trim() == from {
             std::fs::write(&path, to)?;
-            changed.push(format!(
-                "{} {from} -> {to}",
-                path.trim_start_matches("/proc/sys/")
-            ));
+            changed.push(change);
         }
         Ok(())
     };
-    set(
-        format!("/proc/sys/net/ipv6/conf/{interface}/accept_ra"),
-        "1",
-        "2",
-    )?;
-    set(
-        format!("/proc/sys/net/ipv4/conf/{interface}/forwarding"),
-        "0",
-        "1",
-    )?;
-    set(
-        format!("/proc/sys/net/ipv6/conf/{interface}/forwarding"),
-        "0",
-        "1",
-    )?;
+    set(format!("net/ipv6/conf/{interface}/accept_ra"), "1", "2")?;
+    set(format!("net/ipv4/conf/{interface}/forwarding"), "0", "1")?;
+    set(format!("net/ipv6/conf/{interface}/forwarding"), "0", "1")?;
     Ok(changed)
+}
+
+/// Puts back what [`enable_forwarding`] changed, last change first. A setting that no longer
+/// holds what the relay set was changed by someone else since, and is left as it is; an
+/// interface that is gone has nothing to restore. Returns a line per change saying which,
+/// for the operator. Works in the calling thread's network namespace.
+pub fn restore_forwarding(changes: &[SysctlChange]) -> Vec<String> {
+    changes.iter().rev().map(restore_sysctl).collect()
+}
+
+/// Puts `change.before` back where the setting still holds `change.after`; says what it did.
+fn restore_sysctl(change: &SysctlChange) -> String {
+    let path = change.path();
+    let undo = SysctlChange {
+        key: change.key.clone(),
+        before: change.after.clone(),
+        after: change.before.clone(),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(now) if now.trim() != change.after => format!(
+            "left {} at {} (the relay had set {}: changed by someone else since)",
+            change.key,
+            now.trim(),
+            change.after
+        ),
+        Ok(_) => match std::fs::write(&path, &change.before) {
+            Ok(()) => format!("restored {undo}"),
+            Err(e) => format!("could not restore {undo}: {e}"),
+        },
+        Err(e) => format!("nothing to restore for {} ({e})", change.key),
+    }
 }
 
 /// Maps any error of pinning, adopting or attaching through `path` to `DataplaneError::Pin`.

@@ -1,12 +1,16 @@
 //! The `relay` command.
 
-use std::net::IpAddr;
+use std::{
+    net::IpAddr,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use relay::{
     config::Settings,
-    dataplane::{Attachment, Dataplane, Pins},
+    dataplane::{Attachment, Dataplane, Pins, SysctlChange},
     preflight,
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -27,12 +31,14 @@ enum Command {
     /// the XDP program there (pinned: it keeps forwarding after the relay stops, and the
     /// next `relay run` of the same instance takes it over).
     Run(Box<Settings>),
-    /// Remove an instance's data plane (detaching XDP) and its saved allocation state.
+    /// Remove an instance's data plane (detaching XDP) and its saved allocation state, and
+    /// put back the interface settings `relay run` changed (run it in the same network
+    /// namespace as `relay run`).
     Down {
         #[arg(long, default_value = "default", value_name = "NAME")]
         instance: String,
         #[arg(long, value_name = "DIR")]
-        state_dir: Option<std::path::PathBuf>,
+        state_dir: Option<PathBuf>,
     },
     /// Attach the XDP program to an interface and count what arrives there, per verdict,
     /// until SIGINT/SIGTERM; no TURN. A diagnostic, and what the lab runs on the veth peers
@@ -60,7 +66,7 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn down(instance: &str, state_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+fn down(instance: &str, state_dir: Option<&Path>) -> anyhow::Result<()> {
     relay::config::check_instance(instance)?;
     let pins = Pins::new(instance);
     let interfaces = pins.interfaces();
@@ -81,6 +87,9 @@ fn down(instance: &str, state_dir: Option<&std::path::Path>) -> anyhow::Result<(
         println!("no data plane pinned at {}", pins.dir().display());
     }
     let state = relay::config::state_file(state_dir, instance);
+    for line in restore_host_changes(&HostChanges::file(&state))? {
+        println!("{line}");
+    }
     match std::fs::remove_file(&state) {
         Ok(()) => println!("removed the allocation state {}", state.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -98,10 +107,16 @@ fn run(settings: Settings) -> anyhow::Result<()> {
     let pins = Pins::new(&run.instance);
     let (instance, detach_on_exit) = (run.instance.clone(), run.detach_on_exit);
     let interfaces = run.interface.join(", ");
+    let host_changes = HostChanges::file(&run.state_file);
     let dataplane = if run.interface.is_empty() {
         None
     } else {
-        Some(pinned_dataplane(&pins, &run.interface, run.xdp_mode)?)
+        Some(pinned_dataplane(
+            &pins,
+            &run.interface,
+            run.xdp_mode,
+            &host_changes,
+        )?)
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -126,6 +141,9 @@ fn run(settings: Settings) -> anyhow::Result<()> {
             pins.remove()
                 .with_context(|| format!("removing {}", pins.dir().display()))?;
             log::info!("{signal_name}: XDP detached from {interfaces}, its pins removed");
+            for line in restore_host_changes(&host_changes)? {
+                log::info!("{line}");
+            }
         } else {
             log::info!(
                 "{signal_name}: XDP stays on {interfaces} and keeps forwarding installed channels \
@@ -141,14 +159,22 @@ fn run(settings: Settings) -> anyhow::Result<()> {
 }
 
 /// Loads (or adopts) the instance's pinned data plane and attaches it to every interface,
-/// each also a way out for flows entering by another.
+/// each also a way out for flows entering by another; records in `host_changes` the
+/// settings it changes on them, for `relay down`.
 fn pinned_dataplane(
     pins: &Pins,
     interfaces: &[String],
     mode: relay::dataplane::XdpModeChoice,
+    host_changes: &Path,
 ) -> anyhow::Result<Dataplane> {
-    preflight::check()?;
+    if preflight::bpffs_is_private(preflight::check()?) {
+        warn_private_pins(pins);
+    }
+    // No pins: no earlier run of this data plane, so a record left from before (say, a
+    // reboot since) no longer describes the host and is replaced, not added to.
+    let fresh = !pins.dir().exists();
     let (mut dataplane, adopted) = Dataplane::load_pinned(pins)?;
+    let mut changes = Vec::new();
     if adopted {
         log::info!(
             "adopting the data plane pinned at {}: its flows keep forwarding",
@@ -160,14 +186,130 @@ fn pinned_dataplane(
             log::info!("XDP attached to {interface} in {mode} mode");
         }
         dataplane.add_device(interface)?;
-        let changes = relay::dataplane::enable_forwarding(interface).with_context(|| {
+        let now = relay::dataplane::enable_forwarding(interface).with_context(|| {
             format!("enabling forwarding on {interface} for the fast path's next-hop lookup")
         })?;
-        for change in changes {
+        for change in &now {
             log::info!("fast path: {change}");
+        }
+        changes.extend(now);
+        // After each interface: what is changed is recorded even if the next one fails.
+        if let Err(e) = record_host_changes(host_changes, &changes, fresh) {
+            log::warn!("{e:#}: `relay down` will not restore these settings");
         }
     }
     Ok(dataplane)
+}
+
+/// Warns that the data plane pinned on a bpffs of this process's own mount namespace will
+/// not outlive it, and says how to run the relay so that it does.
+fn warn_private_pins(pins: &Pins) {
+    let netns = preflight::netns_name().unwrap_or_else(|| "NAME".to_owned());
+    log::warn!(
+        "bpffs at {bpffs} was mounted by this relay in a mount namespace of its own (as `ip \
+         netns exec` gives it), not the host's: the data plane pinned at {dir} goes with that \
+         namespace when the relay exits (XDP detached; no successor adopts it, `relay down` \
+         finds nothing), so restarts will not be hitless here. Mount bpffs on the host (`mount \
+         -t bpf bpf {bpffs}`) and start the relay in its network namespace with the host's \
+         mounts: `nsenter --net=/run/netns/{netns} relay run ...` instead of `ip netns exec \
+         {netns} relay run ...`",
+        bpffs = preflight::BPFFS,
+        dir = pins.dir().display(),
+    );
+}
+
+/// The interface settings `relay run` changed for its fast path, kept for `relay down` to
+/// put back. Kept in the state directory beside the instance's allocation state, where
+/// `relay down` already looks; not with the pins, as bpffs holds BPF objects, not files.
+/// Sysctls belong to a network namespace: `netns` (its inode) is where they were changed, so
+/// that a `relay down` run in another namespace touches nothing.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct HostChanges {
+    netns: u64,
+    changes: Vec<SysctlChange>,
+}
+
+impl HostChanges {
+    /// The record of the instance whose allocation state is `state_file`.
+    fn file(state_file: &Path) -> PathBuf {
+        state_file.with_extension("host.json")
+    }
+
+    /// The record in `file`, if there is one.
+    fn read(file: &Path) -> anyhow::Result<Option<Self>> {
+        match std::fs::read(file) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .with_context(|| format!("reading {}", file.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
+        }
+    }
+
+    /// Writes the record to `file` atomically (a relay killed meanwhile leaves the old one).
+    fn write(&self, file: &Path) -> anyhow::Result<()> {
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = file.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut tmp = file.as_os_str().to_owned();
+            tmp.push(".tmp");
+            std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+            std::fs::rename(&tmp, file)
+        };
+        write().with_context(|| format!("recording the host settings in {}", file.display()))
+    }
+}
+
+/// The network namespace of this process, by inode.
+fn current_netns() -> std::io::Result<u64> {
+    Ok(std::fs::metadata("/proc/self/ns/net")?.ino())
+}
+
+/// Adds `changes` to the record in `file`, keeping the value a setting had before the first
+/// change (a restart changes nothing, and must not record the relay's own values as the
+/// host's); `fresh`: start a new record instead.
+fn record_host_changes(file: &Path, changes: &[SysctlChange], fresh: bool) -> anyhow::Result<()> {
+    let netns = current_netns()?;
+    let mut record = match HostChanges::read(file)? {
+        Some(record) if !fresh && record.netns == netns => record,
+        _ => HostChanges {
+            netns,
+            changes: Vec::new(),
+        },
+    };
+    for change in changes {
+        if !record.changes.iter().any(|c| c.key == change.key) {
+            record.changes.push(change.clone());
+        }
+    }
+    record.write(file)
+}
+
+/// Puts back the settings recorded in `file` and removes it; returns what it did, a line
+/// each, or why it did nothing.
+fn restore_host_changes(file: &Path) -> anyhow::Result<Vec<String>> {
+    let Some(record) = HostChanges::read(file)? else {
+        return Ok(vec![format!(
+            "no interface settings to restore: none recorded ({} does not exist)",
+            file.display()
+        )]);
+    };
+    if record.netns != current_netns()? {
+        return Ok(vec![format!(
+            "interface settings not restored: `relay run` changed them in another network \
+             namespace (net:[{}]); run `relay down` there (`nsenter --net=/run/netns/NAME \
+             relay down ...`). Kept in {}",
+            record.netns,
+            file.display()
+        )]);
+    }
+    let mut lines = relay::dataplane::restore_forwarding(&record.changes);
+    if lines.is_empty() {
+        lines.push("no interface settings to restore: run changed none".to_owned());
+    }
+    std::fs::remove_file(file).with_context(|| format!("removing {}", file.display()))?;
+    Ok(lines)
 }
 
 fn attach(interface: &str, mode: relay::dataplane::XdpModeChoice) -> anyhow::Result<()> {

@@ -213,3 +213,58 @@ fn a_killed_relay_interrupts_nothing_and_its_successor_adopts_the_data_plane() {
     assert!(!Pins::new(&instance).dir().exists());
     assert!(!state.0.join(format!("{instance}.json")).exists());
 }
+
+/// What the relay warns when its pins cannot outlive it.
+const PRIVATE_BPFFS: &str = "restarts will not be hitless";
+
+#[test]
+fn a_relay_that_pins_on_a_bpffs_of_its_own_mount_namespace_says_so() {
+    let lab = Lab::up("rs-mntns").unwrap();
+    // `ip netns exec` gives the relay a fresh /sys without bpffs: it mounts its own there.
+    let private = RunningRelay::in_lab(&lab, &["--interface", "eth0"]);
+    assert!(
+        private.logged(PRIVATE_BPFFS),
+        "no warning about private pins: {:?}",
+        private.log_lines()
+    );
+    let lines = private.log_lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("mount -t bpf bpf /sys/fs/bpf") && l.contains("nsenter --net=")),
+        "the warning says how to fix it: {lines:?}"
+    );
+    private.stop(Signal::SIGTERM);
+    // As warned: its pins, and the XDP link with them, died with its mount namespace.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while xdp_attachment(&lab, Host::Relay).is_some() {
+        assert!(Instant::now() < deadline, "XDP still attached");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // With the host's mounts (`nsenter --net`), the pins outlive the relay: no warning.
+    let state = TempDir::new("rs-mntns");
+    let instance = format!("rs-mntns-{}", std::process::id());
+    let down = Down {
+        lab: &lab,
+        instance: instance.clone(),
+        state: &state,
+    };
+    let args = lab_relay_args(&[
+        "--interface",
+        "eth0",
+        "--instance",
+        &instance,
+        "--state-dir",
+        state.0.to_str().unwrap(),
+    ]);
+    let shared = RunningRelay::start_command(relay_command(&lab), &args, "TURN on");
+    assert!(
+        !shared.logged(PRIVATE_BPFFS),
+        "a warning with the host's mounts: {:?}",
+        shared.log_lines()
+    );
+    shared.stop(Signal::SIGTERM);
+    assert!(Pins::new(&instance).dir().exists(), "pinned on the host");
+    down.run();
+}

@@ -132,7 +132,7 @@ pub(crate) struct Stats {
     pub(crate) control_full: u64,
     /// Sends the kernel refused (a full socket buffer, an ICMP error); filled by the backend.
     pub(crate) send_errors: u64,
-    /// Datagrams larger than a receive buffer, dropped; filled by the io_uring backend.
+    /// Datagrams larger than a receive buffer, dropped; filled by either backend.
     pub(crate) truncated: u64,
 }
 

@@ -79,6 +79,8 @@ pub(crate) struct Mmsg {
     /// Sends queued per socket during a batch.
     queue: HashMap<SocketId, Vec<Queued>>,
     send_errors: u64,
+    /// Datagrams larger than a receive buffer, dropped.
+    truncated: u64,
 }
 
 impl Mmsg {
@@ -93,6 +95,7 @@ impl Mmsg {
             sockets: HashMap::new(),
             queue: HashMap::new(),
             send_errors: 0,
+            truncated: 0,
         })
     }
 
@@ -118,6 +121,7 @@ impl Mmsg {
         self.serve_loop(&mut dp, commands, wake);
         Stats {
             send_errors: self.send_errors,
+            truncated: self.truncated,
             ..dp.stats
         }
     }
@@ -166,6 +170,7 @@ impl Mmsg {
             // The kernel shortens each name length to the address it wrote: reset them.
             for (m, name) in batch.msgs.iter_mut().zip(&batch.names) {
                 m.msg_hdr.msg_namelen = name.size_of();
+                m.msg_hdr.msg_flags = 0;
                 m.msg_len = 0;
             }
             // SAFETY: every mmsghdr points at live buffers of the stated sizes (RecvBatch).
@@ -183,6 +188,12 @@ impl Mmsg {
             }
             for i in 0..n as usize {
                 let m = &batch.msgs[i];
+                // Its first BUF bytes are not the datagram: dropped, as the io_uring
+                // backend does, not handed on as if they were all of it.
+                if truncated(m) {
+                    self.truncated += 1;
+                    continue;
+                }
                 // SAFETY: the storage is plain old data, copied out as the kernel left it.
                 let name = unsafe { std::ptr::read(&raw const batch.names[i]) };
                 // SAFETY: the kernel filled the storage with `msg_namelen` bytes of address.
@@ -190,8 +201,7 @@ impl Mmsg {
                 let Some(from) = from.as_socket() else {
                     continue;
                 };
-                let len = (m.msg_len as usize).min(BUF);
-                dp.on_datagram(self, id, from, &batch.bufs[i][..len]);
+                dp.on_datagram(self, id, from, &batch.bufs[i][..m.msg_len as usize]);
             }
             if (n as usize) < BATCH {
                 return;
@@ -246,6 +256,12 @@ impl Mmsg {
     }
 }
 
+/// Whether the datagram `m` received was cut to fit its buffer: the kernel sets MSG_TRUNC
+/// (and `msg_len` is the full length only when MSG_TRUNC was asked for; both are checked).
+fn truncated(m: &libc::mmsghdr) -> bool {
+    m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || m.msg_len as usize > BUF
+}
+
 impl Io for Mmsg {
     fn add(&mut self, id: SocketId, socket: UdpSocket) {
         if let Err(e) = socket.set_nonblocking(true) {
@@ -273,5 +289,47 @@ impl Drop for Mmsg {
     fn drop(&mut self) {
         // SAFETY: the epoll fd is ours and closed once.
         unsafe { libc::close(self.epoll) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{io::datapath::Event, policers::Policers};
+
+    /// A datagram larger than a receive buffer is dropped and counted, as the io_uring
+    /// backend does: its first `BUF` bytes would otherwise go up as if they were all of it.
+    #[test]
+    fn a_datagram_larger_than_the_buffer_is_dropped_and_counted() {
+        let (events_tx, mut events) = tokio::sync::mpsc::channel(16);
+        let mut dp = Datapath::new(events_tx, Arc::new(Policers::own()));
+        let mut mmsg = Mmsg::new().unwrap();
+        let listener = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = listener.local_addr().unwrap();
+        dp.add_listener(&mut mmsg, listener).unwrap();
+        let (commands_tx, commands) = std::sync::mpsc::channel();
+        let wake = Arc::new(Wake::new().unwrap());
+        let thread_wake = Arc::clone(&wake);
+        let data_path = std::thread::spawn(move || mmsg.run(dp, &commands, &thread_wake));
+
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.send_to(&[0xAA; BUF + 100], to).unwrap();
+        client.send_to(&[0x55; 100], to).unwrap();
+        // Datagrams of one socket are handled in order: the small one comes up after the
+        // large one was dealt with.
+        let Some(Event::Client { data, .. }) = events.blocking_recv() else {
+            panic!("nothing handed up");
+        };
+        assert_eq!(
+            (data.len(), data[0]),
+            (100, 0x55),
+            "the first datagram handed up"
+        );
+        commands_tx.send(Command::Stop).unwrap();
+        wake.wake();
+        let stats = data_path.join().unwrap();
+        assert_eq!((stats.truncated, stats.up), (1, 1), "{stats}");
     }
 }
