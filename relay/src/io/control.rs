@@ -343,10 +343,11 @@ impl Control {
                 // kernel passes up (no route yet, a padded datagram) is still fast in
                 // userspace.
                 Output::FlowUp(flow, expires) => {
+                    let expires_ns = monotonic_ns(expires);
                     if let Some(kernel) = &mut self.kernel {
-                        kernel.up(flow, expires, self.limits.of(flow.relayed));
+                        kernel.up(flow, expires_ns, self.limits.of(flow.relayed));
                     }
-                    Command::FlowUp(flow)
+                    Command::FlowUp { flow, expires_ns }
                 }
                 Output::Permit {
                     relayed,

@@ -45,7 +45,12 @@ pub(crate) enum Command {
     RemoveRelay {
         addr: SocketAddr,
     },
-    FlowUp(ChannelFlow),
+    /// A channel to forward both ways until `expires_ns` (monotonic), as the kernel's entry
+    /// for it: past that, its datagrams go to the server, which knows whether it lives on.
+    FlowUp {
+        flow: ChannelFlow,
+        expires_ns: u64,
+    },
     FlowDown(ChannelFlow),
     /// `peer` may send to `relayed` until `expires_ns` (monotonic); `own`: it is the relay
     /// host's own address, where only live relayed addresses pass (port-exact).
@@ -108,10 +113,9 @@ struct Relay {
 }
 
 impl Relay {
-    /// Whether `bytes` relayed through this socket fit its budgets; the clock is read only
-    /// when there are any.
-    fn admits(&self, policers: &Policers, bytes: usize) -> bool {
-        self.policers == [0, 0] || policers.admit(self.policers, monotonic_now_ns(), bytes as u64)
+    /// Whether `bytes` relayed through this socket at `now_ns` fit its budgets.
+    fn admits(&self, policers: &Policers, now_ns: u64, bytes: usize) -> bool {
+        self.policers == [0, 0] || policers.admit(self.policers, now_ns, bytes as u64)
     }
 }
 
@@ -141,8 +145,10 @@ pub(crate) struct Datapath {
     free_ids: Vec<SocketId>,
     listeners: HashMap<SocketAddr, SocketId>,
     relays: HashMap<SocketAddr, Relay>,
-    by_client: HashMap<(SocketAddr, SocketAddr, u16), (SocketAddr, SocketAddr)>,
-    by_peer: HashMap<(SocketAddr, SocketAddr), (SocketAddr, SocketAddr, u16)>,
+    /// Channels by (listener, client, channel): (relayed, peer, expiry in monotonic ns).
+    by_client: HashMap<(SocketAddr, SocketAddr, u16), (SocketAddr, SocketAddr, u64)>,
+    /// Channels by (relayed, peer): (listener, client, channel, expiry in monotonic ns).
+    by_peer: HashMap<(SocketAddr, SocketAddr), (SocketAddr, SocketAddr, u16, u64)>,
     events: Sender<Event>,
     policers: Arc<Policers>,
     scratch: Vec<u8>,
@@ -224,7 +230,7 @@ impl Datapath {
                 data,
             } => {
                 if let Some(relay) = self.relays.get(&relayed) {
-                    if relay.admits(&self.policers, data.len()) {
+                    if relay.admits(&self.policers, monotonic_now_ns(), data.len()) {
                         io.send(relay.id, peer, &data);
                     } else {
                         self.stats.over_limit += 1;
@@ -254,14 +260,17 @@ impl Datapath {
                     self.free_ids.push(relay.id);
                 }
             }
-            Command::FlowUp(f) => {
+            Command::FlowUp {
+                flow: f,
+                expires_ns,
+            } => {
                 self.by_client.insert(
                     (f.client.server, f.client.client, f.channel),
-                    (f.relayed, f.peer),
+                    (f.relayed, f.peer, expires_ns),
                 );
                 self.by_peer.insert(
                     (f.relayed, f.peer),
-                    (f.client.server, f.client.client, f.channel),
+                    (f.client.server, f.client.client, f.channel, expires_ns),
                 );
             }
             Command::FlowDown(f) => {
@@ -315,11 +324,15 @@ impl Datapath {
             data.first().map(|b| classify(*b)),
             ChannelData::decode(data),
         ) {
-            if let Some((relayed, peer)) =
-                self.by_client.get(&(listener, client, cd.channel)).copied()
+            let now_ns = monotonic_now_ns();
+            if let Some((relayed, peer, _)) = self
+                .by_client
+                .get(&(listener, client, cd.channel))
+                .copied()
+                .filter(|(_, _, expires_ns)| *expires_ns > now_ns)
             {
                 if let Some(relay) = self.relays.get(&relayed) {
-                    if relay.admits(&self.policers, cd.data.len()) {
+                    if relay.admits(&self.policers, now_ns, cd.data.len()) {
                         io.send(relay.id, peer, cd.data);
                         self.stats.fast_to_peer += 1;
                     } else {
@@ -352,9 +365,10 @@ impl Datapath {
         // RFC 8656 section 9: only permitted peers reach the client. Checked first, so that
         // a stranger who learnt the relayed address spends no one's budget and no room in
         // the control queue.
+        let now_ns = monotonic_now_ns();
         let permitted = match relay.permissions.get(&peer.ip()) {
             Some((expires_ns, own)) => {
-                *expires_ns > monotonic_now_ns() && (!own || self.relays.contains_key(&peer))
+                *expires_ns > now_ns && (!own || self.relays.contains_key(&peer))
             }
             None => false,
         };
@@ -363,11 +377,16 @@ impl Datapath {
             return;
         }
         // Both directions count against the budgets, as in coturn.
-        if !relay.admits(&self.policers, data.len()) {
+        if !relay.admits(&self.policers, now_ns, data.len()) {
             self.stats.over_limit += 1;
             return;
         }
-        if let Some((listener, client, channel)) = self.by_peer.get(&(relayed, peer)).copied() {
+        if let Some((listener, client, channel, _)) = self
+            .by_peer
+            .get(&(relayed, peer))
+            .copied()
+            .filter(|(.., expires_ns)| *expires_ns > now_ns)
+        {
             if let Some(id) = self.listeners.get(&listener) {
                 self.scratch.clear();
                 ChannelData { channel, data }.encode_into(false, &mut self.scratch);
@@ -478,6 +497,45 @@ mod tests {
         (dp, io, rx, flow)
     }
 
+    /// `flow` installed for the next minute.
+    fn up(flow: ChannelFlow) -> Command {
+        Command::FlowUp {
+            flow,
+            expires_ns: monotonic_now_ns() + 60_000_000_000,
+        }
+    }
+
+    /// The kernel's entries carry an expiry, and so do the data path's: a channel whose
+    /// FlowDown has not arrived yet (or was lost) stops being fast when its time is up, and
+    /// its datagrams go to the server, which knows whether it lives on.
+    #[test]
+    fn an_expired_flow_is_not_forwarded() {
+        let (mut dp, mut io, mut rx, flow) = setup(None, 16);
+        dp.on_command(
+            &mut io,
+            Command::FlowUp {
+                flow,
+                expires_ns: monotonic_now_ns() - 1,
+            },
+        );
+        let cd = ChannelData {
+            channel: 0x4000,
+            data: b"rtp",
+        }
+        .encode(false);
+        dp.on_datagram(&mut io, 0, flow.client.client, &cd);
+        assert!(matches!(rx.try_recv(), Ok(Event::Client { .. })));
+        dp.on_datagram(&mut io, 1, flow.peer, b"rtcp");
+        assert!(matches!(rx.try_recv(), Ok(Event::Peer { .. })));
+        assert!(io.sent.is_empty());
+        assert_eq!((dp.stats.fast_to_peer, dp.stats.fast_to_client), (0, 0));
+        // Announced again with a later expiry (a refresh), it is fast again.
+        dp.on_command(&mut io, up(flow));
+        dp.on_datagram(&mut io, 0, flow.client.client, &cd);
+        dp.on_datagram(&mut io, 1, flow.peer, b"rtcp");
+        assert_eq!((dp.stats.fast_to_peer, dp.stats.fast_to_client), (1, 1));
+    }
+
     /// A permission for `peer` on `relayed` for the next minute.
     fn permit(dp: &mut Datapath, io: &mut FakeIo, relayed: SocketAddr, peer: IpAddr, own: bool) {
         dp.on_command(
@@ -502,7 +560,7 @@ mod tests {
         // Before the flow is installed, ChannelData goes up to the server.
         dp.on_datagram(&mut io, 0, flow.client.client, &cd);
         assert!(matches!(rx.try_recv(), Ok(Event::Client { .. })));
-        dp.on_command(&mut io, Command::FlowUp(flow));
+        dp.on_command(&mut io, up(flow));
         dp.on_datagram(&mut io, 0, flow.client.client, &cd);
         assert_eq!(io.sent.last(), Some(&(1, flow.peer, b"rtp".to_vec())));
         dp.on_datagram(&mut io, 1, flow.peer, b"rtcp");
@@ -532,7 +590,7 @@ mod tests {
     fn max_bps_drops_and_counts_in_both_directions() {
         // 8000 bit/s, a one-second burst: one 1000-byte payload, then nothing.
         let (mut dp, mut io, _rx, flow) = setup(Some(8000), 16);
-        dp.on_command(&mut io, Command::FlowUp(flow));
+        dp.on_command(&mut io, up(flow));
         let cd = ChannelData {
             channel: 0x4000,
             data: &[0; 1000],
@@ -570,7 +628,7 @@ mod tests {
     fn a_strangers_flood_spends_no_budget_and_no_queue() {
         // 8000 bit/s, a one-second burst: room for one 1000-byte payload.
         let (mut dp, mut io, mut rx, flow) = setup(Some(8000), 2);
-        dp.on_command(&mut io, Command::FlowUp(flow));
+        dp.on_command(&mut io, up(flow));
         for i in 0..100 {
             dp.on_datagram(&mut io, 1, addr("203.0.113.9:4000"), &[i; 1000]);
         }

@@ -9,13 +9,11 @@
 use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
-    time::Instant,
 };
 
 use relay_common::flow::MAX_FLOWS;
 
 use crate::{
-    clock::monotonic_ns,
     dataplane::{Dataplane, KernelChannel},
     turn::ChannelFlow,
 };
@@ -55,9 +53,9 @@ impl Kernel {
     }
 
     /// Installs a channel spending the budgets of policer slots `[allocation, tenant]`, or
-    /// moves its expiry when it is installed already; pairs it with its hairpin partner.
-    pub(crate) fn up(&mut self, flow: ChannelFlow, expires: Instant, policers: [u32; 2]) {
-        let expires_ns = monotonic_ns(expires);
+    /// moves its expiry (monotonic ns) when it is installed already; pairs it with its
+    /// hairpin partner.
+    pub(crate) fn up(&mut self, flow: ChannelFlow, expires_ns: u64, policers: [u32; 2]) {
         let channel = if let Some((channel, _)) = self.channels.get(&flow) {
             *channel
         } else {
