@@ -122,6 +122,11 @@ pub struct Settings {
     /// Live channels one allocation may hold [default: 64].
     #[arg(long, value_name = "N")]
     pub max_channels: Option<usize>,
+    /// Answers to requests without credentials over UDP (Binding, 401) per second to one
+    /// source /24 or /64, in bursts of 5 s worth; the rest are withheld, so the relay is
+    /// useless as an amplifier. 0: no limit [default: 100].
+    #[arg(long, value_name = "PER_SECOND")]
+    pub unauthenticated_rate: Option<u32>,
     /// Longest allocation lifetime a client may ask for, in seconds [default: 3600].
     #[arg(long, value_name = "SECONDS")]
     pub max_allocate_lifetime: Option<u64>,
@@ -288,6 +293,7 @@ impl Settings {
             total_quota: self.total_quota.or(file.total_quota),
             max_permissions: self.max_permissions.or(file.max_permissions),
             max_channels: self.max_channels.or(file.max_channels),
+            unauthenticated_rate: self.unauthenticated_rate.or(file.unauthenticated_rate),
             max_allocate_lifetime: self.max_allocate_lifetime.or(file.max_allocate_lifetime),
             no_tcp: self.no_tcp.or(file.no_tcp),
             no_tls: self.no_tls.or(file.no_tls),
@@ -497,6 +503,7 @@ impl Settings {
                 total_quota: self.total_quota,
                 max_permissions: self.max_permissions.unwrap_or(128),
                 max_channels: self.max_channels.unwrap_or(64),
+                unauthenticated_rate: self.unauthenticated_rate.unwrap_or(100),
                 tenants,
             },
             udp,

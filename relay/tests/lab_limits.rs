@@ -12,7 +12,10 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use relay::{stun::ChannelData, turn::client::Client};
+use relay::{
+    stun::{ChannelData, Class, MessageBuilder, Method},
+    turn::client::Client,
+};
 use support::{
     RunningRelay, TempDir, channel_client, exit_figures, verdict_row, xdp_on_switch_port,
 };
@@ -314,6 +317,62 @@ fn a_strangers_flood_at_a_relayed_address_costs_the_tenant_nothing() {
         north_dropped, 0,
         "the stranger spent the tenant's budget: {summary}"
     );
+}
+
+/// Relay is not an amplifier: a flood of unauthenticated Binding requests (as a spoofer
+/// would send in a victim's name) gets a burst of answers, then only the rate's, per source
+/// prefix; the other requests are withheld and counted. A user on the same address keeps
+/// being answered.
+#[test]
+fn unauthenticated_answers_to_one_prefix_are_limited() {
+    const RATE: u64 = 10;
+    const FLOOD: u64 = 300;
+    let lab = Lab::up("lim-reflect").unwrap();
+    let relay = RunningRelay::in_lab(&lab, &["--unauthenticated-rate", &RATE.to_string()]);
+    let server = SocketAddr::from((Host::Relay.ipv4(), 3478));
+    let (mut user, flood) = lab
+        .in_netns(Host::ClientA, || {
+            let user = UdpSocket::bind("10.77.0.11:0").unwrap();
+            let user = Client::allocate(user, server, "alice", "wonderland").unwrap();
+            (user, UdpSocket::bind("10.77.0.11:0").unwrap())
+        })
+        .unwrap();
+
+    let start = Instant::now();
+    let binding = MessageBuilder::new(Class::Request, Method::BINDING, [7; 12]).build();
+    for _ in 0..FLOOD {
+        flood.send_to(&binding, server).unwrap();
+    }
+    // The user's Refresh is authenticated, so it is answered, and after every request the
+    // flood sent before it: its answer means the flood's answers have all been sent.
+    user.refresh(600).unwrap();
+    let elapsed = start.elapsed();
+    flood.set_nonblocking(true).unwrap();
+    let (mut answers, mut answered_bytes) = (0, 0);
+    let mut buf = [0; 2048];
+    while let Ok(n) = flood.recv(&mut buf) {
+        answers += 1;
+        answered_bytes += n;
+    }
+    let (_, log) = relay.stop_logged(Signal::SIGTERM);
+    let exit = exit_figures(&log, "TURN server at exit: ");
+    let withheld: u64 = exit
+        .split_once(" unauthenticated answers withheld")
+        .and_then(|(before, _)| before.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no withheld figure in {exit:?}"));
+    let summary = format!(
+        "{FLOOD} Binding requests of {} bytes: {answers} answered ({answered_bytes} bytes) \
+         in {elapsed:?}, {withheld} withheld",
+        binding.len()
+    );
+    eprintln!("{summary}");
+    // The burst is five seconds at the rate, less the user's 401 from the same /24.
+    let most = 5 * RATE + RATE * elapsed.as_millis() as u64 / 1000 + 1;
+    assert!(
+        (5 * RATE - 1..=most).contains(&answers),
+        "{summary}; expected at most {most}"
+    );
+    assert_eq!(answers + withheld, FLOOD, "{summary}");
 }
 
 /// Calls `send` `rate` times per second for `SEND_FOR`, paced in 1 ms steps; returns how

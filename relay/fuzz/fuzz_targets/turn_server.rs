@@ -42,6 +42,7 @@ fn server(now: Instant) -> Server {
         total_quota: Some(8),
         max_permissions: 8,
         max_channels: 4,
+        unauthenticated_rate: 100,
         tenants: vec![],
     };
     Server::new(config, now, 1_800_000_000, rand::SeedableRng::seed_from_u64(0))

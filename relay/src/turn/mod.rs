@@ -5,6 +5,7 @@ pub mod auth;
 pub mod client;
 pub mod policy;
 pub mod ports;
+mod reflection;
 mod server;
 mod snapshot;
 pub mod tenant;

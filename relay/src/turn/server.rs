@@ -25,6 +25,7 @@ use super::{
     auth::{Authenticated, Authenticator, Credentials, Refusal},
     policy::PeerPolicy,
     ports::PortPool,
+    reflection::ReflectionLimit,
     snapshot::{SavedReservation, Snapshot, VERSION},
     tenant::{Tenant, tenant_of},
 };
@@ -90,6 +91,10 @@ pub struct Config {
     /// costs kernel map entries; without a cap two allocations could fill the flow table.
     pub max_permissions: usize,
     pub max_channels: usize,
+    /// Answers to requests without valid credentials (Binding, 401, 400, 420) over UDP,
+    /// per second per source prefix, in bursts of five seconds' worth; beyond, withheld
+    /// (see [`ReflectionLimit`]). 0: no limit.
+    pub unauthenticated_rate: u32,
     /// Tenants, whose shared rate limits the data path enforces.
     pub tenants: Vec<Tenant>,
 }
@@ -166,6 +171,9 @@ pub struct Stats {
     pub unauthorized: u64,
     /// CreatePermission and ChannelBind refused (508) over the allocation's caps.
     pub over_cap: u64,
+    /// Answers to unauthenticated requests over UDP not sent: over their source prefix's
+    /// rate (Relay is not an amplifier).
+    pub withheld: u64,
 }
 
 impl fmt::Display for Stats {
@@ -174,14 +182,16 @@ impl fmt::Display for Stats {
             f,
             "{} allocations; relayed {} datagrams on channels and {} in indications; dropped: \
              {} malformed, {} without allocation or permission; {} requests refused for \
-             credentials, {} over an allocation's permission or channel cap",
+             credentials, {} over an allocation's permission or channel cap; {} unauthenticated \
+             answers withheld over their source prefix's rate",
             self.allocations,
             self.relayed_on_channels,
             self.relayed_in_indications,
             self.malformed,
             self.unpermitted,
             self.unauthorized,
-            self.over_cap
+            self.over_cap,
+            self.withheld
         )
     }
 }
@@ -237,6 +247,8 @@ pub struct Server {
     channels_to: HashMap<SocketAddr, std::collections::HashSet<ClientTuple>>,
     per_user: HashMap<String, usize>,
     ports: PortPool,
+    /// Per source prefix, how many unauthenticated answers may still go out.
+    reflection: ReflectionLimit,
     reservations: HashMap<u64, (SocketAddr, Instant)>,
     pending: HashMap<u64, PendingAllocate>,
     /// Restored allocations and reservations whose sockets are being bound again, by bind
@@ -267,6 +279,7 @@ impl Server {
         );
         Self {
             ports: PortPool::new(config.min_port, config.max_port),
+            reflection: ReflectionLimit::new(config.unauthenticated_rate),
             config,
             auth,
             epoch,
@@ -880,13 +893,13 @@ impl Server {
             b.add_error_code(420, "Unknown Attribute");
             let list: Vec<u8> = unknown.iter().flat_map(|t| t.to_be_bytes()).collect();
             b.add(attr::UNKNOWN_ATTRIBUTES, &list);
-            self.respond(tuple, b, None, fingerprint);
+            self.answer_unauthenticated(now, tuple, b, fingerprint);
             return;
         }
         if msg.method() == Method::BINDING {
             let mut b = MessageBuilder::new(Class::Success, Method::BINDING, msg.transaction_id());
             b.add_xor_address(attr::XOR_MAPPED_ADDRESS, tuple.client);
-            self.respond(tuple, b, None, fingerprint);
+            self.answer_unauthenticated(now, tuple, b, fingerprint);
             return;
         }
         if ![
@@ -897,7 +910,7 @@ impl Server {
         ]
         .contains(&msg.method())
         {
-            self.error(tuple, msg, 400, "Bad Request", None);
+            self.unauthenticated_error(now, tuple, msg, 400, "Bad Request");
             return;
         }
         let auth = match self.auth.check(msg, self.unix(now)) {
@@ -914,12 +927,12 @@ impl Server {
         // RFC 8656 sections 7.3, 9.2, 11.2: the other requests need an allocation on this
         // 5-tuple, made by the same user.
         let Some(alloc) = self.allocations.get(&tuple).filter(|a| a.expires > now) else {
-            self.error(tuple, msg, 437, "Allocation Mismatch", Some(&auth));
+            self.error(tuple, msg, 437, "Allocation Mismatch", &auth);
             return;
         };
         if alloc.username != auth.username {
             self.stats.unauthorized += 1;
-            self.error(tuple, msg, 441, "Wrong Credentials", Some(&auth));
+            self.error(tuple, msg, 441, "Wrong Credentials", &auth);
             return;
         }
         match msg.method() {
@@ -931,7 +944,9 @@ impl Server {
 
     fn refuse(&mut self, now: Instant, tuple: ClientTuple, msg: &Message<'_>, refusal: Refusal) {
         let (code, reason) = match refusal {
-            Refusal::BadRequest => return self.error(tuple, msg, 400, "Bad Request", None),
+            Refusal::BadRequest => {
+                return self.unauthenticated_error(now, tuple, msg, 400, "Bad Request");
+            }
             Refusal::Unauthorized => (401, "Unauthorized"),
             Refusal::StaleNonce => (438, "Stale Nonce"),
         };
@@ -944,7 +959,36 @@ impl Server {
         b.add_error_code(code, reason)
             .add(attr::REALM, self.auth.realm().as_bytes())
             .add(attr::NONCE, self.auth.nonce(self.unix(now)).as_bytes());
-        self.respond(tuple, b, None, msg.verify_fingerprint().is_some());
+        self.answer_unauthenticated(now, tuple, b, msg.verify_fingerprint().is_some());
+    }
+
+    fn unauthenticated_error(
+        &mut self,
+        now: Instant,
+        tuple: ClientTuple,
+        msg: &Message<'_>,
+        code: u16,
+        reason: &str,
+    ) {
+        let mut b = MessageBuilder::new(Class::Error, msg.method(), msg.transaction_id());
+        b.add_error_code(code, reason);
+        self.answer_unauthenticated(now, tuple, b, msg.verify_fingerprint().is_some());
+    }
+
+    /// An answer to a request without valid credentials: over UDP, where the source address
+    /// may be a victim's, only within its source prefix's rate (see [`ReflectionLimit`]).
+    fn answer_unauthenticated(
+        &mut self,
+        now: Instant,
+        tuple: ClientTuple,
+        b: MessageBuilder,
+        fingerprint: bool,
+    ) {
+        if tuple.transport == Transport::Udp && !self.reflection.admit(tuple.client.ip(), now) {
+            self.stats.withheld += 1;
+            return;
+        }
+        self.respond(tuple, b, None, fingerprint);
     }
 
     fn error(
@@ -953,11 +997,11 @@ impl Server {
         msg: &Message<'_>,
         code: u16,
         reason: &str,
-        auth: Option<&Authenticated>,
+        auth: &Authenticated,
     ) {
         let mut b = MessageBuilder::new(Class::Error, msg.method(), msg.transaction_id());
         b.add_error_code(code, reason);
-        self.respond(tuple, b, auth, msg.verify_fingerprint().is_some());
+        self.respond(tuple, b, Some(auth), msg.verify_fingerprint().is_some());
     }
 
     /// Adds SOFTWARE, integrity (when the request was authenticated) and FINGERPRINT (when
@@ -1014,7 +1058,7 @@ impl Server {
                 let data = existing.success_response.clone();
                 self.outputs.push_back(Output::ToClient { tuple, data });
             } else {
-                self.error(tuple, msg, 437, "Allocation Mismatch", Some(auth));
+                self.error(tuple, msg, 437, "Allocation Mismatch", auth);
             }
             return;
         }
@@ -1022,16 +1066,10 @@ impl Server {
             return; // Still binding: the retransmission is answered when it completes.
         }
         match msg.get(attr::REQUESTED_TRANSPORT) {
-            None => return self.error(tuple, msg, 400, "Bad Request", Some(auth)),
+            None => return self.error(tuple, msg, 400, "Bad Request", auth),
             Some([attr::TRANSPORT_UDP, ..]) => {}
             Some(_) => {
-                return self.error(
-                    tuple,
-                    msg,
-                    442,
-                    "Unsupported Transport Protocol",
-                    Some(auth),
-                );
+                return self.error(tuple, msg, 442, "Unsupported Transport Protocol", auth);
             }
         }
         let token = msg.get(attr::RESERVATION_TOKEN);
@@ -1045,23 +1083,23 @@ impl Server {
             || matches!(additional_family, Some(Ok(attr::FAMILY_IPV4)))
             || matches!(even_port, Some(v) if v.len() != 1)
         {
-            return self.error(tuple, msg, 400, "Bad Request", Some(auth));
+            return self.error(tuple, msg, 400, "Bad Request", auth);
         }
         let family = match requested_family {
             None => attr::FAMILY_IPV4,
             Some(Ok(f)) => f,
             Some(Err(_)) => {
-                return self.error(tuple, msg, 440, "Address Family not Supported", Some(auth));
+                return self.error(tuple, msg, 440, "Address Family not Supported", auth);
             }
         };
         if let Some(quota) = self.config.user_quota {
             if self.per_user.get(&auth.username).copied().unwrap_or(0) >= quota {
-                return self.error(tuple, msg, 486, "Allocation Quota Reached", Some(auth));
+                return self.error(tuple, msg, 486, "Allocation Quota Reached", auth);
             }
         }
         if let Some(quota) = self.config.total_quota {
             if self.allocations.len() + self.pending.len() >= quota {
-                return self.error(tuple, msg, 508, "Insufficient Capacity", Some(auth));
+                return self.error(tuple, msg, 508, "Insufficient Capacity", auth);
             }
         }
         let lifetime = self.lifetime(msg);
@@ -1078,18 +1116,18 @@ impl Server {
                     relayed.push(addr);
                     used_reservation = Some(t);
                 }
-                None => return self.error(tuple, msg, 508, "Insufficient Capacity", Some(auth)),
+                None => return self.error(tuple, msg, 508, "Insufficient Capacity", auth),
             }
         } else {
             let Some(ip) = self.relay_ip(family) else {
-                return self.error(tuple, msg, 440, "Address Family not Supported", Some(auth));
+                return self.error(tuple, msg, 440, "Address Family not Supported", auth);
             };
             let (even, pair) = match even_port {
                 Some([flags]) => (true, flags & 0x80 != 0),
                 _ => (false, false),
             };
             let Some(port) = self.ports.pick(ip, even, pair, now, &mut self.rng) else {
-                return self.error(tuple, msg, 508, "Insufficient Capacity", Some(auth));
+                return self.error(tuple, msg, 508, "Insufficient Capacity", auth);
             };
             relayed.push(SocketAddr::new(ip, port));
             if pair {
@@ -1226,7 +1264,7 @@ impl Server {
     ) {
         let peers = match self.permitted_peers(tuple, msg) {
             Ok(p) => p,
-            Err((code, reason)) => return self.error(tuple, msg, code, reason, Some(auth)),
+            Err((code, reason)) => return self.error(tuple, msg, code, reason, auth),
         };
         let alloc = self
             .allocations
@@ -1241,7 +1279,7 @@ impl Server {
             .len();
         if alloc.permissions_live(now) + new > self.config.max_permissions {
             self.stats.over_cap += 1;
-            return self.error(tuple, msg, 508, "Insufficient Capacity", Some(auth));
+            return self.error(tuple, msg, 508, "Insufficient Capacity", auth);
         }
         for peer in peers {
             alloc.permit(peer.ip(), now);
@@ -1267,12 +1305,12 @@ impl Server {
     ) {
         let number = match msg.get(attr::CHANNEL_NUMBER).map(decode_channel_number) {
             Some(Ok(n)) if is_bindable(n) => n,
-            _ => return self.error(tuple, msg, 400, "Bad Request", Some(auth)),
+            _ => return self.error(tuple, msg, 400, "Bad Request", auth),
         };
         let peer = match self.permitted_peers(tuple, msg) {
             Ok(p) if p.len() == 1 => p[0],
-            Ok(_) => return self.error(tuple, msg, 400, "Bad Request", Some(auth)),
-            Err((code, reason)) => return self.error(tuple, msg, code, reason, Some(auth)),
+            Ok(_) => return self.error(tuple, msg, 400, "Bad Request", auth),
+            Err((code, reason)) => return self.error(tuple, msg, code, reason, auth),
         };
         let alloc = self
             .allocations
@@ -1283,7 +1321,7 @@ impl Server {
                 BindConflict::NumberTaken => "Bad Request: channel bound to another peer",
                 BindConflict::PeerTaken => "Bad Request: peer bound to another channel",
             };
-            return self.error(tuple, msg, 400, reason, Some(auth));
+            return self.error(tuple, msg, 400, reason, auth);
         }
         let over = (alloc.channel(number, now).is_none()
             && alloc.channels_live(now) >= self.config.max_channels)
@@ -1291,7 +1329,7 @@ impl Server {
                 && alloc.permissions_live(now) >= self.config.max_permissions);
         if over {
             self.stats.over_cap += 1;
-            return self.error(tuple, msg, 508, "Insufficient Capacity", Some(auth));
+            return self.error(tuple, msg, 508, "Insufficient Capacity", auth);
         }
         alloc.bind(number, peer, now);
         alloc.permit(peer.ip(), now);

@@ -72,6 +72,7 @@ fn config() -> Config {
         total_quota: None,
         max_permissions: 128,
         max_channels: 64,
+        unauthenticated_rate: 100,
         tenants: vec![],
     }
 }
@@ -434,6 +435,78 @@ fn binding_request_gets_its_mapped_address_without_credentials() {
     // A Binding indication (keepalive) gets nothing back.
     let ind = MessageBuilder::new(Class::Indication, Method::BINDING, [4; 12]).build();
     assert!(h.client_sends(tuple, &ind).is_empty());
+}
+
+/// Spoofing a victim's address, a 20-byte request gets a larger answer (Allocate: a 401
+/// with REALM and NONCE; Binding: the mapped address). Over UDP those answers are limited
+/// per source prefix; over TCP the handshake proves the source, and answers to
+/// authenticated requests take a user's key.
+#[test]
+fn unauthenticated_answers_are_limited_per_source_prefix() {
+    let mut config = config();
+    config.unauthenticated_rate = 10;
+    let mut h = Harness::new(config);
+    let victim = |transport, host: u8| ClientTuple {
+        transport,
+        client: addr(&format!("203.0.113.{host}:9")),
+        server: addr(LISTENER),
+    };
+    let allocate = MessageBuilder::new(Class::Request, Method::ALLOCATE, [5; 12]).build();
+    let binding = MessageBuilder::new(Class::Request, Method::BINDING, [6; 12]).build();
+    assert_eq!((allocate.len(), binding.len()), (20, 20));
+    let (mut sent, mut answered) = (0, 0);
+    for i in 0..200_u8 {
+        for request in [&allocate, &binding] {
+            sent += request.len();
+            let out = h.client_sends(victim(Transport::Udp, i), request);
+            answered += out
+                .iter()
+                .map(|o| match o {
+                    Output::ToClient { data, .. } => data.len(),
+                    _ => 0,
+                })
+                .sum::<usize>();
+        }
+    }
+    // Five seconds' worth at 10 per second, for the whole /24.
+    assert_eq!(h.server.stats().withheld, 400 - 50);
+    assert!(
+        answered < sent,
+        "{answered} bytes answered to {sent} bytes of requests"
+    );
+    // Another prefix has its own budget; so does the same prefix over TCP.
+    let other = ClientTuple {
+        client: addr("198.51.100.7:9"),
+        ..victim(Transport::Udp, 1)
+    };
+    assert!(!h.client_sends(other, &binding).is_empty());
+    assert!(
+        !h.client_sends(victim(Transport::Tcp, 1), &binding)
+            .is_empty()
+    );
+    // A user in the flooded prefix still allocates: their nonce came before the flood, and
+    // answers to authenticated requests are never withheld.
+    let mut c = Client::udp("203.0.113.50:40000", "alice", "secret");
+    c.nonce = Some(
+        String::from_utf8(
+            leak(only_response(&h.client_sends(other, &allocate)))
+                .get(attr::NONCE)
+                .unwrap()
+                .to_vec(),
+        )
+        .unwrap(),
+    );
+    c.allocate(&mut h);
+    // The bucket refills at the rate.
+    h.now += Duration::from_millis(100);
+    assert!(
+        !h.client_sends(victim(Transport::Udp, 9), &binding)
+            .is_empty()
+    );
+    assert!(
+        h.client_sends(victim(Transport::Udp, 9), &binding)
+            .is_empty()
+    );
 }
 
 #[test]
