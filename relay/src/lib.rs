@@ -7,5 +7,6 @@ pub mod dataplane;
 pub mod io;
 pub mod policers;
 pub mod preflight;
+pub mod room;
 pub mod stun;
 pub mod turn;

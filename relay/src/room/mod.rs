@@ -1,0 +1,5 @@
+//! Media rooms: publishers and subscribers of RTP/SRTP whose encryption Relay does not
+//! terminate (cameras, encoders, SIP phones, GStreamer), as a sans-IO core like the TURN
+//! server's.
+
+pub mod api;
