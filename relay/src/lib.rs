@@ -8,5 +8,6 @@ pub mod io;
 pub mod policers;
 pub mod preflight;
 pub mod room;
+pub mod rtp;
 pub mod stun;
 pub mod turn;

@@ -161,6 +161,10 @@ pub struct Counters {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "the API's view: each is a setting"
+)]
 pub struct EndpointView {
     pub name: String,
     /// The relay's address for this endpoint's RTP (and RTCP when muxed).

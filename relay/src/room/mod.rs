@@ -3,3 +3,8 @@
 //! server's.
 
 pub mod api;
+mod core;
+#[cfg(test)]
+mod tests;
+
+pub use core::{Config, Destination, Output, Rooms, Route, RouteCounters, Source, Stats};
