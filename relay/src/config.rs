@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::{
     dataplane::XdpModeChoice,
+    room,
     turn::{
         self,
         auth::Credentials,
@@ -72,6 +73,12 @@ pub struct Settings {
     /// Highest relayed port [default: 65535].
     #[arg(long, value_name = "PORT")]
     pub max_port: Option<u16>,
+    /// Lowest port of room endpoints whose port the API does not give [default: 40000].
+    #[arg(long, value_name = "PORT")]
+    pub media_min_port: Option<u16>,
+    /// Highest port of room endpoints [default: 44999].
+    #[arg(long, value_name = "PORT")]
+    pub media_max_port: Option<u16>,
     /// Realm of the long-term credentials [default: relay].
     #[arg(long)]
     pub realm: Option<String>,
@@ -223,6 +230,7 @@ fn bad(field: &'static str, problem: impl Into<String>) -> ConfigError {
 /// Everything `relay run` needs, checked.
 pub struct RunConfig {
     pub turn: turn::Config,
+    pub rooms: room::Config,
     pub udp: Vec<SocketAddr>,
     pub tcp: Vec<SocketAddr>,
     pub tls: Vec<SocketAddr>,
@@ -276,6 +284,8 @@ impl Settings {
             external_ip: vec(self.external_ip, file.external_ip),
             min_port: self.min_port.or(file.min_port),
             max_port: self.max_port.or(file.max_port),
+            media_min_port: self.media_min_port.or(file.media_min_port),
+            media_max_port: self.media_max_port.or(file.media_max_port),
             realm: self.realm.or(file.realm),
             user: vec(self.user, file.user),
             user_file: self.user_file.or(file.user_file),
@@ -485,7 +495,38 @@ impl Settings {
                 "must be at least the default lifetime, 600 s",
             ));
         }
+        let media_min_port = self.media_min_port.unwrap_or(40000);
+        let media_max_port = self.media_max_port.unwrap_or(44999);
+        if media_min_port == 0 || media_min_port >= media_max_port {
+            return Err(bad(
+                "media-min-port",
+                format!("{media_min_port} must be between 1 and media-max-port ({media_max_port})"),
+            ));
+        }
+        if media_min_port <= max_port && min_port <= media_max_port {
+            return Err(bad(
+                "media-min-port",
+                format!(
+                    "the media ports {media_min_port}-{media_max_port} overlap the relayed ports \
+                     {min_port}-{max_port}"
+                ),
+            ));
+        }
+        let rooms = room::Config {
+            ip: relay_ips
+                .iter()
+                .copied()
+                .find(IpAddr::is_ipv4)
+                .or_else(|| relay_ips.first().copied())
+                .ok_or_else(|| bad("relay-ip", "no address for room endpoints"))?,
+            min_port: media_min_port,
+            max_port: media_max_port,
+            keyframe_interval: Duration::from_secs(1),
+            tenants: tenants.iter().map(|t| t.name.clone()).collect(),
+            max_rooms: 1000,
+        };
         Ok(RunConfig {
+            rooms,
             turn: turn::Config {
                 realm: self.realm.unwrap_or_else(|| "relay".to_owned()),
                 software: concat!("Relay ", env!("CARGO_PKG_VERSION")).to_owned(),

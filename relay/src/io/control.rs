@@ -15,12 +15,14 @@ use tokio::sync::mpsc::Receiver as EventReceiver;
 use super::{
     datapath::{Command, Event},
     kernel::Kernel,
+    rooms::RoomPlane,
     wake::Wake,
 };
 use crate::{
     clock::monotonic_ns,
     dataplane::Dataplane,
     policers::{Policers, Slots},
+    room::api::Call,
     turn::{ClientTuple, Output, Server, Transport, tenant::Tenant},
 };
 use relay_common::police::Limit;
@@ -28,8 +30,8 @@ use relay_common::police::Limit;
 /// The rate limits: which policer slots each relayed address spends.
 pub(crate) struct Limits {
     pub(crate) policers: Arc<Policers>,
-    slots: Slots,
-    tenants: Vec<Tenant>,
+    pub(crate) slots: Slots,
+    pub(crate) tenants: Vec<Tenant>,
     /// Relayed address -> `[allocation, tenant]` slots (0: none).
     by_relayed: HashMap<SocketAddr, [u32; 2]>,
     /// Relayed addresses per allocation slot, to free it with the last.
@@ -188,6 +190,7 @@ pub(crate) struct Control {
     held: HashMap<SocketAddr, UdpSocket>,
     /// Allocations refused (508) because no policer slot was left for their `--max-bps`.
     no_policer: u64,
+    rooms: RoomPlane,
 }
 
 impl Control {
@@ -198,7 +201,11 @@ impl Control {
         state: State,
         commands: Sender<Command>,
         wake: Arc<Wake>,
+        rooms: crate::room::Rooms,
     ) -> Self {
+        let tenant_slots = (0..limits.tenants.len())
+            .map(|i| limits.slots.tenant(i))
+            .collect();
         Self {
             server,
             kernel,
@@ -209,13 +216,16 @@ impl Control {
             streams: HashMap::new(),
             held: HashMap::new(),
             no_policer: 0,
+            rooms: RoomPlane::new(rooms, tenant_slots),
         }
     }
 
-    /// Runs until `shutdown` resolves or every event sender is gone.
+    /// Runs until `shutdown` resolves or every event sender is gone; `calls` are the
+    /// control API's requests (none without the API).
     pub(crate) async fn run(
         mut self,
         mut events: EventReceiver<Event>,
+        mut calls: Option<tokio::sync::mpsc::Receiver<Call>>,
         shutdown: impl Future<Output = ()>,
     ) -> Option<Dataplane> {
         tokio::pin!(shutdown);
@@ -233,6 +243,7 @@ impl Control {
         }
         loop {
             let deadline = self.server.poll_timeout();
+            let rooms_deadline = self.rooms.poll_timeout();
             tokio::select! {
                 event = events.recv() => {
                     let Some(event) = event else { break };
@@ -245,6 +256,14 @@ impl Control {
                 () = sleep_until(deadline), if deadline.is_some() => {
                     self.server.handle_timeout(Instant::now());
                 }
+                () = sleep_until(rooms_deadline), if rooms_deadline.is_some() => {
+                    self.rooms.handle_timeout(Instant::now());
+                }
+                call = recv(&mut calls), if calls.is_some() => match call {
+                    Some(call) => self.rooms.on_call(Instant::now(), call),
+                    // The API server is gone: serve on without it.
+                    None => calls = None,
+                },
                 () = sleep_until(self.state.due()), if self.state.due().is_some() => {}
                 () = &mut shutdown => break,
             }
@@ -255,6 +274,7 @@ impl Control {
         let _ = self.commands.send(Command::Stop);
         self.wake.wake();
         log::info!("TURN server at exit: {}", self.server.stats());
+        log::info!("rooms at exit: {}", self.rooms.core.stats());
         log::info!(
             "limits at exit: {} allocations refused for want of a policer slot; {} channels \
              left to userspace, the kernel's flow table full; {} relayed addresses left \
@@ -285,6 +305,11 @@ impl Control {
                 self.streams.remove(&tuple);
                 self.server.handle_client_closed(now, tuple);
             }
+            Event::Media {
+                local,
+                remote,
+                data,
+            } => self.rooms.on_media(now, local, remote, &data),
         }
     }
 
@@ -382,6 +407,7 @@ impl Control {
             let _ = self.commands.send(command);
             commands += 1;
         }
+        commands += self.rooms.carry_out(&self.commands);
         if commands > 0 {
             self.wake.wake();
         }
@@ -468,13 +494,20 @@ impl Control {
     }
 }
 
+async fn recv<T>(receiver: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<T> {
+    match receiver {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     if let Some(d) = deadline {
         tokio::time::sleep_until(d.into()).await;
     }
 }
 
-fn bind_relay(addr: SocketAddr, dont_fragment: bool) -> std::io::Result<UdpSocket> {
+pub(super) fn bind_relay(addr: SocketAddr, dont_fragment: bool) -> std::io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;

@@ -2,9 +2,10 @@
 //! table, the rate limits (the same policers as the XDP program's), and what goes up to the
 //! control task.
 //!
-//! Like the XDP program in front of it, it forwards ChannelData of installed flows on its
-//! own and hands everything else to the TURN server, which owns the truth: a packet that
-//! misses the table is still relayed, by the server.
+//! Like the XDP program in front of it, it forwards ChannelData of installed flows and room
+//! media of installed routes (`media.rs`) on its own and hands everything else to the TURN
+//! server or the room core, which own the truth: a packet that misses a table is still
+//! relayed, by them.
 
 use std::{
     collections::HashMap,
@@ -14,6 +15,7 @@ use std::{
 
 use tokio::sync::mpsc::{Sender, error::TrySendError};
 
+use super::media::{Media, RoomCommand};
 use crate::{
     clock::monotonic_now_ns,
     policers::Policers,
@@ -64,6 +66,8 @@ pub(crate) enum Command {
         relayed: SocketAddr,
         peer: IpAddr,
     },
+    /// The room plane's (see `media.rs`).
+    Room(RoomCommand),
     Stop,
 }
 
@@ -86,6 +90,12 @@ pub(crate) enum Event {
     StreamClosed {
         tuple: ClientTuple,
     },
+    /// A datagram to a room endpoint's port that no route forwarded.
+    Media {
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: Vec<u8>,
+    },
 }
 
 /// What a backend does for the data path.
@@ -102,6 +112,7 @@ pub(crate) trait Io {
 enum Role {
     Listener(SocketAddr),
     Relay(SocketAddr),
+    Endpoint(SocketAddr),
 }
 
 struct Relay {
@@ -138,6 +149,8 @@ pub(crate) struct Stats {
     pub(crate) send_errors: u64,
     /// Datagrams larger than a receive buffer, dropped; filled by either backend.
     pub(crate) truncated: u64,
+    /// Room packets forwarded by the route table (each to all its subscribers).
+    pub(crate) media_forwarded: u64,
 }
 
 pub(crate) struct Datapath {
@@ -149,6 +162,7 @@ pub(crate) struct Datapath {
     by_client: HashMap<(SocketAddr, SocketAddr, u16), (SocketAddr, SocketAddr, u64)>,
     /// Channels by (relayed, peer): (listener, client, channel, expiry in monotonic ns).
     by_peer: HashMap<(SocketAddr, SocketAddr), (SocketAddr, SocketAddr, u16, u64)>,
+    media: Media,
     events: Sender<Event>,
     policers: Arc<Policers>,
     scratch: Vec<u8>,
@@ -160,11 +174,13 @@ impl std::fmt::Display for Stats {
         write!(
             f,
             "{} channel datagrams forwarded to peers and {} to clients by the flow table, {} handed \
-             to the TURN server; dropped: {} from peers without permission, {} over a rate limit, \
-             {} on a full control queue, {} truncated; {} send errors",
+             to the TURN server and the room core, {} room packets forwarded by the route table; \
+             dropped: {} from peers without permission, {} over a rate limit, {} on a full \
+             control queue, {} truncated; {} send errors",
             self.fast_to_peer,
             self.fast_to_client,
             self.up,
+            self.media_forwarded,
             self.unpermitted,
             self.over_limit,
             self.control_full,
@@ -183,6 +199,7 @@ impl Datapath {
             relays: HashMap::new(),
             by_client: HashMap::new(),
             by_peer: HashMap::new(),
+            media: Media::default(),
             events,
             policers,
             scratch: Vec::with_capacity(2048),
@@ -293,9 +310,44 @@ impl Datapath {
                     relay.permissions.remove(&peer);
                 }
             }
+            Command::Room(c) => self.on_room_command(io, c),
             Command::Stop => return false,
         }
         true
+    }
+
+    /// The room plane's commands (see `media.rs`).
+    fn on_room_command(&mut self, io: &mut impl Io, command: RoomCommand) {
+        match command {
+            RoomCommand::AddEndpoint { addr, socket } => {
+                let id = self.new_id(Role::Endpoint(addr));
+                self.media.add_endpoint(addr, id);
+                io.add(id, socket);
+            }
+            RoomCommand::RemoveEndpoint { addr } => {
+                if let Some(id) = self.media.remove_endpoint(addr) {
+                    io.remove(id);
+                    self.roles[id] = None;
+                    self.free_ids.push(id);
+                }
+            }
+            RoomCommand::Route {
+                from,
+                ssrc,
+                route,
+                policers,
+                counts,
+            } => self.media.route(from, ssrc, route, policers, counts),
+            RoomCommand::SendFromEndpoint {
+                local,
+                remote,
+                data,
+            } => {
+                if let Some(id) = self.media.endpoint(local) {
+                    io.send(id, remote, &data);
+                }
+            }
+        }
     }
 
     /// A datagram received on socket `id` from `from`.
@@ -309,6 +361,7 @@ impl Datapath {
         match self.roles.get(id).copied().flatten() {
             Some(Role::Listener(listener)) => self.client_datagram(io, listener, from, data),
             Some(Role::Relay(relayed)) => self.peer_datagram(io, relayed, from, data),
+            Some(Role::Endpoint(local)) => self.media_datagram(io, local, from, data),
             None => {}
         }
     }
@@ -402,6 +455,24 @@ impl Datapath {
         });
     }
 
+    fn media_datagram(
+        &mut self,
+        io: &mut impl Io,
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: &[u8],
+    ) {
+        match self.media.forward(io, &self.policers, local, remote, data) {
+            Ok(true) => self.stats.media_forwarded += 1,
+            Ok(false) => self.up(Event::Media {
+                local,
+                remote,
+                data: data.to_vec(),
+            }),
+            Err(()) => self.stats.over_limit += 1,
+        }
+    }
+
     fn up(&mut self, event: Event) {
         // A full queue means the control task is behind (a flood): drop and count rather
         // than grow without bound. Closed only at shutdown.
@@ -416,6 +487,10 @@ impl Datapath {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        io::media::RouteCounts,
+        room::{Route, Source},
+    };
 
     /// Records what the data path asks of its backend.
     #[derive(Default)]
@@ -495,6 +570,91 @@ mod tests {
         };
         permit(&mut dp, &mut io, relayed, flow.peer.ip(), false);
         (dp, io, rx, flow)
+    }
+
+    /// Room media: a route sends RTP to every subscriber from its own port and the
+    /// publisher's sender reports to their RTCP addresses, bytes untouched; other SSRCs,
+    /// other senders and packets over the tenant's limit do not pass.
+    #[test]
+    fn room_routes_fan_out_by_ssrc() {
+        let (mut dp, mut io, mut rx, _) = setup(None, 16);
+        let [cam, a, b] = ["127.0.0.1:41000", "127.0.0.1:41002", "127.0.0.1:41004"].map(addr);
+        for local in [cam, a, b] {
+            dp.on_command(
+                &mut io,
+                Command::Room(RoomCommand::AddEndpoint {
+                    addr: local,
+                    socket: udp(),
+                }),
+            );
+        }
+        let (cam_id, a_id, b_id) = (2, 3, 4);
+        assert_eq!(io.added, [0, 1, cam_id, a_id, b_id]);
+        let from = Source {
+            local: cam,
+            remote: addr("10.0.0.1:5004"),
+        };
+        let dest = |local, remote: &str| crate::room::Destination {
+            local,
+            remote: addr(remote),
+        };
+        let counts = Arc::new(RouteCounts::default());
+        dp.on_command(
+            &mut io,
+            Command::Room(RoomCommand::Route {
+                from,
+                ssrc: 0x1111,
+                route: Some(Route {
+                    rtp: vec![dest(a, "10.0.0.2:6000"), dest(b, "10.0.0.3:6000")],
+                    rtcp: vec![dest(a, "10.0.0.2:6001"), dest(b, "10.0.0.3:6000")],
+                }),
+                policers: [0, 0],
+                counts: Arc::clone(&counts),
+            }),
+        );
+        let mut rtp = vec![0x80, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0x11, 0x11];
+        rtp.extend(b"srtp payload and tag");
+        dp.on_datagram(&mut io, cam_id, from.remote, &rtp);
+        assert_eq!(
+            io.sent,
+            [
+                (a_id, addr("10.0.0.2:6000"), rtp.clone()),
+                (b_id, addr("10.0.0.3:6000"), rtp.clone())
+            ]
+        );
+        let sr = [0x80, 200, 0, 1, 0, 0, 0x11, 0x11];
+        dp.on_datagram(&mut io, cam_id, from.remote, &sr);
+        assert_eq!(
+            io.sent[2..],
+            [
+                (a_id, addr("10.0.0.2:6001"), sr.to_vec()),
+                (b_id, addr("10.0.0.3:6000"), sr.to_vec())
+            ]
+        );
+        assert_eq!(counts.packets.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert_eq!(dp.stats.media_forwarded, 2);
+        // Another SSRC, or the same from another address: up to the room core.
+        let mut other = rtp.clone();
+        other[11] = 0x12;
+        dp.on_datagram(&mut io, cam_id, from.remote, &other);
+        dp.on_datagram(&mut io, cam_id, addr("10.0.0.9:5004"), &rtp);
+        assert!(matches!(rx.try_recv(), Ok(Event::Media { .. })));
+        assert!(matches!(rx.try_recv(), Ok(Event::Media { .. })));
+        assert_eq!(io.sent.len(), 4);
+        // Removing the route sends the packets up again.
+        dp.on_command(
+            &mut io,
+            Command::Room(RoomCommand::Route {
+                from,
+                ssrc: 0x1111,
+                route: None,
+                policers: [0, 0],
+                counts,
+            }),
+        );
+        dp.on_datagram(&mut io, cam_id, from.remote, &rtp);
+        assert!(matches!(rx.try_recv(), Ok(Event::Media { .. })));
+        assert_eq!(io.sent.len(), 4);
     }
 
     /// `flow` installed for the next minute.

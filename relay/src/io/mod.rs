@@ -4,7 +4,9 @@
 mod control;
 mod datapath;
 mod kernel;
+mod media;
 mod mmsg;
+mod rooms;
 mod stream;
 mod uring;
 mod wake;
@@ -133,8 +135,9 @@ pub async fn serve(
 
     let kernel = dataplane.map(kernel::Kernel::new);
     let saved = control::State::new(run.state_file);
-    let dataplane = control::Control::new(server, kernel, limits, saved, commands_tx, wake)
-        .run(events_rx, shutdown)
+    let rooms = crate::room::Rooms::new(run.rooms.clone(), rand::SeedableRng::from_os_rng());
+    let dataplane = control::Control::new(server, kernel, limits, saved, commands_tx, wake, rooms)
+        .run(events_rx, None, shutdown)
         .await;
     let stats = thread
         .join()

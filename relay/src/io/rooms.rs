@@ -1,0 +1,235 @@
+//! The room plane in the control task: drives the room core with the control API's calls,
+//! the media the data path hands up and the time, and carries out its outputs (sockets,
+//! routes for the data path, packets, replies). The counters of the data path's routes are
+//! kept here for the API's views and the core's idle timers.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering::Relaxed, mpsc::Sender},
+    time::Instant,
+};
+
+use tokio::sync::oneshot;
+
+use super::{
+    control::bind_relay,
+    datapath::Command,
+    media::{RoomCommand, RouteCounts},
+};
+use crate::room::{
+    Destination, Output, Rooms, RouteCounters, Source,
+    api::{ApiError, Call, Counters, Response},
+};
+
+/// A route as the data path holds it, and what it counted.
+struct Live {
+    to: Vec<Destination>,
+    counts: Arc<RouteCounts>,
+    /// Packets when the idle timers last looked.
+    seen: u64,
+}
+
+/// What the replaced routes of a source and SSRC had counted: received, and sent to each
+/// destination.
+#[derive(Default)]
+struct Totals {
+    received: Counters,
+    sent: HashMap<Destination, Counters>,
+}
+
+pub(crate) struct RoomPlane {
+    pub(crate) core: Rooms,
+    replies: HashMap<u64, oneshot::Sender<Result<Response, ApiError>>>,
+    next_call: u64,
+    routes: HashMap<(Source, u32), Live>,
+    totals: HashMap<(Source, u32), Totals>,
+    /// Policer slot of each tenant, by its index in the configuration.
+    tenant_slots: Vec<u32>,
+}
+
+/// The views' counters: the routes' totals plus the live routes'.
+struct Counted<'a>(
+    &'a HashMap<(Source, u32), Live>,
+    &'a HashMap<(Source, u32), Totals>,
+);
+
+fn snapshot(counts: &RouteCounts) -> Counters {
+    Counters {
+        packets: counts.packets.load(Relaxed),
+        bytes: counts.bytes.load(Relaxed),
+        dropped: counts.dropped.load(Relaxed),
+    }
+}
+
+fn add(a: &mut Counters, b: Counters) {
+    a.packets += b.packets;
+    a.bytes += b.bytes;
+    a.dropped += b.dropped;
+}
+
+impl RouteCounters for Counted<'_> {
+    fn counters(&self, from: Source, ssrc: u32) -> (Counters, Vec<(Destination, Counters)>) {
+        let mut received = Counters::default();
+        let mut sent: HashMap<Destination, Counters> = HashMap::new();
+        if let Some(t) = self.1.get(&(from, ssrc)) {
+            add(&mut received, t.received);
+            for (d, c) in &t.sent {
+                add(sent.entry(*d).or_default(), *c);
+            }
+        }
+        if let Some(live) = self.0.get(&(from, ssrc)) {
+            let now = snapshot(&live.counts);
+            add(&mut received, now);
+            for d in &live.to {
+                add(sent.entry(*d).or_default(), Counters { dropped: 0, ..now });
+            }
+        }
+        (received, sent.into_iter().collect())
+    }
+}
+
+impl RoomPlane {
+    pub(crate) fn new(core: Rooms, tenant_slots: Vec<u32>) -> Self {
+        Self {
+            core,
+            replies: HashMap::new(),
+            next_call: 1,
+            routes: HashMap::new(),
+            totals: HashMap::new(),
+            tenant_slots,
+        }
+    }
+
+    pub(crate) fn on_call(&mut self, now: Instant, (request, reply): Call) {
+        let call = self.next_call;
+        self.next_call += 1;
+        self.replies.insert(call, reply);
+        let counted = Counted(&self.routes, &self.totals);
+        self.core.handle_call(now, call, request, &counted);
+    }
+
+    pub(crate) fn on_media(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: &[u8],
+    ) {
+        self.core.handle_media(now, local, remote, data);
+    }
+
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.core.poll_timeout()
+    }
+
+    /// The core's timers, after telling it which endpoints the data path kept busy.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        for ((from, _), live) in &mut self.routes {
+            let packets = live.counts.packets.load(Relaxed);
+            if packets != live.seen {
+                live.seen = packets;
+                self.core.touch(now, from.local);
+                for d in &live.to {
+                    self.core.touch(now, d.local);
+                }
+            }
+        }
+        self.core.handle_timeout(now);
+    }
+
+    /// Carries out the core's outputs; returns how many commands went to the data path.
+    pub(crate) fn carry_out(&mut self, commands: &Sender<Command>) -> usize {
+        let mut sent = 0;
+        while let Some(output) = self.core.poll_output() {
+            let command = match output {
+                Output::Bind { id, addrs } => {
+                    let now = Instant::now();
+                    let sockets = addrs.iter().map(|a| bind_relay(*a, false));
+                    match sockets.collect::<std::io::Result<Vec<_>>>() {
+                        Ok(sockets) => {
+                            for (addr, socket) in addrs.into_iter().zip(sockets) {
+                                let _ = commands
+                                    .send(Command::Room(RoomCommand::AddEndpoint { addr, socket }));
+                                sent += 1;
+                            }
+                            self.core.bound(now, id, Ok(()));
+                        }
+                        Err(e) => self.core.bound(now, id, Err(e)),
+                    }
+                    continue;
+                }
+                Output::Release { addr } => {
+                    self.totals.retain(|(from, _), _| from.local != addr);
+                    RoomCommand::RemoveEndpoint { addr }
+                }
+                Output::Route {
+                    from,
+                    ssrc,
+                    tenant,
+                    route,
+                    ..
+                } => {
+                    self.retire(from, ssrc);
+                    let counts = Arc::new(RouteCounts::default());
+                    if let Some(r) = &route {
+                        self.routes.insert(
+                            (from, ssrc),
+                            Live {
+                                to: r.rtp.clone(),
+                                counts: Arc::clone(&counts),
+                                seen: 0,
+                            },
+                        );
+                    }
+                    let tenant = tenant.and_then(|t| self.tenant_slots.get(t).copied());
+                    RoomCommand::Route {
+                        from,
+                        ssrc,
+                        route,
+                        policers: [0, tenant.unwrap_or(0)],
+                        counts,
+                    }
+                }
+                Output::Send {
+                    local,
+                    remote,
+                    data,
+                } => RoomCommand::SendFromEndpoint {
+                    local,
+                    remote,
+                    data,
+                },
+                Output::Reply { call, result } => {
+                    if let Some(reply) = self.replies.remove(&call) {
+                        // The HTTP side may have given up (a timeout): nothing to do.
+                        let _ = reply.send(result);
+                    }
+                    continue;
+                }
+            };
+            let _ = commands.send(Command::Room(command));
+            sent += 1;
+        }
+        sent
+    }
+
+    /// Folds what a route being replaced counted into the totals.
+    fn retire(&mut self, from: Source, ssrc: u32) {
+        let Some(live) = self.routes.remove(&(from, ssrc)) else {
+            return;
+        };
+        let counted = snapshot(&live.counts);
+        let totals = self.totals.entry((from, ssrc)).or_default();
+        add(&mut totals.received, counted);
+        for d in live.to {
+            add(
+                totals.sent.entry(d).or_default(),
+                Counters {
+                    dropped: 0,
+                    ..counted
+                },
+            );
+        }
+    }
+}
