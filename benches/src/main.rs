@@ -1,11 +1,17 @@
 //! `relay-bench`: the same TURN media load against Relay (XDP, io_uring, mmsg), coturn and
-//! the ceiling in the lab, with the comparison table printed and written to files.
+//! the ceiling in the lab, client to peer and client to client through the relay (hairpin),
+//! with the comparison tables printed and written to files.
 //! `cargo xtask bench` builds Relay and runs this.
 
 use std::path::PathBuf;
 
 use clap::Parser;
-use relay_bench::{generator::Media, report, runner, systems::System};
+use relay_bench::{
+    generator::Media,
+    report,
+    runner::{self, Scenario},
+    systems::System,
+};
 
 #[derive(Parser)]
 #[command(about = "Benchmark Relay against coturn and the ceiling in the lab (needs root)")]
@@ -16,9 +22,12 @@ struct Cli {
     /// The relay binary (a release build).
     #[arg(long, default_value = "target/release/relay")]
     relay: PathBuf,
-    /// Only these systems (repeatable) [default: all].
+    /// Only these systems (repeatable) [default: all; the ceiling has no hairpin].
     #[arg(long, value_enum)]
     system: Vec<System>,
+    /// Only these scenarios (repeatable) [default: all].
+    #[arg(long, value_enum)]
+    scenario: Vec<Scenario>,
     /// Concurrent allocations, one media stream each.
     #[arg(long)]
     allocations: Option<usize>,
@@ -50,6 +59,9 @@ fn main() -> anyhow::Result<()> {
     if !cli.system.is_empty() {
         plan.systems = cli.system;
         plan.sweep_systems.retain(|s| plan.systems.contains(s));
+    }
+    if !cli.scenario.is_empty() {
+        plan.scenarios = cli.scenario;
     }
     if let Some(n) = cli.allocations {
         plan.allocations = n;

@@ -1,19 +1,23 @@
-//! The receiving half: a plain UDP socket where the peer (or, for the bounce, the client)
-//! would be. It reads batches with `recvmmsg`, takes the kernel's receive time of each
-//! datagram (`SO_TIMESTAMPNS`, the moment the stack took it, before this thread woke) and
-//! tallies the probes.
+//! The receiving half: plain UDP sockets where the peer (or, for the bounce, the client)
+//! would be, or, in the hairpin scenario, client B's allocation sockets. It reads batches
+//! with `recvmmsg`, takes the kernel's receive time of each datagram (`SO_TIMESTAMPNS`, the
+//! moment the stack took it, before this thread woke) and tallies the probes.
 
 use std::{
     io,
     net::{SocketAddr, UdpSocket},
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
+use relay::stun::channel_data::ChannelData;
 use serde::Serialize;
 
-use crate::{generator::setsockopt, wire::Probe};
+use crate::{
+    generator::setsockopt,
+    wire::{HEADER_LEN, Probe},
+};
 
 const BATCH: usize = 64;
 const BUF: usize = 2048;
@@ -21,13 +25,40 @@ const BUF: usize = 2048;
 /// has arrived by then, and what comes later counts as lost.
 const QUIET: Duration = Duration::from_millis(100);
 
+/// What is in front of the probe in a received datagram.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Framing {
+    /// Nothing: a relay took the ChannelData header off (data from a relayed address to a
+    /// peer).
+    #[default]
+    Bare,
+    /// A ChannelData header on this channel whose length is the rest of the datagram, but
+    /// for up to 3 bytes of padding: what a relay sends its client (the hairpin scenario),
+    /// and the frame's own header where no relay is in the path.
+    ChannelData(u16),
+}
+
+impl Framing {
+    /// The payload behind the framing, or `None` where the datagram is not framed so.
+    pub fn strip(self, datagram: &[u8]) -> Option<&[u8]> {
+        match self {
+            Self::Bare => Some(datagram),
+            Self::ChannelData(channel) => {
+                let message = ChannelData::decode(datagram).ok()?;
+                let padding = datagram.len() - HEADER_LEN - message.data.len();
+                (message.channel == channel && padding < 4).then_some(message.data)
+            }
+        }
+    }
+}
+
 /// What arrived in a trial.
 #[derive(Clone, Debug, Default)]
 pub struct Tally {
     trial: u32,
-    /// Bytes before the probe: none where a relay took the ChannelData header off,
-    /// [`HEADER_LEN`] where it arrives as sent.
-    offset: usize,
+    /// What precedes the probe.
+    framing: Framing,
     /// Per stream: one more than the highest sequence number seen, 0 before the first.
     next: Vec<u64>,
     /// Probes sent from this time (realtime ns) on count toward latency and the window.
@@ -39,6 +70,9 @@ pub struct Tally {
     pub in_window: u64,
     /// Datagrams of other trials or not from the generator.
     pub foreign: u64,
+    /// Datagrams without the framing expected (another channel, a length that is not the
+    /// datagram's): not counted as received.
+    pub misframed: u64,
     /// One-way latency of each probe sent inside the window, ns.
     latencies: Vec<u32>,
     /// The stack's receive errors while the trial ran: full socket buffer, bad checksums.
@@ -47,10 +81,16 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn new(trial: u32, offset: usize, streams: usize, window: [u64; 2], expected: u64) -> Self {
+    pub fn new(
+        trial: u32,
+        framing: Framing,
+        streams: usize,
+        window: [u64; 2],
+        expected: u64,
+    ) -> Self {
         Self {
             trial,
-            offset,
+            framing,
             next: vec![0; streams],
             window,
             latencies: Vec::with_capacity(expected.min(1 << 25) as usize),
@@ -58,10 +98,14 @@ impl Tally {
         }
     }
 
-    /// Takes one received payload (`offset` bytes, then the probe), received at `rx_ns` on
-    /// the realtime clock.
-    pub fn record(&mut self, payload: &[u8], rx_ns: u64) {
-        let Some(probe) = payload.get(self.offset..).and_then(Probe::read) else {
+    /// Takes one received datagram (the framing, then the probe), received at `rx_ns` on the
+    /// realtime clock.
+    pub fn record(&mut self, datagram: &[u8], rx_ns: u64) {
+        let Some(payload) = self.framing.strip(datagram) else {
+            self.misframed += 1;
+            return;
+        };
+        let Some(probe) = Probe::read(payload) else {
             self.foreign += 1;
             return;
         };
@@ -121,84 +165,52 @@ impl Percentiles {
     }
 }
 
-/// A bound UDP socket that receives with kernel timestamps.
+/// Bound UDP sockets that receive with kernel timestamps: one where every stream arrives,
+/// or one per stream (client B's allocations), watched together with epoll.
 pub struct Receiver {
-    socket: UdpSocket,
+    sockets: Vec<UdpSocket>,
+    /// With more than one socket, the epoll instance that watches them (each registered
+    /// with its index).
+    epoll: Option<OwnedFd>,
 }
 
 impl Receiver {
-    /// Binds `addr` in the calling thread's network namespace, with a receive buffer large
-    /// enough for a burst of tens of milliseconds at full rate.
+    /// Binds `addr` in the calling thread's network namespace.
     pub fn bind(addr: SocketAddr) -> io::Result<Self> {
-        let socket = UdpSocket::bind(addr)?;
-        let fd = socket.as_fd().try_clone_to_owned()?;
-        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 64 << 20)?;
-        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)?;
-        socket.set_read_timeout(Some(QUIET))?;
-        Ok(Self { socket })
+        Self::on(vec![UdpSocket::bind(addr)?])
     }
 
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.socket.local_addr()
+    /// Receives on `sockets` (bound already, in any namespace), each with a receive buffer
+    /// large enough for a burst of tens of milliseconds at full rate.
+    pub fn on(sockets: Vec<UdpSocket>) -> io::Result<Self> {
+        for socket in &sockets {
+            let fd = socket.as_fd().try_clone_to_owned()?;
+            setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 64 << 20)?;
+            setsockopt(&fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)?;
+            socket.set_read_timeout(Some(QUIET))?;
+        }
+        let epoll = if sockets.len() > 1 {
+            Some(epoll_of(&sockets)?)
+        } else {
+            None
+        };
+        Ok(Self { sockets, epoll })
+    }
+
+    /// Where the streams arrive: one address, or one per stream.
+    pub fn local_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        self.sockets.iter().map(UdpSocket::local_addr).collect()
     }
 
     /// Receives into `tally` until `stop` is set and then nothing arrives for [`QUIET`].
-    /// Call it from a thread in the socket's namespace: it reads that namespace's UDP
+    /// Call it from a thread in the sockets' namespace: it reads that namespace's UDP
     /// error counters before and after.
     pub fn run(&self, tally: &mut Tally, stop: &AtomicBool) -> io::Result<()> {
         let before = udp_errors()?;
-        let mut bufs = vec![[0u8; BUF]; BATCH];
-        // Room for one SCM_TIMESTAMPNS control message per datagram.
-        let mut controls = vec![[0u64; 8]; BATCH];
-        loop {
-            let mut iovs: Vec<libc::iovec> = bufs
-                .iter_mut()
-                .map(|b| libc::iovec {
-                    iov_base: b.as_mut_ptr().cast(),
-                    iov_len: BUF,
-                })
-                .collect();
-            let mut msgs: Vec<libc::mmsghdr> = iovs
-                .iter_mut()
-                .zip(controls.iter_mut())
-                .map(|(iov, control)| {
-                    // SAFETY: mmsghdr is plain old data; all-zero is a valid value.
-                    let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                    m.msg_hdr.msg_iov = iov;
-                    m.msg_hdr.msg_iovlen = 1;
-                    m.msg_hdr.msg_control = control.as_mut_ptr().cast();
-                    m.msg_hdr.msg_controllen = size_of_val(control);
-                    m
-                })
-                .collect();
-            // SAFETY: every header points at buffers that outlive the call.
-            let n = unsafe {
-                libc::recvmmsg(
-                    self.socket.as_raw_fd(),
-                    msgs.as_mut_ptr(),
-                    BATCH as u32,
-                    libc::MSG_WAITFORONE,
-                    std::ptr::null_mut(),
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        if stop.load(Ordering::Acquire) =>
-                    {
-                        break;
-                    }
-                    io::ErrorKind::WouldBlock
-                    | io::ErrorKind::TimedOut
-                    | io::ErrorKind::Interrupted => continue,
-                    _ => return Err(e),
-                }
-            }
-            for (m, buf) in msgs.iter().zip(&bufs).take(n as usize) {
-                let rx_ns = timestamp(&m.msg_hdr).unwrap_or_else(crate::cpu::realtime_ns);
-                tally.record(&buf[..m.msg_len as usize], rx_ns);
-            }
+        let mut batch = Batch::new();
+        match &self.epoll {
+            None => self.run_one(&mut batch, tally, stop)?,
+            Some(epoll) => self.run_many(epoll.as_raw_fd(), &mut batch, tally, stop)?,
         }
         let after = udp_errors()?;
         tally.rcvbuf_errors = after.0.saturating_sub(before.0);
@@ -206,12 +218,169 @@ impl Receiver {
         Ok(())
     }
 
+    /// One socket: blocking batches, each ended by its first datagram or the read timeout.
+    fn run_one(&self, batch: &mut Batch, tally: &mut Tally, stop: &AtomicBool) -> io::Result<()> {
+        let fd = self.sockets[0].as_raw_fd();
+        loop {
+            match batch.receive(fd, libc::MSG_WAITFORONE, tally) {
+                Ok(_) => {}
+                Err(e) => match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        if stop.load(Ordering::Acquire) =>
+                    {
+                        return Ok(());
+                    }
+                    io::ErrorKind::WouldBlock
+                    | io::ErrorKind::TimedOut
+                    | io::ErrorKind::Interrupted => {}
+                    _ => return Err(e),
+                },
+            }
+        }
+    }
+
+    /// Many sockets: a batch from each that epoll says is readable (level-triggered: one
+    /// with more queued is reported again).
+    fn run_many(
+        &self,
+        epoll: RawFd,
+        batch: &mut Batch,
+        tally: &mut Tally,
+        stop: &AtomicBool,
+    ) -> io::Result<()> {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; BATCH];
+        loop {
+            // SAFETY: `events` outlives the call and its length is passed.
+            let n = unsafe {
+                libc::epoll_wait(
+                    epoll,
+                    events.as_mut_ptr(),
+                    i32::try_from(events.len()).unwrap_or(i32::MAX),
+                    QUIET.as_millis() as i32,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 && stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            for event in &events[..n as usize] {
+                let fd = self.sockets[event.u64 as usize].as_raw_fd();
+                match batch.receive(fd, libc::MSG_DONTWAIT, tally) {
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                        ) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
     /// Throws away whatever is queued (late packets of an earlier trial).
     pub fn drain(&self) -> io::Result<()> {
-        self.socket.set_nonblocking(true)?;
         let mut buf = [0; BUF];
-        while self.socket.recv(&mut buf).is_ok() {}
-        self.socket.set_nonblocking(false)
+        for socket in &self.sockets {
+            socket.set_nonblocking(true)?;
+            while socket.recv(&mut buf).is_ok() {}
+            socket.set_nonblocking(false)?;
+        }
+        Ok(())
+    }
+}
+
+/// An epoll instance watching `sockets` for input, each registered with its index.
+fn epoll_of(sockets: &[UdpSocket]) -> io::Result<OwnedFd> {
+    // SAFETY: plain epoll_create1(2); the result is checked and owned below.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+    for (i, socket) in sockets.iter().enumerate() {
+        let mut event = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: i as u64,
+        };
+        // SAFETY: both descriptors are open; `event` outlives the call.
+        let r = unsafe {
+            libc::epoll_ctl(
+                epoll.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                socket.as_raw_fd(),
+                &raw mut event,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(epoll)
+}
+
+/// Buffers for one `recvmmsg`: datagrams and room for one `SCM_TIMESTAMPNS` each.
+struct Batch {
+    bufs: Vec<[u8; BUF]>,
+    controls: Vec<[u64; 8]>,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Self {
+            bufs: vec![[0; BUF]; BATCH],
+            controls: vec![[0; 8]; BATCH],
+        }
+    }
+
+    /// One `recvmmsg` on `fd` with `flags`, its datagrams into `tally`; how many.
+    fn receive(&mut self, fd: RawFd, flags: i32, tally: &mut Tally) -> io::Result<usize> {
+        let mut iovs: Vec<libc::iovec> = self
+            .bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: BUF,
+            })
+            .collect();
+        let mut msgs: Vec<libc::mmsghdr> = iovs
+            .iter_mut()
+            .zip(self.controls.iter_mut())
+            .map(|(iov, control)| {
+                // SAFETY: mmsghdr is plain old data; all-zero is a valid value.
+                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                m.msg_hdr.msg_iov = iov;
+                m.msg_hdr.msg_iovlen = 1;
+                m.msg_hdr.msg_control = control.as_mut_ptr().cast();
+                m.msg_hdr.msg_controllen = size_of_val(control);
+                m
+            })
+            .collect();
+        // SAFETY: every header points at buffers that outlive the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                msgs.as_mut_ptr(),
+                BATCH as u32,
+                flags,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for (m, buf) in msgs.iter().zip(&self.bufs).take(n as usize) {
+            let rx_ns = timestamp(&m.msg_hdr).unwrap_or_else(crate::cpu::realtime_ns);
+            tally.record(&buf[..m.msg_len as usize], rx_ns);
+        }
+        Ok(n as usize)
     }
 }
 
@@ -257,24 +426,33 @@ fn udp_counters(snmp: &str, names: [&str; 2]) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{HEADER_LEN, PROBE_LEN};
+    use crate::wire::{CHANNEL, HAIRPIN_CHANNEL, PROBE_LEN};
+
+    /// ChannelData on `channel` carrying the probe and `extra` more bytes.
+    fn framed(channel: u16, probe: Probe, extra: usize) -> Vec<u8> {
+        let mut data = vec![0; PROBE_LEN + extra];
+        let bytes: &mut [u8; PROBE_LEN] = (&mut data[..PROBE_LEN]).try_into().unwrap();
+        probe.write(false, bytes);
+        ChannelData {
+            channel,
+            data: &data,
+        }
+        .encode(false)
+    }
 
     fn payload(stream: u32, seq: u64, sent_ns: u64, trial: u32) -> Vec<u8> {
-        let mut p = vec![0; HEADER_LEN + PROBE_LEN];
-        let probe: &mut [u8; PROBE_LEN] = (&mut p[HEADER_LEN..]).try_into().unwrap();
-        Probe {
+        let probe = Probe {
             stream,
             seq,
             sent_ns,
             trial,
-        }
-        .write(false, probe);
-        p
+        };
+        framed(CHANNEL, probe, 0)
     }
 
     #[test]
     fn counts_reordering_latency_and_strangers() {
-        let mut t = Tally::new(1, HEADER_LEN, 2, [1_000, 10_000], 16);
+        let mut t = Tally::new(1, Framing::ChannelData(CHANNEL), 2, [1_000, 10_000], 16);
         t.record(&payload(0, 0, 500, 1), 600); // before the window: counted, no latency
         t.record(&payload(0, 2, 2_000, 1), 2_100);
         t.record(&payload(0, 1, 1_500, 1), 2_200); // overtaken by seq 2
@@ -285,13 +463,94 @@ mod tests {
         // Without the header, the probe is not where this tally looks.
         t.record(&payload(0, 3, 3_000, 1)[HEADER_LEN..], 3_050);
         assert_eq!(
-            (t.received, t.reordered, t.in_window, t.foreign),
-            (4, 1, 3, 4)
+            (t.received, t.reordered, t.in_window, t.foreign, t.misframed),
+            (4, 1, 3, 2, 2)
         );
         let p = t.latency().unwrap();
         // Latencies 50, 100, 700 ns.
         assert!((p.p50 - 0.1).abs() < 1e-9, "{p:?}");
         assert!((p.p999 - 0.7).abs() < 1e-9, "{p:?}");
+    }
+
+    #[test]
+    fn strips_channel_data_on_its_channel_only() {
+        let probe = Probe {
+            stream: 3,
+            seq: 7,
+            sent_ns: 1_000,
+            trial: 1,
+        };
+        let framing = Framing::ChannelData(HAIRPIN_CHANNEL);
+        let datagram = framed(HAIRPIN_CHANNEL, probe, 140);
+        let payload = framing.strip(&datagram).unwrap();
+        assert_eq!(payload.len(), PROBE_LEN + 140);
+        assert_eq!(Probe::read(payload), Some(probe));
+        // Up to 3 bytes of padding after the announced length (allowed over UDP).
+        let mut padded = framed(HAIRPIN_CHANNEL, probe, 1);
+        padded.extend_from_slice(&[0; 3]);
+        assert_eq!(framing.strip(&padded).map(<[u8]>::len), Some(PROBE_LEN + 1));
+        // The client's own channel: the relay did not frame it for B.
+        assert_eq!(framing.strip(&framed(CHANNEL, probe, 0)), None);
+        // A length beyond the datagram, or one that leaves 4 or more bytes unaccounted.
+        let mut long = datagram.clone();
+        long[3] += 1;
+        assert_eq!(framing.strip(&long), None);
+        let mut short = datagram.clone();
+        short[3] -= 4;
+        assert_eq!(framing.strip(&short), None);
+        // Shorter than the header, and the bare payload without one.
+        assert_eq!(framing.strip(&datagram[..3]), None);
+        assert_eq!(framing.strip(&datagram[HEADER_LEN..]), None);
+        // Bare: the datagram is the payload.
+        assert_eq!(Framing::Bare.strip(&datagram), Some(&datagram[..]));
+    }
+
+    /// The hairpin receiver: ChannelData on B's channel is counted; A's frames reflected
+    /// unchanged (the wrong channel) are not.
+    #[test]
+    fn a_hairpin_tally_counts_only_frames_on_bs_channel() {
+        let mut t = Tally::new(4, Framing::ChannelData(HAIRPIN_CHANNEL), 2, [0, 10_000], 4);
+        for (channel, stream) in [(HAIRPIN_CHANNEL, 0), (HAIRPIN_CHANNEL, 1), (CHANNEL, 1)] {
+            let probe = Probe {
+                stream,
+                seq: 0,
+                sent_ns: 1_000,
+                trial: 4,
+            };
+            t.record(&framed(channel, probe, 140), 1_500);
+        }
+        assert_eq!((t.received, t.in_window, t.misframed), (2, 2, 1));
+        let p = t.latency().unwrap();
+        assert!((p.p50 - 0.5).abs() < 1e-9, "{p:?}");
+    }
+
+    /// One socket per stream, as client B's allocations: every socket's datagrams are
+    /// tallied, whichever arrives first, and a trial ends once they stop.
+    #[test]
+    fn receives_on_many_sockets() {
+        let sockets: Vec<UdpSocket> = (0..3)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let receiver = Receiver::on(sockets).unwrap();
+        let addrs = receiver.local_addrs().unwrap();
+        assert_eq!(addrs.len(), 3);
+        let from = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for seq in 0..4 {
+            for (stream, addr) in addrs.iter().enumerate().rev() {
+                let probe = Probe {
+                    stream: stream as u32,
+                    seq,
+                    sent_ns: 1,
+                    trial: 9,
+                };
+                from.send_to(&framed(HAIRPIN_CHANNEL, probe, 8), addr)
+                    .unwrap();
+            }
+        }
+        let mut t = Tally::new(9, Framing::ChannelData(HAIRPIN_CHANNEL), 3, [0, 2], 12);
+        receiver.run(&mut t, &AtomicBool::new(true)).unwrap();
+        assert_eq!((t.received, t.reordered, t.misframed), (12, 0, 0));
+        receiver.drain().unwrap();
     }
 
     #[test]

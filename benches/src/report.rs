@@ -1,6 +1,7 @@
-//! What a run leaves behind: the comparison table (printed and in `<date>-summary.md`), per
-//! system `<date>-<system>.json` and `.md`, and `<date>-delivered.svg`, delivered against
-//! offered rate per system.
+//! What a run leaves behind: the comparison table of each scenario (printed and in
+//! `<date>-summary.md`), per system `<date>-<system>.json` and `.md`, and
+//! `<date>-delivered.svg`, delivered against offered rate per system; the hairpin scenario's
+//! files are named `<date>-hairpin-...`.
 
 use std::{
     fmt::Write as _,
@@ -11,7 +12,7 @@ use serde::Serialize;
 
 use crate::{
     receiver::Percentiles,
-    runner::{Run, SystemReport},
+    runner::{Run, Scenario, ScenarioRun, SystemReport},
     systems::System,
     trial::{Saturation, Trial},
 };
@@ -76,8 +77,22 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-fn report_of(run: &Run, system: System) -> Option<&SystemReport> {
-    run.systems.iter().find(|r| r.system == system)
+fn report_of(s: &ScenarioRun, system: System) -> Option<&SystemReport> {
+    s.systems.iter().find(|r| r.system == system)
+}
+
+/// The peer scenario's report of `system`.
+fn peer_report(run: &Run, system: System) -> Option<&SystemReport> {
+    report_of(run.scenario(Scenario::Peer)?, system)
+}
+
+/// What a scenario's files and sections are called: the peer scenario's as before there
+/// were others.
+fn file_prefix(scenario: Scenario) -> String {
+    match scenario {
+        Scenario::Peer => String::new(),
+        Scenario::Hairpin => format!("{}-", scenario.name()),
+    }
 }
 
 fn saturation_cell(s: &Saturation) -> String {
@@ -137,8 +152,8 @@ fn memory_cell(r: &SystemReport) -> String {
     )
 }
 
-/// The comparison table, Markdown.
-pub fn table(run: &Run) -> String {
+/// A scenario's comparison table, Markdown.
+pub fn table(run: &ScenarioRun) -> String {
     let coturn = report_of(run, System::Coturn);
     let ceiling = report_of(run, System::Ceiling);
     let coturn_rate = coturn.and_then(|c| c.saturation.rate_pps);
@@ -185,7 +200,7 @@ pub fn sweep_table(run: &Run) -> String {
     let mut t = String::from(
         "| System | allocations | rate | machine CPU ns / packet | process CPU ns / packet | P50 µs | P99 µs | loss |\n|---|---|---|---|---|---|---|---|\n",
     );
-    for r in &run.systems {
+    for r in run.scenarios.iter().flat_map(|s| &s.systems) {
         for p in &r.sweep {
             let m = &p.measured;
             let _ = writeln!(
@@ -207,8 +222,8 @@ pub fn sweep_table(run: &Run) -> String {
 
 /// The goals, each against what this run measured.
 pub fn goals(run: &Run) -> String {
-    let sat = |s: System| report_of(run, s).and_then(|r| r.saturation.rate_pps);
-    let half = |s: System| report_of(run, s).and_then(|r| r.half_load.as_ref());
+    let sat = |s: System| peer_report(run, s).and_then(|r| r.saturation.rate_pps);
+    let half = |s: System| peer_report(run, s).and_then(|r| r.half_load.as_ref());
     let xdp = System::RelayXdp;
     let mut g = String::new();
     if let (Some(x), Some(c)) = (sat(xdp), sat(System::Coturn)) {
@@ -243,7 +258,7 @@ pub fn goals(run: &Run) -> String {
     if let Some(a) = half(xdp).and_then(|h| h.added_p99_us) {
         let _ = writeln!(g, "- XDP adds {a:.1} µs to P99 at 50% load (goal ≤ 50 µs)");
     }
-    if let Some(r) = report_of(run, xdp).filter(|r| !r.sweep.is_empty()) {
+    if let Some(r) = peer_report(run, xdp).filter(|r| !r.sweep.is_empty()) {
         let costs: Vec<String> = r
             .sweep
             .iter()
@@ -264,27 +279,81 @@ pub fn goals(run: &Run) -> String {
     g
 }
 
+/// What each scenario's XDP program forwarded itself, and which systems it skipped.
+fn notes(s: &ScenarioRun) -> String {
+    let mut n = String::new();
+    for r in &s.systems {
+        if let Some(forwarded) = r.xdp_forwarded {
+            let sent = r.sent_through();
+            let _ = writeln!(
+                n,
+                "- {}: its XDP program counted {forwarded} packets `forwarded` of the {sent} sent through it ({:.1}%; above saturation some never reach it).",
+                r.title,
+                100.0 * forwarded as f64 / sent.max(1) as f64
+            );
+        }
+    }
+    for system in &s.skipped {
+        let _ = writeln!(
+            n,
+            "- {}: skipped, it has no {} path.",
+            system.title(),
+            s.scenario.name()
+        );
+    }
+    n
+}
+
 /// The whole run's summary, Markdown.
 pub fn summary(run: &Run) -> String {
-    format!(
-        "# Benchmark {}\n\nMachine: {}. {} allocations, {:?} media ({} byte payloads), {} repeat(s) at 50% load.\n\n{}\n{}\n{}",
+    let mut s = format!(
+        "# Benchmark {}\n\nMachine: {}. {} allocations, {:?} media ({} byte payloads), {} repeat(s) at 50% load.\n",
         run.date,
         run.machine.describe(),
         run.plan.allocations,
         run.plan.media,
         run.plan.media.payload_len(),
         run.plan.repeats,
-        table(run),
-        sweep_table(run),
-        goals(run),
-    )
+    );
+    for scenario in &run.scenarios {
+        match scenario.scenario {
+            Scenario::Peer => {
+                let _ = write!(
+                    s,
+                    "\n{}\n{}\n{}{}",
+                    table(scenario),
+                    sweep_table(run),
+                    goals(run),
+                    notes(scenario)
+                );
+            }
+            Scenario::Hairpin => {
+                let _ = write!(
+                    s,
+                    "\n## {}\n\nEach stream is two allocations, from client A and from client B, bound to each other's relayed address; A's ChannelData arrives at B as ChannelData on B's channel. The generator alone sends straight to B's sockets.\n\n{}\n{}",
+                    capitalised(scenario.scenario.title()),
+                    table(scenario),
+                    notes(scenario)
+                );
+            }
+        }
+    }
+    s
+}
+
+fn capitalised(s: &str) -> String {
+    let mut chars = s.chars();
+    chars.next().map_or_else(String::new, |c| {
+        c.to_uppercase().chain(chars).collect::<String>()
+    })
 }
 
 /// One system's page, Markdown: its trials, then its half-load runs.
-fn system_page(run: &Run, r: &SystemReport) -> String {
+fn system_page(run: &Run, scenario: Scenario, r: &SystemReport) -> String {
     let mut s = format!(
-        "# {} — {}\n\nMachine: {}.\n\nSaturation: {}.\n\n",
+        "# {} — {} — {}\n\nMachine: {}.\n\nSaturation: {}.\n\n",
         r.title,
+        scenario.title(),
         run.date,
         run.machine.describe(),
         saturation_cell(&r.saturation)
@@ -338,8 +407,9 @@ const COLOURS: [&str; 6] = [
     "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#666666",
 ];
 
-/// Delivered against offered rate, one line per system and one for the generator alone.
-pub fn svg(run: &Run) -> String {
+/// Delivered against offered rate in a scenario, one line per system and one for the
+/// generator alone.
+pub fn svg(run: &ScenarioRun) -> String {
     let mut series: Vec<(&str, Vec<(f64, f64)>)> = run
         .systems
         .iter()
@@ -465,6 +535,7 @@ pub fn write(run: &Run, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         date: &'a str,
         machine: &'a Machine,
         plan: &'a crate::runner::Plan,
+        scenario: Scenario,
         baseline: &'a Saturation,
         #[serde(flatten)]
         report: &'a SystemReport,
@@ -477,31 +548,41 @@ pub fn write(run: &Run, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         written.push(path);
         Ok(())
     };
-    for r in &run.systems {
-        let file = SystemFile {
-            date: &run.date,
-            machine: &run.machine,
-            plan: &run.plan,
-            baseline: &run.baseline,
-            report: r,
-        };
-        put(
-            format!("{}-{}.json", run.date, r.system.name()),
-            serde_json::to_string_pretty(&file)? + "\n",
-        )?;
-        put(
-            format!("{}-{}.md", run.date, r.system.name()),
-            system_page(run, r),
-        )?;
+    for s in &run.scenarios {
+        let prefix = format!("{}-{}", run.date, file_prefix(s.scenario));
+        for r in &s.systems {
+            let file = SystemFile {
+                date: &run.date,
+                machine: &run.machine,
+                plan: &run.plan,
+                scenario: s.scenario,
+                baseline: &s.baseline,
+                report: r,
+            };
+            put(
+                format!("{prefix}{}.json", r.system.name()),
+                serde_json::to_string_pretty(&file)? + "\n",
+            )?;
+            put(
+                format!("{prefix}{}.md", r.system.name()),
+                system_page(run, s.scenario, r),
+            )?;
+        }
+        put(format!("{prefix}delivered.svg"), svg(s))?;
     }
     put(format!("{}-summary.md", run.date), summary(run))?;
-    put(format!("{}-delivered.svg", run.date), svg(run))?;
     Ok(written)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capitalises() {
+        assert_eq!(capitalised("hairpin: a"), "Hairpin: a");
+        assert_eq!(capitalised(""), "");
+    }
 
     #[test]
     fn dates() {

@@ -1,28 +1,71 @@
-//! One benchmark run: the lab, then for each system the saturation search, repeated
-//! measurements at half the saturation rate with the generator's own cost measured on the
-//! path without a relay at the same rate, memory, and for the relays an allocation sweep.
+//! One benchmark run: the lab, then per scenario the generator's own limit and for each
+//! system the saturation search, repeated measurements at half the saturation rate with the
+//! generator's own cost measured on the path without a relay at the same rate, memory, and
+//! for the relays an allocation sweep (peer scenario only).
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    net::{SocketAddr, UdpSocket},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::Context as _;
+use relay::turn::client::Client;
 use serde::Serialize;
 use xtask::lab::{Host, Lab};
 
 use crate::{
     cpu::Memory,
     generator::{Media, Sender},
-    receiver::{Percentiles, Receiver},
-    systems::{self, RECEIVER_PORT, System},
+    receiver::{Framing, Percentiles, Receiver},
+    systems::{self, RECEIVER_PORT, System, frames},
     trial::{self, Path, Saturation, Search, Timing, Trial, median},
-    wire::{HEADER_LEN, Template},
+    wire::{CHANNEL, HAIRPIN_CHANNEL, Template},
 };
 
 /// The lab `cargo xtask bench` builds.
 pub const LAB_PREFIX: &str = "relay-bench";
 
+/// Where the media goes through the relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Client A to a peer (10.77.0.21:4000) through its allocation's channel: ChannelData
+    /// in, the bare payload out.
+    Peer,
+    /// Relay/relay, two browsers on one relay: client A's channel is bound to client B's
+    /// relayed address and B's to A's, so A's ChannelData arrives at client B as
+    /// ChannelData on B's channel.
+    Hairpin,
+}
+
+impl Scenario {
+    pub const ALL: [Self; 2] = [Self::Peer, Self::Hairpin];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Peer => "peer",
+            Self::Hairpin => "hairpin",
+        }
+    }
+
+    pub const fn title(self) -> &'static str {
+        match self {
+            Self::Peer => "client A → relay → peer",
+            Self::Hairpin => "hairpin: client A → relay → client B (relay/relay)",
+        }
+    }
+
+    /// Whether `system` has this path: the ceiling's bounce has no relay/relay counterpart.
+    pub const fn runs(self, system: System) -> bool {
+        !matches!((self, system), (Self::Hairpin, System::Ceiling))
+    }
+}
+
 /// What a run does.
 #[derive(Clone, Debug, Serialize)]
 pub struct Plan {
+    pub scenarios: Vec<Scenario>,
     pub systems: Vec<System>,
     pub allocations: usize,
     pub media: Media,
@@ -47,6 +90,7 @@ impl Plan {
         let ms = Duration::from_millis;
         if quick {
             Self {
+                scenarios: Scenario::ALL.to_vec(),
                 systems: System::ALL.to_vec(),
                 allocations: 100,
                 media: Media::Audio,
@@ -71,6 +115,7 @@ impl Plan {
             }
         } else {
             Self {
+                scenarios: Scenario::ALL.to_vec(),
                 systems: System::ALL.to_vec(),
                 allocations: 1000,
                 media: Media::Audio,
@@ -178,7 +223,35 @@ pub struct SystemReport {
     pub saturation: Saturation,
     pub half_load: Option<Measured>,
     pub memory: Option<Memory>,
+    /// Relay with XDP: the packets its program counted `forwarded` (sent on in the kernel)
+    /// over the saturation search and the half-load runs, from the table it prints on exit.
+    pub xdp_forwarded: Option<u64>,
     pub sweep: Vec<SweepPoint>,
+}
+
+impl SystemReport {
+    /// Packets the generator sent through the system in the saturation search and the
+    /// half-load runs (not the baseline's, which bypass it).
+    pub fn sent_through(&self) -> u64 {
+        let half = self.half_load.iter().flat_map(|h| &h.runs);
+        self.saturation
+            .trials
+            .iter()
+            .chain(half)
+            .map(|t| t.sent)
+            .sum()
+    }
+}
+
+/// Everything measured in one scenario.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScenarioRun {
+    pub scenario: Scenario,
+    /// The generator straight to the scenario's receiver, no relay: the harness's own limit.
+    pub baseline: Saturation,
+    pub systems: Vec<SystemReport>,
+    /// Systems of the plan without this scenario's path.
+    pub skipped: Vec<System>,
 }
 
 /// The whole run.
@@ -187,9 +260,13 @@ pub struct Run {
     pub date: String,
     pub machine: crate::report::Machine,
     pub plan: Plan,
-    /// The generator straight to the receiver, no relay: the harness's own limit.
-    pub baseline: Saturation,
-    pub systems: Vec<SystemReport>,
+    pub scenarios: Vec<ScenarioRun>,
+}
+
+impl Run {
+    pub fn scenario(&self, scenario: Scenario) -> Option<&ScenarioRun> {
+        self.scenarios.iter().find(|s| s.scenario == scenario)
+    }
 }
 
 /// The lab and the generator's two ends, kept for the whole run.
@@ -204,30 +281,107 @@ struct Bench {
     _switch_port: relay::dataplane::Dataplane,
 }
 
+/// One scenario's streams: the frames the generator sends through the system, the same
+/// streams' frames straight to their receiver (the baseline), and where they arrive.
+struct Streams {
+    /// The allocations, held while the streams run.
+    _clients: Vec<Client>,
+    through: Vec<Template>,
+    direct: Vec<Template>,
+    /// Client B's sockets, one per stream, where hairpin streams arrive; `None`: the
+    /// bench's own receivers.
+    at_b: Option<Receiver>,
+    /// What precedes the probe where the system delivers it.
+    framing: Framing,
+}
+
 impl Bench {
-    fn path<'a>(
-        &'a self,
+    /// `n` streams of `scenario` through `system` (allocated on it if it speaks TURN), or
+    /// with no system only their direct frames (and receivers).
+    fn streams(
+        &self,
+        scenario: Scenario,
         system: Option<System>,
-        templates: &'a [Template],
+        n: usize,
         media: Media,
-    ) -> Path<'a> {
-        let (receiver, receiver_host) = match system {
-            Some(System::Ceiling) => (&self.at_client, Host::ClientA),
-            _ => (&self.at_peer, Host::Peer),
+    ) -> anyhow::Result<Streams> {
+        let allocating = || format!("allocating {n} on {}", system.map_or("-", System::name));
+        match scenario {
+            Scenario::Peer => {
+                let (clients, through, framing) = match system {
+                    Some(s) if s.speaks_turn() => {
+                        let clients = systems::allocate(&self.lab, n).with_context(allocating)?;
+                        let through = frames::turn(&clients, media)?;
+                        (clients, through, Framing::Bare)
+                    }
+                    // The bounce returns the frame's UDP payload as sent.
+                    Some(_) => (
+                        Vec::new(),
+                        frames::bounce(n, media),
+                        Framing::ChannelData(CHANNEL),
+                    ),
+                    None => (Vec::new(), Vec::new(), Framing::ChannelData(CHANNEL)),
+                };
+                Ok(Streams {
+                    _clients: clients,
+                    through,
+                    direct: frames::baseline(n, media),
+                    at_b: None,
+                    framing,
+                })
+            }
+            Scenario::Hairpin => {
+                let (a, b, sockets) = if system.is_some() {
+                    let (a, b) = systems::allocate_pairs(&self.lab, n).with_context(allocating)?;
+                    let sockets = b
+                        .iter()
+                        .map(|c| c.socket().try_clone())
+                        .collect::<std::io::Result<Vec<_>>>()?;
+                    (a, b, sockets)
+                } else {
+                    let sockets = self.lab.in_netns(Host::ClientB, || {
+                        (0..n)
+                            .map(|_| UdpSocket::bind((Host::ClientB.ipv4(), 0)))
+                            .collect::<std::io::Result<Vec<_>>>()
+                    })??;
+                    (Vec::new(), Vec::new(), sockets)
+                };
+                let at_b = Receiver::on(sockets)?;
+                let ports: Vec<u16> = at_b.local_addrs()?.iter().map(SocketAddr::port).collect();
+                Ok(Streams {
+                    through: frames::turn(&a, media)?,
+                    direct: frames::direct(Host::ClientB, &ports, media),
+                    _clients: a.into_iter().chain(b).collect(),
+                    at_b: Some(at_b),
+                    framing: Framing::ChannelData(HAIRPIN_CHANNEL),
+                })
+            }
+        }
+    }
+
+    /// The path of `streams` through `system`, or straight to their receiver without one.
+    fn path<'a>(&'a self, system: Option<System>, streams: &'a Streams, media: Media) -> Path<'a> {
+        let (receiver, receiver_host) = match (system, &streams.at_b) {
+            (Some(System::Ceiling), _) => (&self.at_client, Host::ClientA),
+            (_, Some(at_b)) => (at_b, Host::ClientB),
+            (_, None) => (&self.at_peer, Host::Peer),
         };
         Path {
             senders: &self.senders,
             receiver,
             lab: &self.lab,
             receiver_host,
-            templates,
-            media,
-            // Relays deliver the bare payload; the baseline and the bounce deliver the
-            // frame's UDP payload as sent.
-            offset: if system.is_some_and(System::speaks_turn) {
-                0
+            templates: if system.is_some() {
+                &streams.through
             } else {
-                HEADER_LEN
+                &streams.direct
+            },
+            media,
+            // Straight to the receiver, the frame's UDP payload arrives as sent.
+            framing: if system.is_some() {
+                streams.framing
+            } else {
+                Framing::ChannelData(CHANNEL)
             },
             watch: system.and(self.watch),
         }
@@ -235,26 +389,28 @@ impl Bench {
 
     fn trial(
         &mut self,
-        path_of: (Option<System>, &[Template], Media),
+        system: Option<System>,
+        streams: &Streams,
+        media: Media,
         rate: f64,
         timing: Timing,
     ) -> anyhow::Result<Trial> {
         self.trials += 1;
         let n = self.trials;
-        let path = self.path(path_of.0, path_of.1, path_of.2);
+        let path = self.path(system, streams, media);
         let t = trial::run(&path, rate, timing, n)?;
-        log_trial(path_of.0, &t);
+        log_trial(system, &t);
         Ok(t)
     }
 
     fn search(
         &mut self,
         system: Option<System>,
-        templates: &[Template],
+        streams: &Streams,
         plan: &Plan,
     ) -> anyhow::Result<Saturation> {
         trial::saturation(plan.search, |rate| {
-            self.trial((system, templates, plan.media), rate, plan.search_timing)
+            self.trial(system, streams, plan.media, rate, plan.search_timing)
         })
     }
 
@@ -264,24 +420,16 @@ impl Bench {
     fn half_load(
         &mut self,
         system: System,
-        templates: &[Template],
+        streams: &Streams,
         rate: f64,
         plan: &Plan,
         repeats: usize,
     ) -> anyhow::Result<Measured> {
-        let baseline = systems::frames::baseline(templates.len(), plan.media);
         let (mut runs, mut baseline_runs) = (Vec::new(), Vec::new());
         for _ in 0..repeats {
-            runs.push(self.trial(
-                (Some(system), templates, plan.media),
-                rate,
-                plan.measure_timing,
-            )?);
-            baseline_runs.push(self.trial(
-                (None, &baseline, plan.media),
-                rate,
-                plan.measure_timing,
-            )?);
+            for (runs, system) in [(&mut runs, Some(system)), (&mut baseline_runs, None)] {
+                runs.push(self.trial(system, streams, plan.media, rate, plan.measure_timing)?);
+            }
         }
         Ok(Measured::of(rate, runs, baseline_runs))
     }
@@ -290,7 +438,7 @@ impl Bench {
 fn log_trial(system: Option<System>, t: &Trial) {
     let p = t.latency_us;
     eprintln!(
-        "  {:<12} offered {:>9.0} pps  sent {:>9.0} pps  delivered {:>9.0} pps  loss {:>7.4}%  P99 {:>8}  CPUs busy {:.2}{}{}",
+        "  {:<12} offered {:>9.0} pps  sent {:>9.0} pps  delivered {:>9.0} pps  loss {:>7.4}%  P99 {:>8}  CPUs busy {:.2}{}{}{}",
         system.map_or("baseline", System::name),
         t.offered_pps,
         t.sent_pps,
@@ -305,6 +453,11 @@ fn log_trial(system: Option<System>, t: &Trial) {
         },
         if t.receiver_drops > 0 {
             format!("  (receiver dropped {})", t.receiver_drops)
+        } else {
+            String::new()
+        },
+        if t.misframed > 0 {
+            format!("  ({} misframed)", t.misframed)
         } else {
             String::new()
         },
@@ -338,46 +491,76 @@ pub fn run(plan: Plan) -> anyhow::Result<Run> {
         watch: None,
         _switch_port: switch_port,
     };
-    let baseline_frames = systems::frames::baseline(plan.allocations, plan.media);
-    eprintln!(
-        "bench: the generator alone, straight to the receiver ({} streams)",
-        plan.allocations
-    );
-    let baseline = bench.search(None, &baseline_frames, &plan)?;
-    let mut reports = Vec::new();
-    for &system in &plan.systems {
+    let mut scenarios = Vec::new();
+    for &scenario in &plan.scenarios {
+        let (systems, skipped): (Vec<System>, Vec<System>) =
+            plan.systems.iter().partition(|s| scenario.runs(**s));
+        for s in &skipped {
+            eprintln!(
+                "bench [{}]: {} skipped: it has no such path",
+                scenario.name(),
+                s.title()
+            );
+        }
+        if systems.is_empty() {
+            continue;
+        }
         eprintln!(
-            "bench: {} ({} allocations of {:?})",
-            system.title(),
-            plan.allocations,
-            plan.media
+            "bench [{}]: the generator alone, straight to the receiver ({} streams)",
+            scenario.name(),
+            plan.allocations
         );
-        reports.push(measure(&mut bench, system, &plan)?);
+        let direct = bench.streams(scenario, None, plan.allocations, plan.media)?;
+        let baseline = bench.search(None, &direct, &plan)?;
+        drop(direct);
+        let mut reports = Vec::new();
+        for system in systems {
+            eprintln!(
+                "bench [{}]: {} ({} allocations of {:?})",
+                scenario.name(),
+                system.title(),
+                plan.allocations,
+                plan.media
+            );
+            reports.push(measure(&mut bench, scenario, system, &plan)?);
+        }
+        scenarios.push(ScenarioRun {
+            scenario,
+            baseline,
+            systems: reports,
+            skipped,
+        });
     }
     Ok(Run {
         date: crate::report::today(),
         machine: crate::report::Machine::read(),
         plan,
-        baseline,
-        systems: reports,
+        scenarios,
     })
 }
 
-/// Saturation, half load and memory of `system` with the plan's allocations, then its sweep.
-fn measure(bench: &mut Bench, system: System, plan: &Plan) -> anyhow::Result<SystemReport> {
-    let (saturation, half_load, memory) = {
+/// Saturation, half load and memory of `system` in `scenario` with the plan's allocations,
+/// then (peer scenario) its sweep.
+fn measure(
+    bench: &mut Bench,
+    scenario: Scenario,
+    system: System,
+    plan: &Plan,
+) -> anyhow::Result<SystemReport> {
+    let (saturation, half_load, memory, xdp_forwarded) = {
         let running = systems::start(&bench.lab, system, &plan.relay)?;
         bench.watch = running.pid();
-        let (_clients, frames) = frames_for(bench, system, plan.allocations, plan.media)?;
-        let saturation = bench.search(Some(system), &frames, plan)?;
+        let streams = bench.streams(scenario, Some(system), plan.allocations, plan.media)?;
+        let saturation = bench.search(Some(system), &streams, plan)?;
         let half_load = match saturation.rate_pps {
-            Some(r) => Some(bench.half_load(system, &frames, r / 2.0, plan, plan.repeats)?),
+            Some(r) => Some(bench.half_load(system, &streams, r / 2.0, plan, plan.repeats)?),
             None => None,
         };
-        (saturation, half_load, running.memory())
+        let memory = running.memory();
+        (saturation, half_load, memory, running.stop()?)
     };
     let mut sweep = Vec::new();
-    if plan.sweep_systems.contains(&system) {
+    if scenario == Scenario::Peer && plan.sweep_systems.contains(&system) {
         let rate = half_load
             .as_ref()
             .map_or(plan.search.start_pps, |h| h.rate_pps);
@@ -388,10 +571,10 @@ fn measure(bench: &mut Bench, system: System, plan: &Plan) -> anyhow::Result<Sys
             );
             let running = systems::start(&bench.lab, system, &plan.relay)?;
             bench.watch = running.pid();
-            let (_clients, frames) = frames_for(bench, system, n, plan.media)?;
+            let streams = bench.streams(scenario, Some(system), n, plan.media)?;
             sweep.push(SweepPoint {
                 allocations: n,
-                measured: bench.half_load(system, &frames, rate, plan, 1)?,
+                measured: bench.half_load(system, &streams, rate, plan, 1)?,
             });
         }
     }
@@ -402,23 +585,7 @@ fn measure(bench: &mut Bench, system: System, plan: &Plan) -> anyhow::Result<Sys
         saturation,
         half_load,
         memory,
+        xdp_forwarded,
         sweep,
     })
-}
-
-/// The allocations (if the system speaks TURN) and the frames of each stream.
-fn frames_for(
-    bench: &Bench,
-    system: System,
-    n: usize,
-    media: Media,
-) -> anyhow::Result<(Vec<relay::turn::client::Client>, Vec<Template>)> {
-    if system.speaks_turn() {
-        let clients = systems::allocate(&bench.lab, n)
-            .with_context(|| format!("allocating {n} on {}", system.name()))?;
-        let frames = systems::frames::turn(&clients, media)?;
-        Ok((clients, frames))
-    } else {
-        Ok((Vec::new(), systems::frames::bounce(n, media)))
-    }
 }

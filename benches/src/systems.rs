@@ -3,10 +3,10 @@
 //!
 //! Every system listens on 10.77.0.1:3478 with the same static user, realm, peer range and
 //! transports (UDP only). Client A runs the TURN clients and sends the media; the peer host
-//! receives it.
+//! receives it, or in the hairpin scenario client B, through its own allocations.
 
 use std::{
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Read as _},
     net::{SocketAddr, SocketAddrV4, UdpSocket},
     path::Path,
     process::Stdio,
@@ -25,7 +25,7 @@ use xtask::lab::{Background, Host, Lab};
 use crate::{
     cpu::{self, Memory},
     generator::Media,
-    wire::{CHANNEL, Template},
+    wire::{CHANNEL, HAIRPIN_CHANNEL, Template},
 };
 
 pub const USER: &str = "bench";
@@ -116,6 +116,43 @@ impl Running {
         let pid = self.process.as_ref()?.0.id();
         cpu::memory(pid).ok()
     }
+
+    /// Stops the system. Relay is asked to (SIGTERM), and with XDP prints its program's
+    /// verdict counters as it exits: the packets counted `forwarded` (sent on by the
+    /// program itself) come back. The others are killed and give `None`.
+    pub fn stop(mut self) -> anyhow::Result<Option<u64>> {
+        let Some(mut process) = self.process.take() else {
+            return Ok(None);
+        };
+        let Some(mut stdout) = process.0.stdout.take() else {
+            return Ok(None);
+        };
+        let pid = nix::unistd::Pid::from_raw(process.0.id().cast_signed());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stdout.read_to_string(&mut text);
+            let _ = tx.send(text);
+        });
+        let text = rx
+            .recv_timeout(START_TIMEOUT)
+            .with_context(|| format!("relay (pid {pid}) did not exit within {START_TIMEOUT:?}"))?;
+        process.0.wait()?;
+        Ok(verdict_packets(&text, relay_common::Verdict::Forwarded))
+    }
+}
+
+/// The packets of `verdict` in the table Relay prints on exit (verdict, action, packets,
+/// bytes), if it printed one.
+fn verdict_packets(stdout: &str, verdict: relay_common::Verdict) -> Option<u64> {
+    stdout.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        if fields.next()? != verdict.name() {
+            return None;
+        }
+        fields.nth(1)?.parse().ok()
+    })
 }
 
 /// Starts `system` on the relay host and returns once it serves.
@@ -144,6 +181,10 @@ pub fn start(lab: &Lab, system: System, relay: &Path) -> anyhow::Result<Running>
                 .args(["--listening-port", &TURN_PORT.to_string()])
                 .args(["--lt-cred-mech", "--user", &user, "--realm", REALM])
                 .args(["--allowed-peer-ip", &peer])
+                // Its own relayed addresses, the hairpin scenario's peers. coturn 4.6 denies
+                // only loopback (`--allow-loopback-peers`) and 0.0.0.0 by default, so this
+                // only says what the scenario needs, as Relay's /24 does.
+                .args(["--allowed-peer-ip", &ip])
                 .args(["--no-tcp", "--no-tls", "--no-dtls", "--no-tcp-relay"])
                 .args(["--no-cli", "--no-stdout-log", "--simple-log"])
                 .args(["--log-file", "/dev/null", "--pidfile", "/dev/null"]);
@@ -183,7 +224,8 @@ pub fn start(lab: &Lab, system: System, relay: &Path) -> anyhow::Result<Running>
             let mut process = Background(
                 command
                     .env("RUST_LOG", "warn,relay::io=info")
-                    .stdout(Stdio::null())
+                    // Nothing but the verdict table on exit (see `Running::stop`).
+                    .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
                     .spawn()
                     .context("starting relay")?,
@@ -278,52 +320,81 @@ impl Drop for StateDir {
 /// receiver, set up by a few threads in parallel. The clients hold the sockets (and so the
 /// 5-tuples) the media is sent from.
 pub fn allocate(lab: &Lab, n: usize) -> anyhow::Result<Vec<Client>> {
-    const THREADS: usize = 8;
-    let sockets = lab.in_netns(Host::ClientA, || {
+    let peer = SocketAddr::V4(peer_addr());
+    in_parallel(allocate_on(lab, Host::ClientA, n)?, |i, mut client| {
+        client
+            .channel_bind(CHANNEL, peer)
+            .with_context(|| format!("channel bind {i}"))?;
+        Ok(client)
+    })
+}
+
+/// Pairs of allocations for the hairpin scenario (relay/relay, two browsers on one relay):
+/// one from client A and one from client B, each bound to the other's relayed address, A's
+/// on `CHANNEL` and B's on `HAIRPIN_CHANNEL` (ChannelBind installs the permission too). A's
+/// clients send; B's sockets are where the relay delivers.
+pub fn allocate_pairs(lab: &Lab, n: usize) -> anyhow::Result<(Vec<Client>, Vec<Client>)> {
+    let a = allocate_on(lab, Host::ClientA, n)?;
+    let b = allocate_on(lab, Host::ClientB, n)?;
+    let pairs = in_parallel(a.into_iter().zip(b).collect(), |i, (mut a, mut b)| {
+        a.channel_bind(CHANNEL, b.relayed())
+            .with_context(|| format!("channel bind {i} from client A"))?;
+        b.channel_bind(HAIRPIN_CHANNEL, a.relayed())
+            .with_context(|| format!("channel bind {i} from client B"))?;
+        Ok((a, b))
+    })?;
+    Ok(pairs.into_iter().unzip())
+}
+
+/// `n` allocations from sockets of their own on `host`.
+fn allocate_on(lab: &Lab, host: Host, n: usize) -> anyhow::Result<Vec<Client>> {
+    let sockets = lab.in_netns(host, || {
         (0..n)
-            .map(|_| UdpSocket::bind((Host::ClientA.ipv4(), 0)))
+            .map(|_| UdpSocket::bind((host.ipv4(), 0)))
             .collect::<std::io::Result<Vec<_>>>()
     })??;
     let server = SocketAddr::V4(relay_addr());
-    let peer = SocketAddr::V4(peer_addr());
-    let mut sockets = sockets.into_iter().enumerate().collect::<Vec<_>>();
-    let chunk = n.div_ceil(THREADS).max(1);
-    let mut clients = std::thread::scope(|scope| {
+    in_parallel(sockets, |i, socket| {
+        Client::allocate(socket, server, USER, PASSWORD)
+            .with_context(|| format!("allocation {i} from {host}"))
+    })
+}
+
+/// `f` on each item with its index, by a few threads (contiguous shares); the results in
+/// the items' order.
+fn in_parallel<T: Send, U: Send>(
+    items: Vec<T>,
+    f: impl Fn(usize, T) -> anyhow::Result<U> + Sync,
+) -> anyhow::Result<Vec<U>> {
+    const THREADS: usize = 8;
+    let chunk = items.len().div_ceil(THREADS).max(1);
+    let mut items: Vec<(usize, T)> = items.into_iter().enumerate().collect();
+    let f = &f;
+    std::thread::scope(|scope| {
         let mut workers = Vec::new();
-        while !sockets.is_empty() {
-            let mine: Vec<_> = sockets.drain(..chunk.min(sockets.len())).collect();
+        while !items.is_empty() {
+            let mine: Vec<_> = items.drain(..chunk.min(items.len())).collect();
             workers.push(scope.spawn(move || {
                 mine.into_iter()
-                    .map(|(i, socket)| {
-                        let mut client = Client::allocate(socket, server, USER, PASSWORD)
-                            .with_context(|| format!("allocation {i}"))?;
-                        client
-                            .channel_bind(CHANNEL, peer)
-                            .with_context(|| format!("channel bind {i}"))?;
-                        anyhow::Ok((i, client))
-                    })
+                    .map(|(i, item)| f(i, item))
                     .collect::<anyhow::Result<Vec<_>>>()
             }));
         }
-        workers
-            .into_iter()
-            .map(|w| {
+        let mut out = Vec::new();
+        for w in workers {
+            out.extend(
                 w.join()
-                    .map_err(|_| anyhow::anyhow!("allocating thread panicked"))?
-            })
-            .collect::<anyhow::Result<Vec<_>>>()
-    })?
-    .into_iter()
-    .flatten()
-    .collect::<Vec<_>>();
-    clients.sort_by_key(|(i, _)| *i);
-    Ok(clients.into_iter().map(|(_, c)| c).collect())
+                    .map_err(|_| anyhow::anyhow!("allocating thread panicked"))??,
+            );
+        }
+        Ok(out)
+    })
 }
 
 /// The frames of each path: what a stream's packets look like on client A's wire.
 pub mod frames {
     use super::{Client, Host, Media, RECEIVER_PORT, SocketAddr, SocketAddrV4, Template};
-    use super::{bail, peer_addr, relay_addr};
+    use super::{bail, relay_addr};
 
     /// ChannelData from each client's socket to the relay.
     pub fn turn(clients: &[Client], media: Media) -> anyhow::Result<Vec<Template>> {
@@ -344,20 +415,27 @@ pub mod frames {
             .collect()
     }
 
-    /// Straight from client A to the peer's receiver, one source port per stream: the path
-    /// with no relay in it.
-    pub fn baseline(streams: usize, media: Media) -> Vec<Template> {
-        (0..streams)
-            .map(|i| {
+    /// Straight from client A to `to`'s receiver, whose ports are `ports` (one per stream),
+    /// one source port per stream: the path with no relay in it.
+    pub fn direct(to: Host, ports: &[u16], media: Media) -> Vec<Template> {
+        ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
                 Template::new(
-                    (Host::ClientA.mac(), Host::Peer.mac()),
+                    (Host::ClientA.mac(), to.mac()),
                     SocketAddrV4::new(Host::ClientA.ipv4(), 20_000 + (i % 40_000) as u16),
-                    peer_addr(),
+                    SocketAddrV4::new(to.ipv4(), *port),
                     media.payload_len(),
                     media == Media::Video,
                 )
             })
             .collect()
+    }
+
+    /// [`direct`] to the peer's one receiver, the baseline of the peer scenario.
+    pub fn baseline(streams: usize, media: Media) -> Vec<Template> {
+        direct(Host::Peer, &vec![RECEIVER_PORT; streams], media)
     }
 
     /// To the relay host, one destination port per stream (as relayed addresses would
@@ -385,4 +463,27 @@ pub fn switch_port(lab: &Lab) -> anyhow::Result<Dataplane> {
         dp.attach("relay", XdpModeChoice::Auto)?;
         anyhow::Ok(dp)
     })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `relay run` prints on SIGINT/SIGTERM with XDP (relay's `VerdictCounters`).
+    #[test]
+    fn reads_the_forwarded_row_of_relays_exit_table() {
+        let stdout = "XDP verdicts on eth0 since the data plane was created:\n\
+                      verdict     action      packets          bytes\n\
+                      udp4          pass           17           2210\n\
+                      forwarded       tx        40000        8480000\n";
+        assert_eq!(
+            verdict_packets(stdout, relay_common::Verdict::Forwarded),
+            Some(40_000)
+        );
+        assert_eq!(
+            verdict_packets(stdout, relay_common::Verdict::Udp4),
+            Some(17)
+        );
+        assert_eq!(verdict_packets("", relay_common::Verdict::Forwarded), None);
+    }
 }

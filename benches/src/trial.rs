@@ -13,7 +13,7 @@ use xtask::lab::{Host, Lab};
 use crate::{
     cpu,
     generator::{Media, Schedule, Sender, Sent},
-    receiver::{Percentiles, Receiver, Tally},
+    receiver::{Framing, Percentiles, Receiver, Tally},
     wire::Template,
 };
 
@@ -34,8 +34,9 @@ pub struct Path<'a> {
     pub receiver_host: Host,
     pub templates: &'a [Template],
     pub media: Media,
-    /// Bytes in front of the probe on arrival (a relay removes the ChannelData header).
-    pub offset: usize,
+    /// What is in front of the probe on arrival (a relay removes the ChannelData header on
+    /// its way to a peer, and frames it anew on its way to a client).
+    pub framing: Framing,
     /// The process under test, whose own CPU time is measured too.
     pub watch: Option<u32>,
 }
@@ -72,6 +73,8 @@ pub struct Trial {
     /// The receiver's socket overflowed: the receiving end, not the path, dropped these.
     pub receiver_drops: u64,
     pub checksum_errors: u64,
+    /// Arrived without the framing expected (see [`Framing`]): not counted as received.
+    pub misframed: u64,
     /// The generator could not keep its schedule: the offered rate was not offered.
     pub generator_limited: bool,
 }
@@ -126,7 +129,7 @@ pub fn run(path: &Path<'_>, rate_pps: f64, timing: Timing, trial: u32) -> anyhow
         start + timing.warmup.as_nanos() as u64,
         start + (timing.warmup + timing.duration).as_nanos() as u64,
     ];
-    let mut tally = Tally::new(trial, path.offset, path.templates.len(), window, total);
+    let mut tally = Tally::new(trial, path.framing, path.templates.len(), window, total);
     let stop = AtomicBool::new(false);
     let sent = std::thread::scope(|scope| {
         let receiving = scope.spawn(|| {
@@ -196,6 +199,7 @@ pub fn run(path: &Path<'_>, rate_pps: f64, timing: Timing, trial: u32) -> anyhow
         window_delivered: tally.in_window,
         receiver_drops: tally.rcvbuf_errors,
         checksum_errors: tally.checksum_errors,
+        misframed: tally.misframed,
         generator_limited: sent.lag_ns as f64 > MAX_LAG * secs * 1e9,
     })
 }
@@ -318,6 +322,7 @@ mod tests {
                 window_delivered: received,
                 receiver_drops: 0,
                 checksum_errors: 0,
+                misframed: 0,
                 generator_limited: rate > generator_max,
             })
         }

@@ -16,6 +16,9 @@ pub const PROBE_LEN: usize = 32;
 pub const HEADER_LEN: usize = relay::stun::channel_data::HEADER_LEN;
 /// The channel every allocation binds to its peer.
 pub const CHANNEL: u16 = 0x4000;
+/// The channel client B's allocations bind to client A's relayed addresses in the hairpin
+/// scenario: another number than A's, so that what arrives shows the relay framed it anew.
+pub const HAIRPIN_CHANNEL: u16 = 0x4001;
 
 const ETH_LEN: usize = 14;
 const IPV4_LEN: usize = 20;

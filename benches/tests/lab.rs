@@ -1,15 +1,20 @@
 //! The whole harness through its real interface, small: every system in the lab forwards a
-//! light load with nothing lost, and the run's files are written. Needs root, coturn
-//! (`cargo xtask setup`) and the relay binary (built here if missing).
+//! light load with nothing lost, client to peer and client to client (hairpin), and the
+//! run's files are written. Needs root, coturn (`cargo xtask setup`) and the relay binary
+//! (built here if missing).
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{path::PathBuf, process::Command, sync::Mutex, time::Duration};
 
 use relay_bench::{
     generator::Media,
-    report, runner,
+    report,
+    runner::{self, Scenario},
     systems::System,
     trial::{Search, Timing},
 };
+
+/// One lab at a time: two loads on 2 CPUs would each lose packets to the other.
+static ONE_LAB: Mutex<()> = Mutex::new(());
 
 /// The debug relay next to this test's own binary, built if it is not there yet.
 fn relay_binary() -> PathBuf {
@@ -27,11 +32,11 @@ fn relay_binary() -> PathBuf {
     relay
 }
 
-#[test]
-fn every_system_forwards_a_light_load_and_the_run_is_written() {
-    let rate = 2_000.0;
+/// A light run of `scenario`, 20 streams at `rate` only, one short trial per measurement.
+fn light_plan(prefix: &str, scenario: Scenario, rate: f64) -> runner::Plan {
     let mut plan = runner::Plan::new(true, relay_binary());
-    plan.lab_prefix = "rb-lab".to_owned();
+    prefix.clone_into(&mut plan.lab_prefix);
+    plan.scenarios = vec![scenario];
     plan.allocations = 20;
     plan.media = Media::Audio;
     // One rate only: clean there, the search stops at its maximum.
@@ -49,12 +54,14 @@ fn every_system_forwards_a_light_load_and_the_run_is_written() {
     plan.repeats = 1;
     plan.sweep = vec![1, 3];
     plan.sweep_systems = vec![System::RelayXdp];
+    plan
+}
 
-    let run = runner::run(plan).unwrap();
-
-    assert_eq!(run.systems.len(), System::ALL.len());
-    assert_eq!(run.baseline.rate_pps, Some(rate), "{:#?}", run.baseline);
-    for r in &run.systems {
+/// Every report of `s` found `rate` clean, and its half-load run lost nothing, arrived
+/// framed as expected with good checksums, with latency and CPU figures.
+fn assert_clean(s: &runner::ScenarioRun, rate: f64) {
+    assert_eq!(s.baseline.rate_pps, Some(rate), "{:#?}", s.baseline);
+    for r in &s.systems {
         let name = r.system.name();
         assert_eq!(
             r.saturation.rate_pps,
@@ -64,7 +71,11 @@ fn every_system_forwards_a_light_load_and_the_run_is_written() {
         );
         let half = r.half_load.as_ref().expect(name);
         let t = &half.runs[0];
-        assert_eq!((t.lost, t.checksum_errors), (0, 0), "{name}: {t:#?}");
+        assert_eq!(
+            (t.lost, t.checksum_errors, t.misframed),
+            (0, 0, 0),
+            "{name}: {t:#?}"
+        );
         assert!(t.sent > 0 && t.window_delivered > 0, "{name}: {t:#?}");
         let latency = half.latency_us.expect(name);
         assert!(
@@ -72,6 +83,56 @@ fn every_system_forwards_a_light_load_and_the_run_is_written() {
             "{name}: {latency:?}"
         );
         assert!(half.cpu_ns_per_packet.is_some(), "{name}");
+    }
+}
+
+/// The files of `run` written into a fresh directory, by name, with the JSON and the page
+/// of each of `systems` named `<date>-<prefix><system>`; the directory.
+fn written(run: &runner::Run, prefix: &str, systems: &[System]) -> (Vec<String>, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("relay-bench-test-{prefix}{}", std::process::id()));
+    let written = report::write(run, &dir).unwrap();
+    let names: Vec<String> = written
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for system in systems {
+        for ext in ["json", "md"] {
+            let want = format!("{}-{prefix}{}.{ext}", run.date, system.name());
+            assert!(names.contains(&want), "{want} in {names:?}");
+        }
+    }
+    (names, dir)
+}
+
+/// Relay's XDP program counted at least 99% of what was sent through it `forwarded`.
+fn assert_forwarded_in_xdp(r: &runner::SystemReport) {
+    let (forwarded, sent) = (r.xdp_forwarded.unwrap(), r.sent_through());
+    assert!(
+        forwarded * 100 >= sent * 99,
+        "XDP forwarded {forwarded} of {sent} packets (want at least 99%)"
+    );
+}
+
+/// A light run of `scenario` alone, in a lab of its own under `prefix`, checked clean.
+fn light_run(prefix: &str, scenario: Scenario, rate: f64) -> runner::Run {
+    let run = {
+        let _one = ONE_LAB
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        runner::run(light_plan(prefix, scenario, rate)).unwrap()
+    };
+    assert_eq!(run.scenarios.len(), 1);
+    assert_clean(run.scenario(scenario).unwrap(), rate);
+    run
+}
+
+#[test]
+fn every_system_forwards_a_light_load_and_the_run_is_written() {
+    let run = light_run("rb-lab", Scenario::Peer, 2_000.0);
+    let peer = run.scenario(Scenario::Peer).unwrap();
+    assert_eq!(peer.systems.len(), System::ALL.len());
+    for r in &peer.systems {
+        let name = r.system.name();
         // Every system but the ceiling is a process whose memory is read; Relay with XDP
         // also holds its maps.
         match r.system {
@@ -80,24 +141,14 @@ fn every_system_forwards_a_light_load_and_the_run_is_written() {
             _ => assert!(r.memory.unwrap().rss_kib > 0, "{name}"),
         }
     }
-    let xdp = &run.systems[0];
+    let xdp = &peer.systems[0];
     assert_eq!(xdp.system, System::RelayXdp);
+    assert_forwarded_in_xdp(xdp);
     let swept: Vec<usize> = xdp.sweep.iter().map(|p| p.allocations).collect();
     assert_eq!(swept, [1, 3]);
     assert!(xdp.sweep.iter().all(|p| p.measured.runs[0].lost == 0));
 
-    let dir = std::env::temp_dir().join(format!("relay-bench-test-{}", std::process::id()));
-    let written = report::write(&run, &dir).unwrap();
-    let names: Vec<String> = written
-        .iter()
-        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-        .collect();
-    for system in System::ALL {
-        for ext in ["json", "md"] {
-            let want = format!("{}-{}.{ext}", run.date, system.name());
-            assert!(names.contains(&want), "{want} in {names:?}");
-        }
-    }
+    let (_, dir) = written(&run, "", &System::ALL);
     let json: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join(format!("{}-coturn.json", run.date))).unwrap(),
     )
@@ -109,5 +160,48 @@ fn every_system_forwards_a_light_load_and_the_run_is_written() {
     for system in System::ALL {
         assert!(summary.contains(system.title()), "{summary}");
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The hairpin scenario (relay/relay): client A's channel is bound to client B's relayed
+/// address and B's to A's; a few kpps of A's ChannelData arrive at B on B's channel with
+/// nothing lost through every TURN system, and Relay's XDP program forwards nearly all of
+/// it in one pass. The ceiling has no such path and is skipped.
+#[test]
+fn hairpin_streams_arrive_at_client_b_on_its_channel() {
+    let run = light_run("rb-hairpin", Scenario::Hairpin, 4_000.0);
+    let hairpin = run.scenario(Scenario::Hairpin).unwrap();
+    assert_eq!(hairpin.skipped, [System::Ceiling]);
+    let systems: Vec<System> = hairpin.systems.iter().map(|r| r.system).collect();
+    assert_eq!(
+        systems,
+        [
+            System::RelayXdp,
+            System::RelayUring,
+            System::RelayMmsg,
+            System::Coturn
+        ]
+    );
+    for r in &hairpin.systems {
+        assert!(r.sweep.is_empty(), "no sweep in the hairpin scenario");
+        match r.system {
+            System::RelayXdp => assert_forwarded_in_xdp(r),
+            _ => assert_eq!(r.xdp_forwarded, None, "{}", r.system.name()),
+        }
+    }
+
+    let (names, dir) = written(&run, "hairpin-", &systems);
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join(format!("{}-hairpin-relay-xdp.json", run.date))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (&json["system"], &json["scenario"]),
+        (&"relay-xdp".into(), &"hairpin".into())
+    );
+    assert!(names.contains(&format!("{}-hairpin-delivered.svg", run.date)));
+    let summary = report::summary(&run);
+    assert!(summary.contains("## Hairpin"), "{summary}");
+    assert!(summary.contains("skipped"), "{summary}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

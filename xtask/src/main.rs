@@ -34,8 +34,9 @@ enum Cmd {
         #[arg(long, hide = true)]
         relay: Option<std::path::PathBuf>,
     },
-    /// Benchmark Relay against coturn and the ceiling in the lab; print the comparison table
-    /// and write it to benches/results. The lab part runs as root (through `sudo -E`).
+    /// Benchmark Relay against coturn and the ceiling in the lab, client to peer and client
+    /// to client through the relay (hairpin); print the comparison tables and write them to
+    /// benches/results. The lab part runs as root (through `sudo -E`).
     Bench {
         /// The short run (under 2 minutes), without the micro-benchmarks.
         #[arg(long)]
