@@ -23,6 +23,19 @@ const PACKAGES: &[(&str, &str)] = &[
         "chromium",
         "headless Chromium: a browser's WebRTC stack as a real TURN client",
     ),
+    (
+        "gstreamer1.0-tools",
+        "gst-launch-1.0: RTP/SRTP publishers and subscribers of rooms",
+    ),
+    (
+        "gstreamer1.0-plugins-base",
+        "videotestsrc, audiotestsrc, opus",
+    ),
+    (
+        "gstreamer1.0-plugins-good",
+        "vp8enc/vp8dec, rtpvp8pay/depay, udpsrc/udpsink, rtpbin",
+    ),
+    ("gstreamer1.0-plugins-bad", "srtpenc/srtpdec"),
 ];
 
 pub(crate) fn run() -> anyhow::Result<()> {
