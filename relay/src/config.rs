@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::{
     dataplane::XdpModeChoice,
+    http::{ApiConfig, Token},
     room,
     turn::{
         self,
@@ -169,6 +170,14 @@ pub struct Settings {
     /// keep forwarding, so a restart or upgrade interrupts no media).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub detach_on_exit: Option<bool>,
+    /// Address of the HTTP control API (rooms), e.g. 127.0.0.1:8080 [default: none, no
+    /// API]. Plain HTTP: prefer a loopback address.
+    #[arg(long, value_name = "ADDR")]
+    pub api_listen: Option<SocketAddr>,
+    /// File holding the control API's bearer token (required with api-listen); readable by
+    /// its owner only.
+    #[arg(long, value_name = "FILE")]
+    pub api_token_file: Option<PathBuf>,
     /// Tenants and their shared limits: in the TOML file only, as `[[tenant]]` tables.
     #[arg(skip)]
     #[serde(default)]
@@ -243,6 +252,8 @@ pub struct RunConfig {
     /// The state file: `<state-dir>/<instance>.json`.
     pub state_file: PathBuf,
     pub detach_on_exit: bool,
+    /// The control API, when `api-listen` is set ([`crate::http::start`] serves it).
+    pub api: Option<ApiConfig>,
 }
 
 impl Settings {
@@ -314,6 +325,8 @@ impl Settings {
             instance: self.instance.or(file.instance),
             state_dir: self.state_dir.or(file.state_dir),
             detach_on_exit: self.detach_on_exit.or(file.detach_on_exit),
+            api_listen: self.api_listen.or(file.api_listen),
+            api_token_file: self.api_token_file.or(file.api_token_file),
             tenant: vec(self.tenant, file.tenant),
         }
     }
@@ -525,6 +538,20 @@ impl Settings {
             tenants: tenants.iter().map(|t| t.name.clone()).collect(),
             max_rooms: 1000,
         };
+        let api = match (self.api_listen, &self.api_token_file) {
+            (Some(listen), Some(path)) => Some(ApiConfig {
+                listen,
+                token: read_token("api-token-file", path)?,
+            }),
+            (Some(_), None) => return Err(bad("api-token-file", "required with api-listen")),
+            (None, Some(_)) => {
+                return Err(bad(
+                    "api-listen",
+                    "api-token-file is set but api-listen is not",
+                ));
+            }
+            (None, None) => None,
+        };
         Ok(RunConfig {
             rooms,
             turn: turn::Config {
@@ -561,6 +588,7 @@ impl Settings {
             state_file: state_file(self.state_dir.as_deref(), &instance),
             instance,
             detach_on_exit: self.detach_on_exit.unwrap_or(false),
+            api,
         })
     }
 }
@@ -678,6 +706,13 @@ fn read_secret(field: &'static str, path: &Path) -> Result<String, ConfigError> 
     owner_only(path).map_err(|problem| bad(field, problem))?;
     std::fs::read_to_string(path)
         .map_err(|e| bad(field, format!("cannot read {}: {e}", path.display())))
+}
+
+/// The control API's bearer token from the file at `path` (owner-only, trimmed, not
+/// empty); `field` names the setting in errors.
+pub fn read_token(field: &'static str, path: &Path) -> Result<Token, ConfigError> {
+    Token::new(&read_secret(field, path)?)
+        .ok_or_else(|| bad(field, format!("{} is empty", path.display())))
 }
 
 /// `Err` with the problem when `path` is readable (or writable) by its group or others.
@@ -842,10 +877,11 @@ mod tests {
         assert!(err.contains("alice:***"), "{err}");
     }
 
-    /// A file with `mode` in this test process's directory (the test removes it).
-    fn secret_file(name: &str, text: &str, mode: u32) -> (PathBuf, PathBuf) {
+    /// A file with `mode` in a directory of this test process and `scope` (the test removes
+    /// it; tests run in parallel).
+    fn secret_file(scope: &str, name: &str, text: &str, mode: u32) -> (PathBuf, PathBuf) {
         use std::os::unix::fs::PermissionsExt as _;
-        let dir = std::env::temp_dir().join(format!("relay-config-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("relay-config-{}-{scope}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
@@ -858,11 +894,12 @@ mod tests {
     #[test]
     fn secrets_come_from_owner_only_files() {
         let (dir, users) = secret_file(
+            "secrets",
             "users",
             "# ward carts\nalice:wonderland\n\nbob:builder\n",
             0o600,
         );
-        let (_, secret) = secret_file("secret", "north\n", 0o600);
+        let (_, secret) = secret_file("secrets", "secret", "north\n", 0o600);
         let s = Settings {
             user_file: Some(users.clone()),
             use_auth_secret: Some(true),
@@ -885,8 +922,8 @@ mod tests {
             err.starts_with("static-auth-secret-file: ") && err.contains("chmod 600"),
             "{err}"
         );
-        let (_, key) = secret_file("key.pem", "-----BEGIN PRIVATE KEY-----\n", 0o640);
-        let (_, cert) = secret_file("cert.pem", "", 0o644);
+        let (_, key) = secret_file("secrets", "key.pem", "-----BEGIN PRIVATE KEY-----\n", 0o640);
+        let (_, cert) = secret_file("secrets", "cert.pem", "", 0o644);
         let s = Settings {
             user: vec!["a:b".parse().unwrap()],
             cert: Some(cert),
@@ -898,6 +935,51 @@ mod tests {
             err.starts_with("pkey: ") && err.contains("mode 640"),
             "{err}"
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The API needs both its address and an owner-only, non-empty token file.
+    #[test]
+    fn api_needs_a_token_from_an_owner_only_file() {
+        let (dir, token) = secret_file("api", "api-token", "  t0ken\n", 0o600);
+        let (_, empty) = secret_file("api", "api-empty", "\n", 0o600);
+        let (_, open) = secret_file("api", "api-open", "t0ken", 0o644);
+        let with = |listen: Option<&str>, file: Option<&PathBuf>| Settings {
+            user: vec!["a:b".parse().unwrap()],
+            api_listen: listen.map(|l| l.parse().unwrap()),
+            api_token_file: file.cloned(),
+            ..Settings::default()
+        };
+        assert!(with(None, None).resolve(LOCAL).unwrap().api.is_none());
+        let api = with(Some("127.0.0.1:8080"), Some(&token))
+            .resolve(LOCAL)
+            .unwrap()
+            .api
+            .unwrap();
+        assert_eq!(api.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert!(api.token.matches(b"t0ken"));
+        for (listen, file, field, why) in [
+            (Some("127.0.0.1:8080"), None, "api-token-file", "required"),
+            (None, Some(&token), "api-listen", "not"),
+            (
+                Some("127.0.0.1:8080"),
+                Some(&empty),
+                "api-token-file",
+                "empty",
+            ),
+            (
+                Some("127.0.0.1:8080"),
+                Some(&open),
+                "api-token-file",
+                "chmod 600",
+            ),
+        ] {
+            let err = with(listen, file).resolve(LOCAL).err().unwrap();
+            assert_eq!(err.field, field);
+            assert!(err.problem.contains(why), "{err}");
+        }
+        let file = settings("user = [\"a:b\"]\napi-listen = \"[::1]:9000\"").unwrap();
+        assert_eq!(file.api_listen, Some("[::1]:9000".parse().unwrap()));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -4,6 +4,7 @@
 pub mod clock;
 pub mod config;
 pub mod dataplane;
+pub mod http;
 pub mod io;
 pub mod policers;
 pub mod preflight;

@@ -1,5 +1,7 @@
 //! The `relay` command.
 
+mod room_cli;
+
 use std::{
     net::IpAddr,
     os::unix::fs::MetadataExt as _,
@@ -49,11 +51,21 @@ enum Command {
         #[arg(long, value_enum, default_value_t = relay::dataplane::XdpModeChoice::Auto)]
         xdp_mode: relay::dataplane::XdpModeChoice,
     },
+    /// Rooms, endpoints, tracks and subscriptions, through the control API of a running
+    /// relay (`relay run --api-listen`).
+    Room(room_cli::RoomArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
+        Command::Room(args) => {
+            if let Err(e) = room_cli::run(args) {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Run(settings) => run(*settings),
         Command::Attach {
             interface,

@@ -25,6 +25,9 @@ use crate::{
     turn::{Server, Snapshot},
 };
 
+/// Control API requests waiting for the control task.
+const API_QUEUE: usize = 64;
+
 /// Datagrams and stream records waiting for the control task.
 const EVENT_QUEUE: usize = 65_536;
 
@@ -102,23 +105,13 @@ pub async fn serve(
         }
     };
 
-    // One for every stream listener, so that the connection caps hold across them.
-    let streams = stream::Streams::new(stream::StreamLimits::default());
-    for addr in &run.tcp {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listening-port: cannot bind TCP {addr}"))?;
-        let streams = Arc::clone(&streams);
-        tokio::spawn(stream::serve(l, None, events_tx.clone(), streams));
-    }
-    for addr in &run.tls {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("tls-listening-port: cannot bind TLS {addr}"))?;
-        let (tls, streams) = (run.tls_config.clone(), Arc::clone(&streams));
-        tokio::spawn(stream::serve(l, tls, events_tx.clone(), streams));
-    }
+    let streams = listen_streams(&run, &events_tx).await?;
     drop(events_tx);
+    // The control API, up before the ready line; it stops after the control task.
+    let mut api = match run.api.clone() {
+        Some(config) => Some(Api::start(config).await?),
+        None => None,
+    };
     // Before the ready line: a restored relay says so first.
     let server = start_server(run.turn.clone(), &run.state_file)?;
     log::info!(
@@ -137,14 +130,76 @@ pub async fn serve(
     let saved = control::State::new(run.state_file);
     let rooms = crate::room::Rooms::new(run.rooms.clone(), rand::SeedableRng::from_os_rng());
     let dataplane = control::Control::new(server, kernel, limits, saved, commands_tx, wake, rooms)
-        .run(events_rx, None, shutdown)
+        .run(
+            events_rx,
+            api.as_mut().and_then(|a| a.calls.take()),
+            shutdown,
+        )
         .await;
+    if let Some(api) = api {
+        api.stop().await;
+    }
     let stats = thread
         .join()
         .map_err(|_| anyhow::anyhow!("the UDP data path thread panicked"))?;
     log::info!("UDP data path at exit: {stats}");
     log::info!("TCP/TLS streams at exit: {streams}");
     Ok(dataplane)
+}
+
+/// The TCP and TLS listeners, each serving its connections on its own task; one set of
+/// limits for all of them, so that the connection caps hold across them.
+async fn listen_streams(
+    run: &RunConfig,
+    events_tx: &tokio::sync::mpsc::Sender<datapath::Event>,
+) -> anyhow::Result<Arc<stream::Streams>> {
+    let streams = stream::Streams::new(stream::StreamLimits::default());
+    for addr in &run.tcp {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening-port: cannot bind TCP {addr}"))?;
+        let streams = Arc::clone(&streams);
+        tokio::spawn(stream::serve(l, None, events_tx.clone(), streams));
+    }
+    for addr in &run.tls {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("tls-listening-port: cannot bind TLS {addr}"))?;
+        let (tls, streams) = (run.tls_config.clone(), Arc::clone(&streams));
+        tokio::spawn(stream::serve(l, tls, events_tx.clone(), streams));
+    }
+    Ok(streams)
+}
+
+/// The control API's server and the requests it hands the control task.
+struct Api {
+    calls: Option<tokio::sync::mpsc::Receiver<crate::room::api::Call>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Api {
+    async fn start(config: crate::http::ApiConfig) -> anyhow::Result<Self> {
+        let (calls_tx, calls) = tokio::sync::mpsc::channel(API_QUEUE);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let (_, server) = crate::http::start(config, calls_tx, stopped).await?;
+        Ok(Self {
+            calls: Some(calls),
+            stop,
+            server,
+        })
+    }
+
+    /// Stops the server once the control task has: requests still in flight get 503.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        if let Ok(Err(e)) = self.server.await {
+            log::warn!("control API: {e}");
+        }
+    }
 }
 
 /// The TURN server, with the allocations a previous run saved in `state_file` when there

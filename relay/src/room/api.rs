@@ -1,12 +1,13 @@
 //! What the control API asks of the room core and what it answers: plain serde types, the
-//! JSON bodies of the HTTP API (`docs/openapi.yaml`) and the `relay room` command's output.
+//! JSON bodies of the HTTP API (`relay/openapi.yaml`, served by `crate::http`) and the
+//! `relay room` command's output.
 //! The HTTP layer only translates; every rule lives in the core.
 
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-/// `POST /rooms`.
+/// `POST /v1/rooms`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoomSpec {
@@ -23,7 +24,7 @@ pub struct RoomSpec {
     pub max_bitrate_bps: Option<u64>,
 }
 
-/// `POST /rooms/{room}/endpoints`: a port (or an RTP/RTCP pair of ports) on the relay.
+/// `POST /v1/rooms/{room}/endpoints`: a port (or an RTP/RTCP pair of ports) on the relay.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
@@ -58,7 +59,7 @@ const fn default_idle() -> u32 {
     300
 }
 
-/// `PATCH /rooms/{room}/endpoints/{endpoint}`.
+/// `PATCH /v1/rooms/{room}/endpoints/{endpoint}`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointPatch {
@@ -75,7 +76,7 @@ pub enum MediaKind {
     Video,
 }
 
-/// `POST /rooms/{room}/tracks`: a stream an endpoint publishes, by SSRC.
+/// `POST /v1/rooms/{room}/tracks`: a stream an endpoint publishes, by SSRC.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrackSpec {
@@ -93,7 +94,7 @@ pub struct TrackSpec {
     pub layer: Option<String>,
 }
 
-/// `PUT /rooms/{room}/endpoints/{endpoint}/subscriptions/{track}`: the endpoint receives
+/// `PUT /v1/rooms/{room}/endpoints/{endpoint}/subscriptions/{track}`: the endpoint receives
 /// the track (or a simulcast source's chosen layer).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -163,7 +164,7 @@ pub struct Counters {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[expect(
     clippy::struct_excessive_bools,
-    reason = "the API's view: each is a setting"
+    reason = "independent flags of the API's JSON, not a state machine"
 )]
 pub struct EndpointView {
     pub name: String,

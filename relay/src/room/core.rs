@@ -273,6 +273,8 @@ struct Track {
 struct Subscription {
     layer: Option<String>,
     paused: bool,
+    /// What the core forwarded itself (the fast paths count the rest).
+    sent: Counters,
 }
 
 #[derive(Debug)]
@@ -1000,15 +1002,31 @@ impl Rooms {
                 };
                 let rtcp = matches!(packet, Packet::Rtcp { .. });
                 let to = if rtcp { &route.rtcp } else { &route.rtp };
+                let bytes = data.len() as u64;
                 let t = room.tracks.get_mut(&track).expect("found above");
                 t.received.packets += 1;
-                t.received.bytes += data.len() as u64;
+                t.received.bytes += bytes;
+                let source = t.source.clone();
                 for d in to {
                     self.outputs.push_back(Output::Send {
                         local: d.local,
                         remote: d.remote,
                         data: data.to_vec(),
                     });
+                    // Counted on the subscription, by the track's name or its source's.
+                    let Some((_, subscriber)) = self.by_local.get(&d.local) else {
+                        continue;
+                    };
+                    let by_track = (subscriber.clone(), track.clone());
+                    let key = if room.subscriptions.contains_key(&by_track) {
+                        Some(by_track)
+                    } else {
+                        source.clone().map(|s| (subscriber.clone(), s))
+                    };
+                    if let Some(sub) = key.and_then(|k| room.subscriptions.get_mut(&k)) {
+                        sub.sent.packets += 1;
+                        sub.sent.bytes += bytes;
+                    }
                 }
                 self.stats.forwarded += to.len() as u64;
             }
@@ -1261,7 +1279,7 @@ fn subscription_view(
         .flatten()
         .filter(|(d, _)| mine.contains(&Some(*d)))
         .map(|(_, c)| c)
-        .fold(Counters::default(), add);
+        .fold(sub.sent, add);
     SubscriptionView {
         endpoint: endpoint.to_owned(),
         track: key.to_owned(),

@@ -1,0 +1,368 @@
+//! Media rooms in the lab, through the `relay` binary, driven by `relay room` over the
+//! control API: GStreamer as the real endpoints (an SRTP VP8 camera and its classrooms),
+//! and raw sockets where a test needs to see bytes and SSRCs. Needs root and GStreamer.
+
+mod support;
+
+use std::{
+    collections::HashMap,
+    io::{BufRead as _, BufReader},
+    net::{SocketAddr, UdpSocket},
+    process::{Child, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use support::{RunningRelay, TempDir, exit_figures};
+use xtask::lab::{Host, Lab};
+
+const API: &str = "http://10.77.0.1:8080";
+/// An SRTP master key and salt (AES-CM-128, 30 bytes), shared end to end: Relay never
+/// holds it.
+const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d";
+const SSRC: u32 = 0x1234;
+const FRAMES: usize = 90;
+
+/// The relay with its control API, and the token file `relay room` reads.
+struct Setup {
+    lab: Lab,
+    relay: RunningRelay,
+    token: TempDir,
+}
+
+impl Setup {
+    fn new(prefix: &str) -> Self {
+        let lab = Lab::up(prefix).unwrap();
+        let token = TempDir::new(&format!("{prefix}-token"));
+        let file = token.0.join("token");
+        std::fs::write(&file, "lab-token-0123456789\n").unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let relay = RunningRelay::in_lab(
+            &lab,
+            &[
+                "--api-listen",
+                "10.77.0.1:8080",
+                "--api-token-file",
+                file.to_str().unwrap(),
+            ],
+        );
+        Self { lab, relay, token }
+    }
+
+    /// `relay room --json ARGS` from client A; its JSON answer.
+    fn room(&self, args: &[&str]) -> Value {
+        let token = self.token.0.join("token");
+        let out = self
+            .lab
+            .command(Host::ClientA, env!("CARGO_BIN_EXE_relay"))
+            .args([
+                "room",
+                "--api",
+                API,
+                "--token-file",
+                token.to_str().unwrap(),
+                "--json",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "relay room {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.stdout.is_empty() {
+            return Value::Null;
+        }
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+/// A GStreamer subscriber: SRTP VP8 in on `port` of `host`, decoded; counts frames.
+struct Subscriber {
+    child: Child,
+    frames: mpsc::Receiver<usize>,
+}
+
+impl Subscriber {
+    fn start(lab: &Lab, host: Host, port: u16) -> Self {
+        let caps = format!(
+            "application/x-srtp,media=(string)video,clock-rate=(int)90000,\
+             encoding-name=(string)VP8,payload=(int)96,ssrc=(uint){SSRC},\
+             srtp-key=(buffer){KEY},srtp-cipher=(string)aes-128-icm,\
+             srtp-auth=(string)hmac-sha1-80,srtcp-cipher=(string)aes-128-icm,\
+             srtcp-auth=(string)hmac-sha1-80,roc=(uint)0"
+        );
+        let mut child = lab
+            .command(host, "gst-launch-1.0")
+            .args([
+                "-v",
+                "udpsrc",
+                &format!("port={port}"),
+                &format!("caps={caps}"),
+            ])
+            .args(["!", "srtpdec", "!", "rtpvp8depay", "!", "vp8dec"])
+            .args([
+                "!",
+                "identity",
+                "silent=false",
+                "!",
+                "fakesink",
+                "sync=false",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, frames) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // identity announces every decoded frame it passes.
+                if line.contains("last-message = chain") {
+                    n += 1;
+                    let _ = tx.send(n);
+                }
+            }
+        });
+        lab.wait_udp_bound(host, port).unwrap();
+        Self { child, frames }
+    }
+
+    /// Waits until `want` frames were decoded (or 30 s passed); how many were.
+    fn decoded(&self, want: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut n = 0;
+        while n < want {
+            match self
+                .frames
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(count) => n = count,
+                Err(_) => break,
+            }
+        }
+        n
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The camera: `FRAMES` frames of VP8 at 30 fps, SRTP, to `port` on the relay, as
+/// people write such a pipeline (no fixed source port: the relay latches it).
+fn publish(lab: &Lab, port: u16) {
+    let status = lab
+        .command(Host::ClientA, "gst-launch-1.0")
+        .args(["-q", "videotestsrc", &format!("num-buffers={FRAMES}")])
+        .args(["!", "video/x-raw,width=320,height=240,framerate=30/1"])
+        .args([
+            "!",
+            "vp8enc",
+            "deadline=1",
+            "!",
+            "rtpvp8pay",
+            &format!("ssrc={SSRC}"),
+            "pt=96",
+        ])
+        .args(["!", "srtpenc", &format!("key={KEY}")])
+        .args(["!", "udpsink", "host=10.77.0.1", &format!("port={port}")])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn port_of(endpoint: &Value) -> u16 {
+    endpoint["local"]
+        .as_str()
+        .unwrap()
+        .parse::<SocketAddr>()
+        .unwrap()
+        .port()
+}
+
+/// The model case: one surgery camera, eight classrooms, every frame decoded in each.
+#[test]
+fn a_surgery_camera_reaches_eight_classrooms_and_every_frame_decodes() {
+    let s = Setup::new("rm-surgery");
+    s.room(&["create", "surgery"]);
+    let cam = s.room(&["endpoint", "add", "surgery", "cam"]);
+    s.room(&[
+        "track",
+        "add",
+        "surgery",
+        "video",
+        "--endpoint",
+        "cam",
+        "--ssrc",
+        &SSRC.to_string(),
+        "--kind",
+        "video",
+    ]);
+    let subscribers: Vec<Subscriber> = (0..8_u16)
+        .map(|i| {
+            let port = 6000 + 2 * i;
+            let name = format!("class-{i}");
+            s.room(&[
+                "endpoint",
+                "add",
+                "surgery",
+                &name,
+                "--remote",
+                &format!("10.77.0.21:{port}"),
+            ]);
+            s.room(&["subscribe", "surgery", &name, "video"]);
+            Subscriber::start(&s.lab, Host::Peer, port)
+        })
+        .collect();
+
+    publish(&s.lab, port_of(&cam));
+    let decoded: Vec<usize> = subscribers.iter().map(|sub| sub.decoded(FRAMES)).collect();
+    let room = s.room(&["show", "surgery"]);
+    let (_, log) = s.relay.stop_logged(Signal::SIGTERM);
+    let summary = format!(
+        "decoded {decoded:?} of {FRAMES}\n{}\n{}",
+        exit_figures(&log, "UDP data path at exit: "),
+        exit_figures(&log, "rooms at exit: ")
+    );
+    eprintln!("{summary}");
+    assert!(decoded.iter().all(|n| *n == FRAMES), "{summary}");
+    // The camera was latched from its first packet; each classroom was sent what the
+    // camera sent.
+    let endpoints: HashMap<&str, &Value> = room["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e))
+        .collect();
+    assert_eq!(endpoints["cam"]["latched"], true);
+    let received = room["tracks"][0]["received"]["packets"].as_u64().unwrap();
+    for sub in room["subscriptions"].as_array().unwrap() {
+        assert_eq!(sub["sent"]["packets"].as_u64(), Some(received), "{sub}");
+    }
+}
+
+/// An RTP header, then bytes that stand for an SRTP payload and tag.
+fn packet(ssrc: u32, seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80, 96];
+    p.extend(seq.to_be_bytes());
+    p.extend([0, 0, 0, 1]);
+    p.extend(ssrc.to_be_bytes());
+    p.extend((0..40).map(|i: u8| i.wrapping_mul(37) ^ seq.to_be_bytes()[1]));
+    p
+}
+
+/// Raw sockets on both ends: SRTP bytes arrive exactly as sent; audio-only and a
+/// simulcast layer switch change which SSRCs a subscriber gets; a stranger sending to the
+/// camera's port first takes nothing over.
+#[test]
+fn subscriptions_choose_ssrcs_and_bytes_pass_untouched() {
+    let s = Setup::new("rm-raw");
+    s.room(&["create", "class"]);
+    let cam = s.room(&["endpoint", "add", "class", "cam"]);
+    let cam_addr: SocketAddr = cam["local"].as_str().unwrap().parse().unwrap();
+    s.room(&[
+        "endpoint",
+        "add",
+        "class",
+        "pupil",
+        "--remote",
+        "10.77.0.21:7000",
+    ]);
+    for (name, ssrc, kind, layer) in [
+        ("mic", "17", "audio", None),
+        ("board-high", "18", "video", Some("high")),
+        ("board-low", "19", "video", Some("low")),
+    ] {
+        let mut args = vec![
+            "track",
+            "add",
+            "class",
+            name,
+            "--endpoint",
+            "cam",
+            "--ssrc",
+            ssrc,
+            "--kind",
+            kind,
+        ];
+        if let Some(layer) = layer {
+            args.extend(["--source", "board", "--layer", layer]);
+        }
+        s.room(&args);
+    }
+    s.room(&["subscribe", "class", "pupil", "mic"]);
+    s.room(&["subscribe", "class", "pupil", "board"]);
+
+    let camera = s
+        .lab
+        .in_netns(Host::ClientA, || {
+            UdpSocket::bind("10.77.0.11:5004").unwrap()
+        })
+        .unwrap();
+    let stranger = s
+        .lab
+        .in_netns(Host::ClientB, || {
+            UdpSocket::bind("10.77.0.12:5004").unwrap()
+        })
+        .unwrap();
+    let pupil = s
+        .lab
+        .in_netns(Host::Peer, || UdpSocket::bind("10.77.0.21:7000").unwrap())
+        .unwrap();
+    pupil
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    // Sends one packet of each SSRC and returns the SSRCs the pupil got, checking the
+    // bytes. The camera sends a marker packet last (SSRC 17, audio, always received) so
+    // that the pupil knows when the round is over.
+    let mut seq = 0_u16;
+    let mut round = |from: &UdpSocket| -> Vec<u32> {
+        for ssrc in [18, 19, 17] {
+            seq += 1;
+            from.send_to(&packet(ssrc, seq), cam_addr).unwrap();
+        }
+        let mut got = Vec::new();
+        let mut buf = [0; 2048];
+        while let Ok(n) = pupil.recv(&mut buf) {
+            let ssrc = u32::from_be_bytes(buf[8..12].try_into().unwrap());
+            let sent_seq = u16::from_be_bytes([buf[2], buf[3]]);
+            assert_eq!(&buf[..n], &packet(ssrc, sent_seq)[..], "bytes changed");
+            got.push(ssrc);
+            if ssrc == 17 {
+                break;
+            }
+        }
+        got
+    };
+    // The camera's first packet latches its port; a stranger sending the camera's SSRCs
+    // afterwards reaches no one.
+    assert_eq!(
+        round(&camera),
+        [18, 17],
+        "the default layer (high) and audio"
+    );
+    assert_eq!(round(&stranger), Vec::<u32>::new());
+    s.room(&["subscribe", "class", "pupil", "board", "--layer", "low"]);
+    assert_eq!(
+        round(&camera),
+        [19, 17],
+        "after the switch to the low layer"
+    );
+    s.room(&["endpoint", "set", "class", "pupil", "--audio-only", "true"]);
+    assert_eq!(round(&camera), [17], "audio only");
+    s.room(&["endpoint", "set", "class", "pupil", "--audio-only", "false"]);
+    assert_eq!(round(&camera), [19, 17], "video back");
+    let (_, log) = s.relay.stop_logged(Signal::SIGTERM);
+    let rooms = exit_figures(&log, "rooms at exit: ");
+    assert!(rooms.contains(" 3 from a foreign address"), "{rooms}");
+}
