@@ -6,22 +6,19 @@ mod support;
 
 use std::{
     collections::HashMap,
-    io::{BufRead as _, BufReader},
     net::{SocketAddr, UdpSocket},
-    process::{Child, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use support::{RunningRelay, TempDir, exit_figures};
-use xtask::lab::{Host, Lab};
+use xtask::{
+    gstreamer::{Viewer, camera},
+    lab::{Host, Lab},
+};
 
 const API: &str = "http://10.77.0.1:8080";
-/// An SRTP master key and salt (AES-CM-128, 30 bytes), shared end to end: Relay never
-/// holds it.
-const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d";
 const SSRC: u32 = 0x1234;
 const FRAMES: usize = 90;
 
@@ -81,106 +78,6 @@ impl Setup {
     }
 }
 
-/// A GStreamer subscriber: SRTP VP8 in on `port` of `host`, decoded; counts frames.
-struct Subscriber {
-    child: Child,
-    frames: mpsc::Receiver<usize>,
-}
-
-impl Subscriber {
-    fn start(lab: &Lab, host: Host, port: u16) -> Self {
-        let caps = format!(
-            "application/x-srtp,media=(string)video,clock-rate=(int)90000,\
-             encoding-name=(string)VP8,payload=(int)96,ssrc=(uint){SSRC},\
-             srtp-key=(buffer){KEY},srtp-cipher=(string)aes-128-icm,\
-             srtp-auth=(string)hmac-sha1-80,srtcp-cipher=(string)aes-128-icm,\
-             srtcp-auth=(string)hmac-sha1-80,roc=(uint)0"
-        );
-        let mut child = lab
-            .command(host, "gst-launch-1.0")
-            .args([
-                "-v",
-                "udpsrc",
-                &format!("port={port}"),
-                &format!("caps={caps}"),
-            ])
-            .args(["!", "srtpdec", "!", "rtpvp8depay", "!", "vp8dec"])
-            .args([
-                "!",
-                "identity",
-                "silent=false",
-                "!",
-                "fakesink",
-                "sync=false",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, frames) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut n = 0;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                // identity announces every decoded frame it passes.
-                if line.contains("last-message = chain") {
-                    n += 1;
-                    let _ = tx.send(n);
-                }
-            }
-        });
-        lab.wait_udp_bound(host, port).unwrap();
-        Self { child, frames }
-    }
-
-    /// Waits until `want` frames were decoded (or 30 s passed); how many were.
-    fn decoded(&self, want: usize) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut n = 0;
-        while n < want {
-            match self
-                .frames
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(count) => n = count,
-                Err(_) => break,
-            }
-        }
-        n
-    }
-}
-
-impl Drop for Subscriber {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The camera: `FRAMES` frames of VP8 at 30 fps, SRTP, to `port` on the relay, as
-/// people write such a pipeline (no fixed source port: the relay latches it).
-fn publish(lab: &Lab, port: u16) {
-    let status = lab
-        .command(Host::ClientA, "gst-launch-1.0")
-        .args(["-q", "videotestsrc", &format!("num-buffers={FRAMES}")])
-        .args(["!", "video/x-raw,width=320,height=240,framerate=30/1"])
-        .args([
-            "!",
-            "vp8enc",
-            "deadline=1",
-            "!",
-            "rtpvp8pay",
-            &format!("ssrc={SSRC}"),
-            "pt=96",
-        ])
-        .args(["!", "srtpenc", &format!("key={KEY}")])
-        .args(["!", "udpsink", "host=10.77.0.1", &format!("port={port}")])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 fn port_of(endpoint: &Value) -> u16 {
     endpoint["local"]
         .as_str()
@@ -208,7 +105,7 @@ fn a_surgery_camera_reaches_eight_classrooms_and_every_frame_decodes() {
         "--kind",
         "video",
     ]);
-    let subscribers: Vec<Subscriber> = (0..8_u16)
+    let subscribers: Vec<Viewer> = (0..8_u16)
         .map(|i| {
             let port = 6000 + 2 * i;
             let name = format!("class-{i}");
@@ -221,11 +118,19 @@ fn a_surgery_camera_reaches_eight_classrooms_and_every_frame_decodes() {
                 &format!("10.77.0.21:{port}"),
             ]);
             s.room(&["subscribe", "surgery", &name, "video"]);
-            Subscriber::start(&s.lab, Host::Peer, port)
+            Viewer::start(&s.lab, Host::Peer, port, SSRC).unwrap()
         })
         .collect();
 
-    publish(&s.lab, port_of(&cam));
+    camera(
+        &s.lab,
+        Host::ClientA,
+        Host::Relay.ipv4().into(),
+        port_of(&cam),
+        SSRC,
+        FRAMES,
+    )
+    .unwrap();
     let decoded: Vec<usize> = subscribers.iter().map(|sub| sub.decoded(FRAMES)).collect();
     let room = s.room(&["show", "surgery"]);
     let (_, log) = s.relay.stop_logged(Signal::SIGTERM);

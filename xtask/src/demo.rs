@@ -5,8 +5,10 @@
 //! its `eth0`. coturn's own client, turnutils_uclient, runs TURN sessions from client A to
 //! turnutils_peer on the peer host, which echoes everything back: audio-sized packets over
 //! UDP with channels, over TCP with Send indications (a firewall that passes only TCP), and
-//! over IPv6. Then client B writes frames onto the wire that no stack would send. The
-//! relay's XDP counters on exit say what the kernel saw.
+//! over IPv6. Then a room: a GStreamer camera on client A (SRTP VP8, as an operating
+//! room's encoder would send it) reaches three GStreamer classrooms, set up with `relay
+//! room` over the control API. Then client B writes frames onto the wire that no stack
+//! would send. The relay's XDP counters on exit say what the kernel saw.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _},
@@ -23,7 +25,7 @@ use nix::{
     unistd::Pid,
 };
 use xtask::{
-    coturn,
+    coturn, gstreamer,
     lab::{Background, Host, Lab},
 };
 
@@ -32,6 +34,11 @@ const PEER_PORT: u16 = 3480;
 const CLIENTS: u32 = 2;
 const PACKETS: u32 = 250;
 const BROKEN_FRAMES: u32 = 5;
+/// The room's camera: 3 s of video at 30 fps.
+const FRAMES: usize = 90;
+const CAMERA_SSRC: u32 = 0x5eed;
+/// The control API, on the relay host's loopback.
+const API: &str = "http://127.0.0.1:8080";
 
 /// Each session: 2 clients x 250 packets of 172 bytes (RTP + 160 bytes of G.711), one
 /// every 20 ms: 5 s of a call each way.
@@ -57,8 +64,11 @@ pub(crate) fn run(relay: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("relay.toml");
     std::fs::write(&config, CONFIG)?;
-    // It holds passwords: its owner's only.
+    // It holds passwords: its owner's only; so does the control API's token.
     std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let token = dir.join("api-token");
+    std::fs::write(&token, format!("demo-{}\n", std::process::id()))?;
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let result = demo(&lab, relay, &config);
     let _ = std::fs::remove_dir_all(&dir);
     result
@@ -88,7 +98,9 @@ fn demo(lab: &Lab, relay: &std::path::Path, config: &std::path::Path) -> anyhow:
     );
     let mut child = Background(
         lab.command(Host::Relay, relay.to_str().context("non-UTF-8 path")?)
-            .args(["run", "--config"])
+            .args(["run", "--api-listen", "127.0.0.1:8080", "--api-token-file"])
+            .arg(config.with_file_name("api-token"))
+            .arg("--config")
             .arg(config)
             .arg("--state-dir")
             .arg(config.parent().context("config in a directory")?)
@@ -119,6 +131,7 @@ fn demo(lab: &Lab, relay: &std::path::Path, config: &std::path::Path) -> anyhow:
     let started = Instant::now();
     let sessions = sessions(lab)?;
     drop(peer);
+    let room = room(lab, relay, &config.with_file_name("api-token"))?;
 
     // A datagram sent after the broken frames on the same path arrives after XDP has judged
     // them: wait for it instead of guessing how long that takes.
@@ -146,7 +159,94 @@ fn demo(lab: &Lab, relay: &std::path::Path, config: &std::path::Path) -> anyhow:
     if !status.success() {
         bail!("relay exited with {status}");
     }
-    report(&sessions, &table, &mode, elapsed)
+    report(&sessions, &room, &table, &mode, elapsed)
+}
+
+/// What the room's classrooms decoded, and the room as `relay room show` printed it.
+struct Room {
+    decoded: Vec<(&'static str, usize)>,
+    shown: String,
+}
+
+/// A room through the control API: a camera on client A, three classrooms (two on the
+/// peer host, one on client B), each a GStreamer pipeline.
+fn room(lab: &Lab, relay: &std::path::Path, token: &std::path::Path) -> anyhow::Result<Room> {
+    let relay = relay.to_str().context("non-UTF-8 path")?;
+    let token = token.to_str().context("non-UTF-8 path")?;
+    let cli = |args: &[&str], json: bool| -> anyhow::Result<String> {
+        println!("demo: relay room {}", args.join(" "));
+        let mut command = lab.command(Host::Relay, relay);
+        command.args(["room", "--api", API, "--token-file", token]);
+        if json {
+            command.arg("--json");
+        }
+        let out = command.args(args).output()?;
+        if !out.status.success() {
+            bail!(
+                "relay room {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    cli(&["create", "surgery"], false)?;
+    let cam = cli(&["endpoint", "add", "surgery", "cam"], true)?;
+    // The endpoint's address on the relay, from the API's JSON.
+    let cam: serde_json::Value = serde_json::from_str(&cam)?;
+    let cam_port = cam["local"]
+        .as_str()
+        .and_then(|addr| addr.parse::<SocketAddr>().ok())
+        .map(|addr| addr.port())
+        .context("no local address for the camera")?;
+    let ssrc = CAMERA_SSRC.to_string();
+    cli(
+        &[
+            "track",
+            "add",
+            "surgery",
+            "video",
+            "--endpoint",
+            "cam",
+            "--ssrc",
+            &ssrc,
+            "--kind",
+            "video",
+        ],
+        false,
+    )?;
+    let classrooms = [
+        ("class-1", Host::Peer, 6000),
+        ("class-2", Host::Peer, 6002),
+        ("class-3", Host::ClientB, 6000),
+    ];
+    let mut viewers = Vec::new();
+    for (name, host, port) in classrooms {
+        let remote = format!("{}:{port}", host.ipv4());
+        cli(
+            &["endpoint", "add", "surgery", name, "--remote", &remote],
+            false,
+        )?;
+        cli(&["subscribe", "surgery", name, "video"], false)?;
+        viewers.push((
+            name,
+            gstreamer::Viewer::start(lab, host, port, CAMERA_SSRC)?,
+        ));
+    }
+    println!("demo: the camera on client A sends {FRAMES} frames of SRTP VP8 to port {cam_port}");
+    gstreamer::camera(
+        lab,
+        Host::ClientA,
+        Host::Relay.ipv4().into(),
+        cam_port,
+        CAMERA_SSRC,
+        FRAMES,
+    )?;
+    let decoded = viewers
+        .iter()
+        .map(|(name, viewer)| (*name, viewer.decoded(FRAMES)))
+        .collect();
+    let shown = cli(&["show", "surgery"], false)?;
+    Ok(Room { decoded, shown })
 }
 
 /// The demo's TURN sessions, one after the other.
@@ -212,7 +312,13 @@ fn session(lab: &Lab, name: &'static str, flags: &[&str]) -> anyhow::Result<Sess
     clippy::cast_precision_loss,
     reason = "packet counts far below 2^52, for a percentage"
 )]
-fn report(sessions: &[Session], table: &str, mode: &str, elapsed: Duration) -> anyhow::Result<()> {
+fn report(
+    sessions: &[Session],
+    room: &Room,
+    table: &str,
+    mode: &str,
+    elapsed: Duration,
+) -> anyhow::Result<()> {
     let count = |verdict: &str| -> (u64, u64) {
         table
             .lines()
@@ -238,6 +344,14 @@ fn report(sessions: &[Session], table: &str, mode: &str, elapsed: Duration) -> a
         );
         ok &= s.report.is_clean(&SESSION);
     }
+    println!(
+        "- Room \"surgery\": a GStreamer camera on client A sent {FRAMES} frames of SRTP VP8 to its port on Relay (latched from its first packet); Relay handed every packet, bytes untouched, to the three classrooms that subscribe, each a GStreamer pipeline decoding with the room's key, which Relay never held:"
+    );
+    for (name, decoded) in &room.decoded {
+        println!("  {name} decoded {decoded} of {FRAMES} frames;");
+        ok &= *decoded == FRAMES;
+    }
+    println!("  `relay room show surgery` said:\n{}", indent(&room.shown));
     let (udp4, udp4_bytes) = count("udp4");
     let (udp6, udp6_bytes) = count("udp6");
     let (other, _) = count("other-ip");
@@ -252,7 +366,7 @@ fn report(sessions: &[Session], table: &str, mode: &str, elapsed: Duration) -> a
         100.0 * forwarded as f64 / channel_packets as f64
     );
     println!(
-        "  {udp4} IPv4/UDP ({udp4_bytes} bytes) and {udp6} IPv6/UDP ({udp6_bytes} bytes) went up to the relay: STUN/TURN signalling and the TCP session's peer side;"
+        "  {udp4} IPv4/UDP ({udp4_bytes} bytes) and {udp6} IPv6/UDP ({udp6_bytes} bytes) went up to the relay: STUN/TURN signalling, the TCP session's peer side, and the room's media (rooms forward in userspace for now);"
     );
     println!("  {other} other IP frames (the TCP session, neighbour discovery) passed.");
     println!(

@@ -1,4 +1,5 @@
 //! Shared by the `cargo xtask` commands and Relay's integration tests.
 
 pub mod coturn;
+pub mod gstreamer;
 pub mod lab;
