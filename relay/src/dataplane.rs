@@ -286,7 +286,7 @@ impl Dataplane {
         }
         let mut ebpf = loader.load(XDP_OBJECT)?;
         let program = xdp(&mut ebpf, PROGRAM)?;
-        program.load().map_err(DataplaneError::Verify)?;
+        verify(program)?;
         let path = pins.program();
         // The previous run's program stays alive while its link holds it.
         let _ = std::fs::remove_file(&path);
@@ -676,10 +676,25 @@ fn load_program(name: &'static str) -> Result<Ebpf, DataplaneError> {
         return Err(DataplaneError::NotBuilt);
     }
     let mut ebpf = Ebpf::load(XDP_OBJECT)?;
-    xdp(&mut ebpf, name)?
-        .load()
-        .map_err(DataplaneError::Verify)?;
+    verify(xdp(&mut ebpf, name)?)?;
     Ok(ebpf)
+}
+
+/// Loads `program` into the kernel. The verifier gives up with EAGAIN when a signal is
+/// pending for the loading thread (a child exiting, say): that is no verdict on the
+/// program, so the load is tried again, as libbpf does, a few times.
+fn verify(program: &mut Xdp) -> Result<(), DataplaneError> {
+    let mut tries = 0;
+    loop {
+        match program.load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && tries < 5 =>
+            {
+                tries += 1;
+            }
+            result => return result.map_err(DataplaneError::Verify),
+        }
+    }
 }
 
 fn xdp<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DataplaneError> {

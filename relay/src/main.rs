@@ -102,10 +102,13 @@ fn down(instance: &str, state_dir: Option<&Path>) -> anyhow::Result<()> {
     for line in restore_host_changes(&HostChanges::file(&state))? {
         println!("{line}");
     }
-    match std::fs::remove_file(&state) {
-        Ok(()) => println!("removed the allocation state {}", state.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing {}", state.display())),
+    let rooms = relay::room::RoomsSnapshot::file(&state);
+    for (file, what) in [(&state, "the allocation state"), (&rooms, "the rooms")] {
+        match std::fs::remove_file(file) {
+            Ok(()) => println!("removed {what} {}", file.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", file.display())),
+        }
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::{
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use support::{RunningRelay, TempDir, exit_figures};
+use support::{RunningRelay, TempDir, exit_figures, lab_relay_args};
 use xtask::{
     gstreamer::{Viewer, camera},
     lab::{Host, Lab},
@@ -22,36 +22,43 @@ const API: &str = "http://10.77.0.1:8080";
 const SSRC: u32 = 0x1234;
 const FRAMES: usize = 90;
 
-/// The relay with its control API, and the token file `relay room` reads.
+/// The relay with its control API, the token file `relay room` reads (in the relay's
+/// state directory, which outlives a restart).
 struct Setup {
     lab: Lab,
     relay: RunningRelay,
-    token: TempDir,
+    dir: TempDir,
 }
 
 impl Setup {
     fn new(prefix: &str) -> Self {
         let lab = Lab::up(prefix).unwrap();
-        let token = TempDir::new(&format!("{prefix}-token"));
-        let file = token.0.join("token");
+        let dir = TempDir::new(&format!("{prefix}-state"));
+        let file = dir.0.join("token");
         std::fs::write(&file, "lab-token-0123456789\n").unwrap();
         std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
-        let relay = RunningRelay::in_lab(
-            &lab,
-            &[
-                "--api-listen",
-                "10.77.0.1:8080",
-                "--api-token-file",
-                file.to_str().unwrap(),
-            ],
-        );
-        Self { lab, relay, token }
+        let relay = Self::start(&lab, &dir);
+        Self { lab, relay, dir }
+    }
+
+    fn start(lab: &Lab, dir: &TempDir) -> RunningRelay {
+        let token = dir.0.join("token");
+        let args = lab_relay_args(&[
+            "--api-listen",
+            "10.77.0.1:8080",
+            "--api-token-file",
+            token.to_str().unwrap(),
+            "--state-dir",
+            dir.0.to_str().unwrap(),
+        ]);
+        let relay = lab.command(Host::Relay, env!("CARGO_BIN_EXE_relay"));
+        RunningRelay::start_command(relay, &args, "TURN on")
     }
 
     /// `relay room --json ARGS` from client A; its JSON answer.
     fn room(&self, args: &[&str]) -> Value {
-        let token = self.token.0.join("token");
+        let token = self.dir.0.join("token");
         let out = self
             .lab
             .command(Host::ClientA, env!("CARGO_BIN_EXE_relay"))
@@ -156,6 +163,12 @@ fn a_surgery_camera_reaches_eight_classrooms_and_every_frame_decodes() {
     }
 }
 
+/// A UDP socket bound to `addr` in `host`'s namespace.
+fn socket(lab: &Lab, host: Host, addr: &str) -> UdpSocket {
+    lab.in_netns(host, || UdpSocket::bind(addr).unwrap())
+        .unwrap()
+}
+
 /// An RTP header, then bytes that stand for an SRTP payload and tag.
 fn packet(ssrc: u32, seq: u16) -> Vec<u8> {
     let mut p = vec![0x80, 96];
@@ -208,22 +221,9 @@ fn subscriptions_choose_ssrcs_and_bytes_pass_untouched() {
     s.room(&["subscribe", "class", "pupil", "mic"]);
     s.room(&["subscribe", "class", "pupil", "board"]);
 
-    let camera = s
-        .lab
-        .in_netns(Host::ClientA, || {
-            UdpSocket::bind("10.77.0.11:5004").unwrap()
-        })
-        .unwrap();
-    let stranger = s
-        .lab
-        .in_netns(Host::ClientB, || {
-            UdpSocket::bind("10.77.0.12:5004").unwrap()
-        })
-        .unwrap();
-    let pupil = s
-        .lab
-        .in_netns(Host::Peer, || UdpSocket::bind("10.77.0.21:7000").unwrap())
-        .unwrap();
+    let camera = socket(&s.lab, Host::ClientA, "10.77.0.11:5004");
+    let stranger = socket(&s.lab, Host::ClientB, "10.77.0.12:5004");
+    let pupil = socket(&s.lab, Host::Peer, "10.77.0.21:7000");
     pupil
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
@@ -270,4 +270,65 @@ fn subscriptions_choose_ssrcs_and_bytes_pass_untouched() {
     let (_, log) = s.relay.stop_logged(Signal::SIGTERM);
     let rooms = exit_figures(&log, "rooms at exit: ");
     assert!(rooms.contains(" 3 from a foreign address"), "{rooms}");
+}
+
+/// kill -9 mid-stream: the next relay takes the room up from its state file (ports, the
+/// camera's latched address, the subscription), and the camera's packets reach the
+/// classroom again without a request; a stranger still reaches no one.
+#[test]
+fn a_killed_relay_takes_its_rooms_up_again() {
+    let mut s = Setup::new("rm-restart");
+    s.room(&["create", "ward"]);
+    let cam = s.room(&["endpoint", "add", "ward", "cam"]);
+    let cam_addr: SocketAddr = cam["local"].as_str().unwrap().parse().unwrap();
+    s.room(&[
+        "endpoint",
+        "add",
+        "ward",
+        "tv",
+        "--remote",
+        "10.77.0.21:7000",
+    ]);
+    s.room(&[
+        "track",
+        "add",
+        "ward",
+        "video",
+        "--endpoint",
+        "cam",
+        "--ssrc",
+        "77",
+        "--kind",
+        "video",
+    ]);
+    s.room(&["subscribe", "ward", "tv", "video"]);
+    let camera = socket(&s.lab, Host::ClientA, "10.77.0.11:5004");
+    let stranger = socket(&s.lab, Host::ClientB, "10.77.0.12:5004");
+    let tv = socket(&s.lab, Host::Peer, "10.77.0.21:7000");
+    tv.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0; 2048];
+    camera.send_to(&packet(77, 1), cam_addr).unwrap();
+    assert_eq!(tv.recv(&mut buf).unwrap(), packet(77, 1).len());
+    // The latch is saved within 100 ms of the change: wait until the file says so.
+    let file = s.dir.0.join("default.rooms.json");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&file).is_ok_and(|t| t.contains("10.77.0.11:5004")) {
+        assert!(std::time::Instant::now() < deadline, "rooms never saved");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    s.relay.kill();
+    s.relay = Setup::start(&s.lab, &s.dir);
+    assert!(s.relay.logged("took up 1 saved rooms"));
+    // The stranger first: the camera's port is still latched to the camera.
+    stranger.send_to(&packet(77, 2), cam_addr).unwrap();
+    camera.send_to(&packet(77, 3), cam_addr).unwrap();
+    let n = tv.recv(&mut buf).unwrap();
+    assert_eq!(
+        &buf[..n],
+        &packet(77, 3)[..],
+        "the camera's packet, not the stranger's"
+    );
+    let room = s.room(&["show", "ward"]);
+    assert_eq!(room["subscriptions"][0]["ssrc"], 77);
 }

@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     net::{SocketAddr, UdpSocket},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, mpsc::Sender},
     time::{Duration, Instant},
 };
@@ -30,8 +30,8 @@ use relay_common::police::Limit;
 /// The rate limits: which policer slots each relayed address spends.
 pub(crate) struct Limits {
     pub(crate) policers: Arc<Policers>,
-    pub(crate) slots: Slots,
-    pub(crate) tenants: Vec<Tenant>,
+    slots: Slots,
+    tenants: Vec<Tenant>,
     /// Relayed address -> `[allocation, tenant]` slots (0: none).
     by_relayed: HashMap<SocketAddr, [u32; 2]>,
     /// Relayed addresses per allocation slot, to free it with the last.
@@ -103,6 +103,13 @@ impl Limits {
         }
     }
 
+    /// Each tenant's policer slot, by its index in the configuration.
+    pub(crate) fn tenant_slots(&self) -> Vec<u32> {
+        (0..self.tenants.len())
+            .map(|i| self.slots.tenant(i))
+            .collect()
+    }
+
     fn of(&self, relayed: SocketAddr) -> [u32; 2] {
         self.by_relayed.get(&relayed).copied().unwrap_or_default()
     }
@@ -147,30 +154,32 @@ impl State {
 
     /// The state changed at `now`: write it now, or with whatever else changes until
     /// [`SAVE_EVERY`] after the last write.
-    fn changed(&mut self, now: Instant) {
+    pub(super) fn changed(&mut self, now: Instant) {
         if self.due.is_none() {
             self.due = Some(self.last.map_or(now, |l| (l + SAVE_EVERY).max(now)));
         }
     }
 
-    fn due(&self) -> Option<Instant> {
+    pub(super) const fn due(&self) -> Option<Instant> {
         self.due
     }
 
-    /// Writes the state if a change is due by `now`.
-    fn save_if_due(&mut self, server: &Server, now: Instant) {
+    /// Writes the state with `write` if a change is due by `now`.
+    pub(super) fn save_if_due(
+        &mut self,
+        now: Instant,
+        write: impl FnOnce(&Path) -> std::io::Result<()>,
+    ) {
         if self.due.is_some_and(|d| d <= now) {
-            self.save(server, now);
+            self.save(now, write);
         }
     }
 
-    fn save(&mut self, server: &Server, now: Instant) {
-        // Synchronous: a few KiB per hundred allocations.
-        if let Err(e) = server.snapshot(now).write_atomic(&self.file) {
-            log::warn!(
-                "cannot save the allocation state to {}: {e}",
-                self.file.display()
-            );
+    /// Writes the state with `write` now.
+    pub(super) fn save(&mut self, now: Instant, write: impl FnOnce(&Path) -> std::io::Result<()>) {
+        // Synchronous: a few KiB per hundred allocations or rooms.
+        if let Err(e) = write(&self.file) {
+            log::warn!("cannot save the state to {}: {e}", self.file.display());
         }
         self.due = None;
         self.last = Some(now);
@@ -201,11 +210,8 @@ impl Control {
         state: State,
         commands: Sender<Command>,
         wake: Arc<Wake>,
-        rooms: crate::room::Rooms,
+        rooms: RoomPlane,
     ) -> Self {
-        let tenant_slots = (0..limits.tenants.len())
-            .map(|i| limits.slots.tenant(i))
-            .collect();
         Self {
             server,
             kernel,
@@ -216,17 +222,19 @@ impl Control {
             streams: HashMap::new(),
             held: HashMap::new(),
             no_policer: 0,
-            rooms: RoomPlane::new(rooms, tenant_slots),
+            rooms,
         }
     }
 
     /// Runs until `shutdown` resolves or every event sender is gone; `calls` are the
-    /// control API's requests (none without the API).
+    /// control API's requests (none without the API). Logs `ready` once what a previous
+    /// run saved is served again.
     pub(crate) async fn run(
         mut self,
         mut events: EventReceiver<Event>,
         mut calls: Option<tokio::sync::mpsc::Receiver<Call>>,
         shutdown: impl Future<Output = ()>,
+        ready: &str,
     ) -> Option<Dataplane> {
         tokio::pin!(shutdown);
         // A restored server asks first for its sockets and announces its flows: then the
@@ -241,6 +249,8 @@ impl Control {
                 );
             }
         }
+        // Serving: restored allocations and rooms have their sockets again.
+        log::info!("{ready}");
         loop {
             let deadline = self.server.poll_timeout();
             let rooms_deadline = self.rooms.poll_timeout();
@@ -265,12 +275,16 @@ impl Control {
                     None => calls = None,
                 },
                 () = sleep_until(self.state.due()), if self.state.due().is_some() => {}
+                () = sleep_until(self.rooms.save_due()), if self.rooms.save_due().is_some() => {}
                 () = &mut shutdown => break,
             }
             self.carry_out();
         }
         // The state as it is when the daemon stops, for the next one.
-        self.state.save(&self.server, Instant::now());
+        let now = Instant::now();
+        self.state
+            .save(now, |file| self.server.snapshot(now).write_atomic(file));
+        self.rooms.save();
         let _ = self.commands.send(Command::Stop);
         self.wake.wake();
         log::info!("TURN server at exit: {}", self.server.stats());
@@ -415,7 +429,10 @@ impl Control {
         if self.server.take_dirty() {
             self.state.changed(now);
         }
-        self.state.save_if_due(&self.server, now);
+        let server = &self.server;
+        self.state
+            .save_if_due(now, |file| server.snapshot(now).write_atomic(file));
+        self.rooms.save_if_due(now);
     }
 }
 

@@ -114,7 +114,7 @@ pub async fn serve(
     };
     // Before the ready line: a restored relay says so first.
     let server = start_server(run.turn.clone(), &run.state_file)?;
-    log::info!(
+    let ready = format!(
         "TURN on UDP {:?}, TCP {:?}, TLS {:?}; relaying from {:?} ports {}-{}; realm {:?} ({:?} backend)",
         run.udp,
         run.tcp,
@@ -127,13 +127,19 @@ pub async fn serve(
     );
 
     let kernel = dataplane.map(kernel::Kernel::new);
+    let rooms_file = crate::room::RoomsSnapshot::file(&run.state_file);
     let saved = control::State::new(run.state_file);
-    let rooms = crate::room::Rooms::new(run.rooms.clone(), rand::SeedableRng::from_os_rng());
+    let rooms = rooms::RoomPlane::new(
+        start_rooms(run.rooms.clone(), &rooms_file),
+        limits.tenant_slots(),
+        control::State::new(rooms_file),
+    );
     let dataplane = control::Control::new(server, kernel, limits, saved, commands_tx, wake, rooms)
         .run(
             events_rx,
             api.as_mut().and_then(|a| a.calls.take()),
             shutdown,
+            &ready,
         )
         .await;
     if let Some(api) = api {
@@ -169,6 +175,27 @@ async fn listen_streams(
         tokio::spawn(stream::serve(l, tls, events_tx.clone(), streams));
     }
     Ok(streams)
+}
+
+/// The room core, with the rooms a previous run saved in `file` when there are any (their
+/// ports are bound again and their routes announced on the first turn of the control
+/// task). A file that cannot be read is moved aside, not fatal: the relay starts with no
+/// rooms.
+fn start_rooms(config: crate::room::Config, file: &Path) -> crate::room::Rooms {
+    let rng = rand::SeedableRng::from_os_rng();
+    match crate::room::RoomsSnapshot::read(file) {
+        Ok(Some(snapshot)) => crate::room::Rooms::restore(config, &snapshot, Instant::now(), rng),
+        Ok(None) => crate::room::Rooms::new(config, rng),
+        Err(e) => {
+            let aside = file.with_extension("rooms.json.unreadable");
+            log::warn!(
+                "rooms: cannot take up {e}; starting without rooms (the file is kept as {})",
+                aside.display()
+            );
+            let _ = std::fs::rename(file, &aside);
+            crate::room::Rooms::new(config, rng)
+        }
+    }
 }
 
 /// The control API's server and the requests it hands the control task.

@@ -13,7 +13,7 @@ use std::{
 use tokio::sync::oneshot;
 
 use super::{
-    control::bind_relay,
+    control::{State, bind_relay},
     datapath::Command,
     media::{RoomCommand, RouteCounts},
 };
@@ -46,6 +46,8 @@ pub(crate) struct RoomPlane {
     totals: HashMap<(Source, u32), Totals>,
     /// Policer slot of each tenant, by its index in the configuration.
     tenant_slots: Vec<u32>,
+    /// Where the rooms are saved for a restarted relay.
+    state: State,
 }
 
 /// The views' counters: the routes' totals plus the live routes'.
@@ -90,7 +92,7 @@ impl RouteCounters for Counted<'_> {
 }
 
 impl RoomPlane {
-    pub(crate) fn new(core: Rooms, tenant_slots: Vec<u32>) -> Self {
+    pub(crate) fn new(core: Rooms, tenant_slots: Vec<u32>, state: State) -> Self {
         Self {
             core,
             replies: HashMap::new(),
@@ -98,7 +100,30 @@ impl RoomPlane {
             routes: HashMap::new(),
             totals: HashMap::new(),
             tenant_slots,
+            state,
         }
+    }
+
+    /// When the rooms' changes are due to be written.
+    pub(crate) const fn save_due(&self) -> Option<Instant> {
+        self.state.due()
+    }
+
+    /// Writes the rooms if they changed and a write is due.
+    pub(crate) fn save_if_due(&mut self, now: Instant) {
+        if self.core.take_dirty() {
+            self.state.changed(now);
+        }
+        let core = &self.core;
+        self.state
+            .save_if_due(now, |file| core.snapshot().write_atomic(file));
+    }
+
+    /// Writes the rooms now (the relay is stopping).
+    pub(crate) fn save(&mut self) {
+        let core = &self.core;
+        self.state
+            .save(Instant::now(), |file| core.snapshot().write_atomic(file));
     }
 
     pub(crate) fn on_call(&mut self, now: Instant, (request, reply): Call) {

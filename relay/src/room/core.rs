@@ -21,6 +21,9 @@ use super::api::{
     ApiError, Counters, EndpointPatch, EndpointSpec, EndpointView, MediaKind, Request, Response,
     RoomSpec, RoomSummary, RoomView, SubscriptionSpec, SubscriptionView, TrackSpec, TrackView,
 };
+use super::snapshot::{
+    self, RoomsSnapshot, SavedEndpoint, SavedRoom, SavedSubscription, SavedTrack,
+};
 use crate::{
     rtp::{self, Packet},
     turn::ports::PortPool,
@@ -308,6 +311,10 @@ pub struct Rooms {
     /// Every endpoint's local addresses (RTP and RTCP) -> (room, endpoint).
     by_local: HashMap<SocketAddr, (String, String)>,
     pending: HashMap<u64, PendingEndpoint>,
+    /// Endpoints of a restored room waiting for their sockets: (room, endpoint).
+    restoring: HashMap<u64, (String, String)>,
+    /// Whether anything worth saving changed since [`Rooms::take_dirty`].
+    dirty: bool,
     next_id: u64,
     next_order: u64,
     next_sweep: Option<Instant>,
@@ -339,6 +346,8 @@ impl Rooms {
             named: BTreeMap::new(),
             by_local: HashMap::new(),
             pending: HashMap::new(),
+            restoring: HashMap::new(),
+            dirty: false,
             next_id: 1,
             next_order: 0,
             next_sweep: None,
@@ -374,6 +383,7 @@ impl Rooms {
         request: Request,
         counters: &dyn RouteCounters,
     ) {
+        let mutates = !matches!(request, Request::ListRooms | Request::GetRoom { .. });
         let result = match request {
             Request::CreateRoom(spec) => self.create_room(spec, counters),
             Request::ListRooms => Ok(Response::Rooms(self.list())),
@@ -411,6 +421,7 @@ impl Rooms {
                 track,
             } => self.unsubscribe(&room, &endpoint, &track),
         };
+        self.dirty |= result.is_ok() && mutates;
         self.outputs.push_back(Output::Reply { call, result });
     }
 
@@ -578,9 +589,32 @@ impl Rooms {
 
     /// The sockets of [`Output::Bind`] `id` are open (or could not be).
     pub fn bound(&mut self, now: Instant, id: u64, result: std::io::Result<()>) {
+        if let Some((room, name)) = self.restoring.remove(&id) {
+            if let Err(e) = result {
+                log::warn!(
+                    "room {room:?}: endpoint {name:?} dropped: its port cannot be bound again: {e}"
+                );
+                let addrs: Vec<SocketAddr> = self
+                    .by_local
+                    .iter()
+                    .filter(|(_, (r, e))| *r == room && *e == name)
+                    .map(|(a, _)| *a)
+                    .collect();
+                let _ = self.delete_endpoint(now, &room, &name);
+                // Its sockets never opened: nothing to close, the ports free at once.
+                self.outputs
+                    .retain(|o| !matches!(o, Output::Release { addr } if addrs.contains(addr)));
+                for addr in addrs {
+                    self.ports.free(addr);
+                }
+                self.dirty = true;
+            }
+            return;
+        }
         let Some(p) = self.pending.remove(&id) else {
             return;
         };
+        self.dirty = true;
         let addrs: Vec<SocketAddr> = std::iter::once(p.local).chain(p.local_rtcp).collect();
         let result = match (result, self.named.get_mut(&p.room)) {
             (Err(e), _) => {
@@ -989,6 +1023,7 @@ impl Rooms {
             .expect("checked above")
             .last_seen = now;
         if relatched {
+            self.dirty = true;
             log::info!("room {room_name:?}: endpoint {name:?} latched to {remote}");
             self.sync_routes(&room_name);
         }
@@ -1138,6 +1173,7 @@ impl Rooms {
         for (room, name) in idle {
             log::info!("room {room:?}: endpoint {name:?} removed, idle");
             self.stats.expired += 1;
+            self.dirty = true;
             let _ = self.delete_endpoint(now, &room, &name);
         }
         let any = self
@@ -1155,6 +1191,152 @@ impl Rooms {
                 .iter()
                 .map(move |((from, ssrc), route)| (name.as_str(), *from, *ssrc, route))
         })
+    }
+
+    /// Whether the rooms changed since the last call (and should be saved).
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Everything a restarted relay needs to take the rooms up.
+    pub fn snapshot(&self) -> RoomsSnapshot {
+        let rooms = self
+            .named
+            .iter()
+            .map(|(name, r)| SavedRoom {
+                name: name.clone(),
+                tenant: r.tenant.clone(),
+                max_endpoints: r.max_endpoints,
+                max_bitrate_bps: r.max_bitrate_bps,
+                endpoints: r
+                    .endpoints
+                    .iter()
+                    .map(|(name, e)| SavedEndpoint {
+                        name: name.clone(),
+                        local: e.local,
+                        local_rtcp: e.local_rtcp,
+                        remote: e.remote,
+                        remote_rtcp: e.remote_rtcp,
+                        latched: e.latched,
+                        latched_ssrc: e.latched_ssrc,
+                        relatch: e.relatch,
+                        audio_only: e.audio_only,
+                        idle_timeout_secs: e.idle_timeout.as_secs(),
+                    })
+                    .collect(),
+                tracks: r
+                    .tracks
+                    .iter()
+                    .map(|(name, t)| SavedTrack {
+                        name: name.clone(),
+                        endpoint: t.endpoint.clone(),
+                        ssrc: t.ssrc,
+                        kind: t.kind,
+                        source: t.source.clone(),
+                        layer: t.layer.clone(),
+                        order: t.order,
+                    })
+                    .collect(),
+                subscriptions: r
+                    .subscriptions
+                    .iter()
+                    .map(|((endpoint, track), sub)| SavedSubscription {
+                        endpoint: endpoint.clone(),
+                        track: track.clone(),
+                        layer: sub.layer.clone(),
+                        paused: sub.paused,
+                    })
+                    .collect(),
+            })
+            .collect();
+        RoomsSnapshot {
+            version: snapshot::VERSION,
+            rooms,
+        }
+    }
+
+    /// The rooms of `snapshot`, taken up at `now`: their endpoints' ports are asked for
+    /// again ([`Output::Bind`]; one that cannot be bound is dropped with a log line) and
+    /// their routes announced, so media flows again without a request.
+    pub fn restore(config: Config, snapshot: &RoomsSnapshot, now: Instant, rng: StdRng) -> Self {
+        let mut rooms = Self::new(config, rng);
+        for saved in &snapshot.rooms {
+            let mut room = Room {
+                tenant: saved.tenant.clone(),
+                max_endpoints: saved.max_endpoints,
+                max_bitrate_bps: saved.max_bitrate_bps,
+                endpoints: BTreeMap::new(),
+                tracks: BTreeMap::new(),
+                subscriptions: BTreeMap::new(),
+                routes: BTreeMap::new(),
+            };
+            for e in &saved.endpoints {
+                let addrs: Vec<SocketAddr> = std::iter::once(e.local).chain(e.local_rtcp).collect();
+                for a in &addrs {
+                    rooms.ports.take(*a);
+                    rooms
+                        .by_local
+                        .insert(*a, (saved.name.clone(), e.name.clone()));
+                }
+                let id = rooms.next_id;
+                rooms.next_id += 1;
+                rooms
+                    .restoring
+                    .insert(id, (saved.name.clone(), e.name.clone()));
+                rooms.outputs.push_back(Output::Bind { id, addrs });
+                room.endpoints.insert(
+                    e.name.clone(),
+                    Endpoint {
+                        local: e.local,
+                        local_rtcp: e.local_rtcp,
+                        remote: e.remote,
+                        remote_rtcp: e.remote_rtcp,
+                        latched: e.latched,
+                        latched_ssrc: e.latched_ssrc,
+                        relatch: e.relatch,
+                        audio_only: e.audio_only,
+                        idle_timeout: Duration::from_secs(e.idle_timeout_secs),
+                        last_seen: now,
+                        opaque_rtcp_at: HashMap::new(),
+                    },
+                );
+                if e.idle_timeout_secs > 0 {
+                    rooms.next_sweep = Some(now + SWEEP_EVERY);
+                }
+            }
+            for t in &saved.tracks {
+                rooms.next_order = rooms.next_order.max(t.order + 1);
+                room.tracks.insert(
+                    t.name.clone(),
+                    Track {
+                        endpoint: t.endpoint.clone(),
+                        ssrc: t.ssrc,
+                        kind: t.kind,
+                        source: t.source.clone(),
+                        layer: t.layer.clone(),
+                        order: t.order,
+                        keyframe_requested: None,
+                        received: Counters::default(),
+                    },
+                );
+            }
+            for sub in &saved.subscriptions {
+                room.subscriptions.insert(
+                    (sub.endpoint.clone(), sub.track.clone()),
+                    Subscription {
+                        layer: sub.layer.clone(),
+                        paused: sub.paused,
+                        sent: Counters::default(),
+                    },
+                );
+            }
+            rooms.named.insert(saved.name.clone(), room);
+            rooms.sync_routes(&saved.name);
+        }
+        if !snapshot.rooms.is_empty() {
+            log::info!("rooms: took up {} saved rooms", snapshot.rooms.len());
+        }
+        rooms
     }
 
     /// The room's `max_bitrate_bps`, for its policer.

@@ -4,7 +4,9 @@
 
 pub mod api;
 mod core;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 
 pub use core::{Config, Destination, Output, Rooms, Route, RouteCounters, Source, Stats};
+pub use snapshot::RoomsSnapshot;

@@ -752,3 +752,66 @@ fn idle_endpoints_expire_and_take_their_routes_with_them() {
     assert_eq!(view.endpoints.len(), 1);
     assert!(view.tracks.is_empty() && view.subscriptions.is_empty());
 }
+
+/// A restarted relay takes the rooms up from their snapshot: the same ports bound again,
+/// latched addresses kept (so a stranger still takes nothing over), the same routes,
+/// without a request; a port that cannot be bound again drops its endpoint alone.
+#[test]
+fn rooms_are_taken_up_after_a_restart() {
+    let mut h = Harness::new();
+    let (cam, a, _) = surgery(&mut h);
+    h.room("ward");
+    let phone = h.endpoint("ward", "phone", None);
+    h.endpoint("ward", "cart", Some("10.77.0.21:7000"));
+    h.track("ward", "voice", "phone", MIC, MediaKind::Audio);
+    h.subscribe("ward", "cart", "voice", None);
+    h.media(phone, "198.51.100.7:31000", &rtp(MIC));
+    assert!(h.rooms.take_dirty());
+    let views = |h: &mut Harness| {
+        ["surgery", "ward"].map(|room| {
+            let Ok(Response::Room(mut view)) = h.call(Request::GetRoom { room: room.into() })
+            else {
+                panic!()
+            };
+            for t in &mut view.tracks {
+                t.received = super::api::Counters::default();
+            }
+            for s in &mut view.subscriptions {
+                s.sent = super::api::Counters::default();
+            }
+            view
+        })
+    };
+    let before = views(&mut h);
+    let routes = h.routes.clone();
+    let json = serde_json::to_string(&h.rooms.snapshot()).unwrap();
+
+    // The process is gone with its sockets; a new one starts from the file.
+    let snapshot: super::RoomsSnapshot = serde_json::from_str(&json).unwrap();
+    h.open.clear();
+    h.routes.clear();
+    h.open.insert(a); // something else took class-a's port meanwhile
+    h.rooms = Rooms::restore(
+        config(),
+        &snapshot,
+        h.now,
+        rand::SeedableRng::seed_from_u64(8),
+    );
+    assert!(h.drain().is_empty());
+    assert!(h.open.contains(&cam) && h.open.contains(&phone));
+    let after = views(&mut h);
+    assert_eq!(after[1], before[1]);
+    let mut expected = before[0].clone();
+    expected.endpoints.retain(|e| e.name != "class-a");
+    expected.subscriptions.retain(|s| s.endpoint != "class-a");
+    assert_eq!(after[0], expected);
+    let mut expected_routes = routes;
+    for route in expected_routes.values_mut() {
+        route.rtp.retain(|d| d.local != a);
+        route.rtcp.retain(|d| d.local != a);
+    }
+    assert_eq!(h.routes, expected_routes);
+    // The phone stays latched: the stranger is still a stranger.
+    h.media(phone, "203.0.113.66:4000", &rtp(MIC));
+    assert_eq!(h.rooms.stats().foreign, 1);
+}

@@ -13,4 +13,4 @@ pub mod tenant;
 mod tests;
 
 pub use server::{ChannelFlow, ClientTuple, Config, Output, Server, Stats, Transport};
-pub use snapshot::{Snapshot, SnapshotError};
+pub use snapshot::{Snapshot, SnapshotError, write_atomic};

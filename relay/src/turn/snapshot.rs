@@ -117,28 +117,8 @@ impl Snapshot {
     /// new one: `path.tmp` (mode 0600: usernames and addresses of clients), fsync, rename,
     /// fsync of the directory.
     pub fn write_atomic(&self, path: &Path) -> io::Result<()> {
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
         let json = serde_json::to_vec(self).map_err(io::Error::other)?;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // `mode` applies only to a new file: one left by a crash keeps whatever it had.
-        file.set_permissions(Permissions::from_mode(0o600))?;
-        file.write_all(&json)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)?;
-        // The rename is durable once the directory is.
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        File::open(dir)?.sync_all()
+        write_atomic(path, &json)
     }
 
     /// Reads a snapshot written by [`Snapshot::write_atomic`]; `None` when there is no file
@@ -219,6 +199,33 @@ mod base64_bytes {
         let len = bytes.len();
         T::try_from(bytes).map_err(|_| D::Error::custom(format!("unexpected length {len}")))
     }
+}
+
+/// Writes `bytes` to `path` so that a crash leaves the old file or the new one, never half
+/// of one: a temporary file, synced, renamed over it, the directory synced; mode 0600 (the
+/// state names users and addresses).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    // `mode` applies only to a new file: one left by a crash keeps whatever it had.
+    file.set_permissions(Permissions::from_mode(0o600))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, path)?;
+    // The rename is durable once the directory is.
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
