@@ -11,8 +11,9 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
+use relay::stun::ChannelData;
 use serde_json::Value;
-use support::{RunningRelay, TempDir, exit_figures, lab_relay_args};
+use support::{RunningRelay, TempDir, channel_client, exit_figures, lab_relay_args};
 use xtask::{
     gstreamer::{Viewer, camera},
     lab::{Host, Lab},
@@ -331,4 +332,73 @@ fn a_killed_relay_takes_its_rooms_up_again() {
     );
     let room = s.room(&["show", "ward"]);
     assert_eq!(room["subscriptions"][0]["ssrc"], 77);
+}
+
+/// Phones behind a firewall that passes only TURN reach a room through Relay's own TURN: a
+/// live room endpoint is a peer their allocation may reach (port-exact). One publishes,
+/// one subscribes (its endpoint latched from the RTCP it sends through its channel);
+/// another port of the relay host stays out of reach.
+#[test]
+fn turn_clients_publish_and_subscribe_through_the_relays_own_turn() {
+    let s = Setup::new("rm-turn");
+    s.room(&["create", "ward"]);
+    let local = |e: &Value| -> SocketAddr { e["local"].as_str().unwrap().parse().unwrap() };
+    let phone_port = local(&s.room(&["endpoint", "add", "ward", "phone"]));
+    let tv_port = local(&s.room(&["endpoint", "add", "ward", "tv"]));
+    s.room(&[
+        "track",
+        "add",
+        "ward",
+        "voice",
+        "--endpoint",
+        "phone",
+        "--ssrc",
+        "88",
+        "--kind",
+        "audio",
+    ]);
+    s.room(&["subscribe", "ward", "tv", "voice"]);
+    let creds = ("alice", "wonderland");
+    let mut phone = channel_client(&s.lab, Host::ClientA, creds, 0x4000, phone_port);
+    let tv = channel_client(&s.lab, Host::ClientB, creds, 0x4001, tv_port);
+    // Not an endpoint: the relay host's other ports stay closed to TURN clients.
+    let other = SocketAddr::new(phone_port.ip(), phone_port.port() ^ 1);
+    assert!(phone.channel_bind(0x4002, other).is_err());
+
+    // The TV's receiver report latches its endpoint to the TV's relayed address.
+    let rr = [0x80, 201, 0, 1, 0, 0, 0, 9];
+    let frame = |channel, data: &[u8]| ChannelData { channel, data }.encode(false);
+    tv.socket()
+        .send_to(&frame(0x4001, &rr), tv.server())
+        .unwrap();
+    let wait_latched = std::time::Instant::now() + Duration::from_secs(5);
+    while s.room(&["show", "ward"])["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["name"] == "tv" && e["remote"].is_null())
+    {
+        assert!(
+            std::time::Instant::now() < wait_latched,
+            "the TV never latched"
+        );
+    }
+    tv.socket()
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = [0; 2048];
+    for seq in 1..=20 {
+        let media = packet(88, seq);
+        phone
+            .socket()
+            .send_to(&frame(0x4000, &media), phone.server())
+            .unwrap();
+        let n = tv.socket().recv(&mut buf).unwrap();
+        let got = ChannelData::decode(&buf[..n]).unwrap();
+        assert_eq!(
+            (got.channel, got.data),
+            (0x4001, &media[..]),
+            "packet {seq}"
+        );
+    }
 }

@@ -421,11 +421,18 @@ impl Control {
             let _ = self.commands.send(command);
             commands += 1;
         }
-        commands += self.rooms.carry_out(&self.commands);
+        let server = &mut self.server;
+        commands += self.rooms.carry_out(&self.commands, &mut |addr, live| {
+            server.room_endpoint(addr, live);
+        });
         if commands > 0 {
             self.wake.wake();
         }
-        let now = Instant::now();
+        self.save_if_due(Instant::now());
+    }
+
+    /// Writes what changed of the allocations and the rooms, when a write is due.
+    fn save_if_due(&mut self, now: Instant) {
         if self.server.take_dirty() {
             self.state.changed(now);
         }

@@ -421,7 +421,10 @@ impl Datapath {
         let now_ns = monotonic_now_ns();
         let permitted = match relay.permissions.get(&peer.ip()) {
             Some((expires_ns, own)) => {
-                *expires_ns > now_ns && (!own || self.relays.contains_key(&peer))
+                *expires_ns > now_ns
+                    && (!own
+                        || self.relays.contains_key(&peer)
+                        || self.media.endpoint(peer).is_some())
             }
             None => false,
         };

@@ -164,7 +164,13 @@ impl RoomPlane {
     }
 
     /// Carries out the core's outputs; returns how many commands went to the data path.
-    pub(crate) fn carry_out(&mut self, commands: &Sender<Command>) -> usize {
+    /// `endpoint` hears of every endpoint port opened (`true`) or closed, for the TURN
+    /// server, whose clients may reach them.
+    pub(crate) fn carry_out(
+        &mut self,
+        commands: &Sender<Command>,
+        endpoint: &mut dyn FnMut(SocketAddr, bool),
+    ) -> usize {
         let mut sent = 0;
         while let Some(output) = self.core.poll_output() {
             let command = match output {
@@ -174,6 +180,7 @@ impl RoomPlane {
                     match sockets.collect::<std::io::Result<Vec<_>>>() {
                         Ok(sockets) => {
                             for (addr, socket) in addrs.into_iter().zip(sockets) {
+                                endpoint(addr, true);
                                 let _ = commands
                                     .send(Command::Room(RoomCommand::AddEndpoint { addr, socket }));
                                 sent += 1;
@@ -185,6 +192,7 @@ impl RoomPlane {
                     continue;
                 }
                 Output::Release { addr } => {
+                    endpoint(addr, false);
                     self.totals.retain(|(from, _), _| from.local != addr);
                     RoomCommand::RemoveEndpoint { addr }
                 }

@@ -11,7 +11,7 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BinaryHeap, HashMap, VecDeque},
+    collections::{BinaryHeap, HashMap, HashSet, VecDeque},
     fmt,
     net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
@@ -244,7 +244,9 @@ pub struct Server {
     by_relayed: HashMap<SocketAddr, ClientTuple>,
     /// Allocations with a channel to a relayed address of this relay (relay/relay), by
     /// that address: when it is released, their flows must go.
-    channels_to: HashMap<SocketAddr, std::collections::HashSet<ClientTuple>>,
+    channels_to: HashMap<SocketAddr, HashSet<ClientTuple>>,
+    /// Ports of media rooms' endpoints on this host: peers a client may reach.
+    room_endpoints: HashSet<SocketAddr>,
     per_user: HashMap<String, usize>,
     ports: PortPool,
     /// Per source prefix, how many unauthenticated answers may still go out.
@@ -290,6 +292,7 @@ impl Server {
             id_of: HashMap::new(),
             by_relayed: HashMap::new(),
             channels_to: HashMap::new(),
+            room_endpoints: HashSet::new(),
             per_user: HashMap::new(),
             reservations: HashMap::new(),
             pending: HashMap::new(),
@@ -784,8 +787,12 @@ impl Server {
         };
         // A channel to a relayed address of this relay that has since been released stays
         // bound (RFC 8656 section 12), but carries nothing: the port may be anyone's now.
-        let (config, by_relayed) = (&self.config, &self.by_relayed);
-        let (up, down) = alloc.sync_flows(now, |peer| reachable(config, by_relayed, peer));
+        let live = LivePorts {
+            by_relayed: &self.by_relayed,
+            room_endpoints: &self.room_endpoints,
+        };
+        let config = &self.config;
+        let (up, down) = alloc.sync_flows(now, |peer| reachable(config, &live, peer));
         // Peers reach every allocation over UDP: its permissions go to the data path
         // whatever the client's transport.
         let (permitted, unpermitted) = alloc.sync_permissions(now);
@@ -1246,12 +1253,29 @@ impl Server {
         Ok(peers)
     }
 
+    fn live_ports(&self) -> LivePorts<'_> {
+        LivePorts {
+            by_relayed: &self.by_relayed,
+            room_endpoints: &self.room_endpoints,
+        }
+    }
+
     fn is_own_relayed(&self, peer: SocketAddr) -> bool {
-        is_own_relayed(&self.config, &self.by_relayed, peer)
+        is_own_relayed(&self.config, &self.live_ports(), peer)
     }
 
     fn reachable(&self, peer: SocketAddr) -> bool {
-        reachable(&self.config, &self.by_relayed, peer)
+        reachable(&self.config, &self.live_ports(), peer)
+    }
+
+    /// A media room's endpoint port opened (`live`) or closed: while open, clients may
+    /// reach it as a peer (port-exact), as they may a relayed address.
+    pub fn room_endpoint(&mut self, addr: SocketAddr, live: bool) {
+        if live {
+            self.room_endpoints.insert(addr);
+        } else {
+            self.room_endpoints.remove(&addr);
+        }
     }
 
     /// RFC 8656 section 9.2: all permissions or none.
@@ -1275,7 +1299,7 @@ impl Server {
             .iter()
             .filter(|p| !alloc.has_permission(p.ip(), now))
             .map(SocketAddr::ip)
-            .collect::<std::collections::HashSet<_>>()
+            .collect::<HashSet<_>>()
             .len();
         if alloc.permissions_live(now) + new > self.config.max_permissions {
             self.stats.over_cap += 1;
@@ -1374,24 +1398,29 @@ impl Server {
 
 /// Whether `peer` is a live relayed address of this relay, as relayed or as advertised (an
 /// external IP).
-fn is_own_relayed(
-    config: &Config,
-    by_relayed: &HashMap<SocketAddr, ClientTuple>,
-    peer: SocketAddr,
-) -> bool {
-    by_relayed.contains_key(&peer)
+fn is_own_relayed(config: &Config, live: &LivePorts<'_>, peer: SocketAddr) -> bool {
+    live.contains(peer)
         || config.external_ips.iter().any(|(relay, ext)| {
-            *ext == peer.ip() && by_relayed.contains_key(&SocketAddr::new(*relay, peer.port()))
+            *ext == peer.ip() && live.contains(SocketAddr::new(*relay, peer.port()))
         })
+}
+
+/// The relay host's ports a client may reach: live relayed addresses, and the endpoints of
+/// media rooms (a phone behind a firewall that passes only TURN reaches its room that way).
+struct LivePorts<'a> {
+    by_relayed: &'a HashMap<SocketAddr, ClientTuple>,
+    room_endpoints: &'a HashSet<SocketAddr>,
+}
+
+impl LivePorts<'_> {
+    fn contains(&self, addr: SocketAddr) -> bool {
+        self.by_relayed.contains_key(&addr) || self.room_endpoints.contains(&addr)
+    }
 }
 
 /// Permissions are by IP (RFC 8656 section 9): on the relay host's own addresses that would
 /// open every port of the host, so there a peer must be a live relayed address, port-exact,
 /// on every datagram both ways.
-fn reachable(
-    config: &Config,
-    by_relayed: &HashMap<SocketAddr, ClientTuple>,
-    peer: SocketAddr,
-) -> bool {
-    !config.peer_policy.is_own(peer.ip()) || is_own_relayed(config, by_relayed, peer)
+fn reachable(config: &Config, live: &LivePorts<'_>, peer: SocketAddr) -> bool {
+    !config.peer_policy.is_own(peer.ip()) || is_own_relayed(config, live, peer)
 }

@@ -1057,6 +1057,33 @@ fn peer_policy_refuses_loopback_and_the_relay_but_allows_its_own_relayed_address
     );
 }
 
+/// A media room's endpoint on the relay host is a peer a client may reach, port-exact,
+/// while it is open: a phone behind a firewall that passes only TURN reaches its room so.
+#[test]
+fn room_endpoints_are_reachable_while_they_are_open() {
+    let mut cfg = config();
+    cfg.peer_policy = PeerPolicy::new(vec![], vec![], own_ips());
+    let mut h = Harness::new(cfg);
+    let mut a = Client::udp("10.77.0.11:40000", "alice", "secret");
+    let relayed = a.allocate(&mut h);
+    let endpoint = addr("10.77.0.1:40002");
+    assert_eq!(error_code(&a.permit(&mut h, endpoint)), Some(403));
+    h.server.room_endpoint(endpoint, true);
+    assert_eq!(a.permit(&mut h, endpoint).class(), Class::Success);
+    assert_eq!(
+        to_peer(&a.send(&mut h, endpoint, b"rtp")),
+        [(relayed, endpoint, b"rtp".to_vec())]
+    );
+    // Port-exact: the permission for the host's IP opens no other port.
+    assert!(to_peer(&a.send(&mut h, addr("10.77.0.1:40004"), b"rtp")).is_empty());
+    assert!(h.history.iter().any(|o| matches!(o,
+        Output::Permit { peer, own: true, .. } if *peer == endpoint.ip())));
+    // Closed, it is the host's own port again.
+    h.server.room_endpoint(endpoint, false);
+    assert!(to_peer(&a.send(&mut h, endpoint, b"rtp")).is_empty());
+    assert_eq!(error_code(&a.permit(&mut h, endpoint)), Some(403));
+}
+
 #[test]
 fn quotas() {
     let mut cfg = config();
