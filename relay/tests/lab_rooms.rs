@@ -164,10 +164,16 @@ fn a_surgery_camera_reaches_eight_classrooms_and_every_frame_decodes() {
     }
 }
 
-/// A UDP socket bound to `addr` in `host`'s namespace.
+/// A UDP socket bound to `addr` in `host`'s namespace, with room for a burst.
 fn socket(lab: &Lab, host: Host, addr: &str) -> UdpSocket {
-    lab.in_netns(host, || UdpSocket::bind(addr).unwrap())
-        .unwrap()
+    lab.in_netns(host, || {
+        let addr: SocketAddr = addr.parse().unwrap();
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        s.set_recv_buffer_size(4 << 20).unwrap();
+        s.bind(&addr.into()).unwrap();
+        UdpSocket::from(s)
+    })
+    .unwrap()
 }
 
 /// An RTP header, then bytes that stand for an SRTP payload and tag.
@@ -401,4 +407,73 @@ fn turn_clients_publish_and_subscribe_through_the_relays_own_turn() {
             "packet {seq}"
         );
     }
+}
+
+/// A room's `max_bitrate_bps` holds its publishers to it (a policer of its own, burst one
+/// second's worth), counted as drops on the track; a room beside it is untouched.
+#[test]
+fn a_rooms_bitrate_limit_holds_and_the_room_beside_it_is_untouched() {
+    const PACKETS: u16 = 100;
+    let s = Setup::new("rm-limit");
+    let mut receivers = Vec::new();
+    for (room, limit, port) in [("small", Some("80000"), 7000), ("big", None, 7002)] {
+        let mut args = vec!["create", room];
+        args.extend(limit.iter().flat_map(|l| ["--max-bitrate", *l]));
+        s.room(&args);
+        let cam = s.room(&[
+            "endpoint",
+            "add",
+            room,
+            "cam",
+            "--remote",
+            &format!("10.77.0.11:{port}"),
+        ]);
+        let tv = format!("10.77.0.21:{port}");
+        s.room(&["endpoint", "add", room, "tv", "--remote", &tv]);
+        s.room(&[
+            "track",
+            "add",
+            room,
+            "video",
+            "--endpoint",
+            "cam",
+            "--ssrc",
+            "5",
+            "--kind",
+            "video",
+        ]);
+        s.room(&["subscribe", room, "tv", "video"]);
+        let camera = socket(&s.lab, Host::ClientA, &format!("10.77.0.11:{port}"));
+        let receiver = socket(&s.lab, Host::Peer, &tv);
+        receiver
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let cam: SocketAddr = cam["local"].as_str().unwrap().parse().unwrap();
+        // 100 packets of 1,000 bytes at once: 800 kbit, ten times what a second of
+        // the small room's limit allows.
+        for seq in 0..PACKETS {
+            let mut p = packet(5, seq);
+            p.resize(1000, 0);
+            camera.send_to(&p, cam).unwrap();
+        }
+        receivers.push((room, receiver));
+    }
+    let mut buf = [0; 2048];
+    let received: Vec<(&str, u16)> = receivers
+        .iter()
+        .map(|(room, r)| {
+            let mut n = 0;
+            while r.recv(&mut buf).is_ok() {
+                n += 1;
+            }
+            (*room, n)
+        })
+        .collect();
+    let small = s.room(&["show", "small"]);
+    let dropped = small["tracks"][0]["received"]["dropped"].as_u64().unwrap();
+    eprintln!("received {received:?}; the small room's track dropped {dropped}");
+    // A second's worth: 10 packets of 1,000 bytes at 80 kbit/s.
+    assert!((9..=11).contains(&received[0].1), "{received:?}");
+    assert_eq!(u64::from(received[0].1) + dropped, u64::from(PACKETS));
+    assert_eq!(received[1], ("big", PACKETS));
 }

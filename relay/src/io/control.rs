@@ -103,6 +103,26 @@ impl Limits {
         }
     }
 
+    /// A slot for a media room's `max_bitrate_bps` (burst: one second's worth); `None` when
+    /// none is left (the room is then refused: a limit that cannot be enforced is not
+    /// granted).
+    pub(crate) fn room_slot(&mut self, bits_per_sec: u64) -> Option<u32> {
+        let slot = self.slots.take()?;
+        self.policers.configure(
+            slot,
+            Limit {
+                packets_per_sec: 0,
+                bits_per_sec,
+                burst_ns: 1_000_000_000,
+            },
+        );
+        Some(slot)
+    }
+
+    pub(crate) fn release_room_slot(&mut self, slot: u32) {
+        self.slots.give_back(slot);
+    }
+
     /// Each tenant's policer slot, by its index in the configuration.
     pub(crate) fn tenant_slots(&self) -> Vec<u32> {
         (0..self.tenants.len())
@@ -270,7 +290,7 @@ impl Control {
                     self.rooms.handle_timeout(Instant::now());
                 }
                 call = recv(&mut calls), if calls.is_some() => match call {
-                    Some(call) => self.rooms.on_call(Instant::now(), call),
+                    Some(call) => self.rooms.on_call(Instant::now(), call, &mut self.limits),
                     // The API server is gone: serve on without it.
                     None => calls = None,
                 },
@@ -422,9 +442,11 @@ impl Control {
             commands += 1;
         }
         let server = &mut self.server;
-        commands += self.rooms.carry_out(&self.commands, &mut |addr, live| {
-            server.room_endpoint(addr, live);
-        });
+        commands += self
+            .rooms
+            .carry_out(&self.commands, &mut self.limits, &mut |addr, live| {
+                server.room_endpoint(addr, live);
+            });
         if commands > 0 {
             self.wake.wake();
         }
@@ -539,6 +561,11 @@ pub(super) fn bind_relay(addr: SocketAddr, dont_fragment: bool) -> std::io::Resu
     if dont_fragment {
         set_dont_fragment(&socket, addr)?;
     }
+    // A video keyframe is a burst of dozens of datagrams on one socket: the default buffer
+    // (208 KiB, each datagram charged its skb's truesize, about twice its length) overflows
+    // at about 90 of 1,000 bytes. As much as the host allows (net.core.rmem_max).
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    let _ = socket.set_send_buffer_size(4 << 20);
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())

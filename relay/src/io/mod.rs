@@ -64,7 +64,7 @@ pub async fn serve(
         Some(d) => d.policers()?,
         None => crate::policers::Policers::own(),
     });
-    let limits = control::Limits::new(Arc::clone(&policers), run.turn.tenants.clone());
+    let mut limits = control::Limits::new(Arc::clone(&policers), run.turn.tenants.clone());
     let mut dp = datapath::Datapath::new(events_tx.clone(), policers);
     let backend = match run.io {
         IoBackend::Mmsg => Err(None),
@@ -131,7 +131,7 @@ pub async fn serve(
     let saved = control::State::new(run.state_file);
     let rooms = rooms::RoomPlane::new(
         start_rooms(run.rooms.clone(), &rooms_file),
-        limits.tenant_slots(),
+        &mut limits,
         control::State::new(rooms_file),
     );
     let dataplane = control::Control::new(server, kernel, limits, saved, commands_tx, wake, rooms)

@@ -13,13 +13,13 @@ use std::{
 use tokio::sync::oneshot;
 
 use super::{
-    control::{State, bind_relay},
+    control::{Limits, State, bind_relay},
     datapath::Command,
     media::{RoomCommand, RouteCounts},
 };
 use crate::room::{
     Destination, Output, Rooms, RouteCounters, Source,
-    api::{ApiError, Call, Counters, Response},
+    api::{ApiError, Call, Counters, Request, Response},
 };
 
 /// A route as the data path holds it, and what it counted.
@@ -48,6 +48,12 @@ pub(crate) struct RoomPlane {
     tenant_slots: Vec<u32>,
     /// Where the rooms are saved for a restarted relay.
     state: State,
+    /// Policer slot of each room with a `max_bitrate_bps`.
+    room_slots: HashMap<String, u32>,
+    /// Calls creating a room with a bitrate limit (its name and slot), or deleting a room,
+    /// until answered.
+    creating: HashMap<u64, (String, u32)>,
+    deleting: HashMap<u64, String>,
 }
 
 /// The views' counters: the routes' totals plus the live routes'.
@@ -92,7 +98,20 @@ impl RouteCounters for Counted<'_> {
 }
 
 impl RoomPlane {
-    pub(crate) fn new(core: Rooms, tenant_slots: Vec<u32>, state: State) -> Self {
+    /// The plane of `core` (a restored one's rooms get their policer slots at once).
+    pub(crate) fn new(core: Rooms, limits: &mut Limits, state: State) -> Self {
+        let mut room_slots = HashMap::new();
+        for (room, bps) in core.bitrate_limits() {
+            match limits.room_slot(bps) {
+                Some(slot) => {
+                    room_slots.insert(room.to_owned(), slot);
+                }
+                None => {
+                    log::warn!("room {room:?}: no policer slot left: its bitrate is not limited")
+                }
+            }
+        }
+        let tenant_slots = limits.tenant_slots();
         Self {
             core,
             replies: HashMap::new(),
@@ -101,6 +120,9 @@ impl RoomPlane {
             totals: HashMap::new(),
             tenant_slots,
             state,
+            room_slots,
+            creating: HashMap::new(),
+            deleting: HashMap::new(),
         }
     }
 
@@ -126,9 +148,30 @@ impl RoomPlane {
             .save(Instant::now(), |file| core.snapshot().write_atomic(file));
     }
 
-    pub(crate) fn on_call(&mut self, now: Instant, (request, reply): Call) {
+    /// A control API call. A room with a bitrate limit needs a policer slot first: without
+    /// one it is refused (507) before the core hears of it.
+    pub(crate) fn on_call(&mut self, now: Instant, (request, reply): Call, limits: &mut Limits) {
         let call = self.next_call;
         self.next_call += 1;
+        match &request {
+            Request::CreateRoom(spec) => {
+                if let Some(bps) = spec.max_bitrate_bps.filter(|b| *b > 0) {
+                    let Some(slot) = limits.room_slot(bps) else {
+                        let _ = reply.send(Err(ApiError::new(
+                            507,
+                            Some("max_bitrate_bps"),
+                            "no policer slot left to enforce it",
+                        )));
+                        return;
+                    };
+                    self.creating.insert(call, (spec.name.clone(), slot));
+                }
+            }
+            Request::DeleteRoom { room } => {
+                self.deleting.insert(call, room.clone());
+            }
+            _ => {}
+        }
         self.replies.insert(call, reply);
         let counted = Counted(&self.routes, &self.totals);
         self.core.handle_call(now, call, request, &counted);
@@ -169,6 +212,7 @@ impl RoomPlane {
     pub(crate) fn carry_out(
         &mut self,
         commands: &Sender<Command>,
+        limits: &mut Limits,
         endpoint: &mut dyn FnMut(SocketAddr, bool),
     ) -> usize {
         let mut sent = 0;
@@ -199,9 +243,9 @@ impl RoomPlane {
                 Output::Route {
                     from,
                     ssrc,
+                    room,
                     tenant,
                     route,
-                    ..
                 } => {
                     self.retire(from, ssrc);
                     let counts = Arc::new(RouteCounts::default());
@@ -220,7 +264,10 @@ impl RoomPlane {
                         from,
                         ssrc,
                         route,
-                        policers: [0, tenant.unwrap_or(0)],
+                        policers: [
+                            self.room_slots.get(&room).copied().unwrap_or(0),
+                            tenant.unwrap_or(0),
+                        ],
                         counts,
                     }
                 }
@@ -234,6 +281,19 @@ impl RoomPlane {
                     data,
                 },
                 Output::Reply { call, result } => {
+                    if let Some((room, slot)) = self.creating.remove(&call) {
+                        if result.is_ok() {
+                            self.room_slots.insert(room, slot);
+                        } else {
+                            limits.release_room_slot(slot);
+                        }
+                    }
+                    if let Some(room) = self.deleting.remove(&call) {
+                        if let Some(slot) = self.room_slots.remove(&room).filter(|_| result.is_ok())
+                        {
+                            limits.release_room_slot(slot);
+                        }
+                    }
                     if let Some(reply) = self.replies.remove(&call) {
                         // The HTTP side may have given up (a timeout): nothing to do.
                         let _ = reply.send(result);

@@ -1339,9 +1339,11 @@ impl Rooms {
         rooms
     }
 
-    /// The room's `max_bitrate_bps`, for its policer.
-    pub fn max_bitrate(&self, room: &str) -> Option<u64> {
-        self.named.get(room).and_then(|r| r.max_bitrate_bps)
+    /// Rooms with a `max_bitrate_bps`, and that limit, for their policers.
+    pub fn bitrate_limits(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.named
+            .iter()
+            .filter_map(|(name, r)| Some((name.as_str(), r.max_bitrate_bps?)))
     }
 }
 
