@@ -107,7 +107,7 @@ impl RoomPlane {
                     room_slots.insert(room.to_owned(), slot);
                 }
                 None => {
-                    log::warn!("room {room:?}: no policer slot left: its bitrate is not limited")
+                    log::warn!("room {room:?}: no policer slot left: its bitrate is not limited");
                 }
             }
         }
