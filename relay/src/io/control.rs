@@ -347,8 +347,30 @@ impl Control {
         }
     }
 
-    /// Drains the server's outputs into commands for the data path and stream writers.
+    /// Carries out what the TURN server and the room core asked for.
     fn carry_out(&mut self) {
+        let mut commands = self.carry_out_turn();
+        let server = &mut self.server;
+        let mut endpoints_changed = false;
+        commands += self
+            .rooms
+            .carry_out(&self.commands, &mut self.limits, &mut |addr, live| {
+                server.room_endpoint(Instant::now(), addr, live);
+                endpoints_changed = true;
+            });
+        // Endpoints opened or closed: the TURN server has flows to announce or withdraw.
+        if endpoints_changed {
+            commands += self.carry_out_turn();
+        }
+        if commands > 0 {
+            self.wake.wake();
+        }
+        self.save_if_due(Instant::now());
+    }
+
+    /// Drains the TURN server's outputs into commands for the data path and stream writers;
+    /// returns how many commands went to the data path.
+    fn carry_out_turn(&mut self) -> usize {
         let mut commands = 0;
         while let Some(output) = self.server.poll_output() {
             let command = match output {
@@ -441,16 +463,7 @@ impl Control {
             let _ = self.commands.send(command);
             commands += 1;
         }
-        let server = &mut self.server;
-        commands += self
-            .rooms
-            .carry_out(&self.commands, &mut self.limits, &mut |addr, live| {
-                server.room_endpoint(addr, live);
-            });
-        if commands > 0 {
-            self.wake.wake();
-        }
-        self.save_if_due(Instant::now());
+        commands
     }
 
     /// Writes what changed of the allocations and the rooms, when a write is due.

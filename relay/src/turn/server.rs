@@ -1269,12 +1269,33 @@ impl Server {
     }
 
     /// A media room's endpoint port opened (`live`) or closed: while open, clients may
-    /// reach it as a peer (port-exact), as they may a relayed address.
-    pub fn room_endpoint(&mut self, addr: SocketAddr, live: bool) {
-        if live {
+    /// reach it as a peer (port-exact), as they may a relayed address. Channels to it get
+    /// their fast-path flows when it opens (a channel restored before its room) and lose
+    /// them when it closes: the port may be another room's next.
+    pub fn room_endpoint(&mut self, now: Instant, addr: SocketAddr, live: bool) {
+        let dependents: Vec<ClientTuple> = if live {
             self.room_endpoints.insert(addr);
+            let bound: Vec<ClientTuple> = self
+                .allocations
+                .iter()
+                .filter(|(_, a)| a.channel_peers().any(|p| p == addr))
+                .map(|(t, _)| *t)
+                .collect();
+            self.channels_to
+                .entry(addr)
+                .or_default()
+                .extend(bound.iter().copied());
+            bound
         } else {
             self.room_endpoints.remove(&addr);
+            self.channels_to
+                .remove(&addr)
+                .into_iter()
+                .flatten()
+                .collect()
+        };
+        for tuple in dependents {
+            self.sync_flows(tuple, now);
         }
     }
 
@@ -1357,7 +1378,7 @@ impl Server {
         }
         alloc.bind(number, peer, now);
         alloc.permit(peer.ip(), now);
-        if self.by_relayed.contains_key(&peer) {
+        if self.by_relayed.contains_key(&peer) || self.room_endpoints.contains(&peer) {
             self.channels_to.entry(peer).or_default().insert(tuple);
         }
         self.dirty = true;

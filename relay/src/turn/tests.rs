@@ -1068,7 +1068,7 @@ fn room_endpoints_are_reachable_while_they_are_open() {
     let relayed = a.allocate(&mut h);
     let endpoint = addr("10.77.0.1:40002");
     assert_eq!(error_code(&a.permit(&mut h, endpoint)), Some(403));
-    h.server.room_endpoint(endpoint, true);
+    h.server.room_endpoint(h.now, endpoint, true);
     assert_eq!(a.permit(&mut h, endpoint).class(), Class::Success);
     assert_eq!(
         to_peer(&a.send(&mut h, endpoint, b"rtp")),
@@ -1078,8 +1078,20 @@ fn room_endpoints_are_reachable_while_they_are_open() {
     assert!(to_peer(&a.send(&mut h, addr("10.77.0.1:40004"), b"rtp")).is_empty());
     assert!(h.history.iter().any(|o| matches!(o,
         Output::Permit { peer, own: true, .. } if *peer == endpoint.ip())));
+    // A channel to it gets a fast-path flow, and loses it when the endpoint closes: the
+    // port may be another room's next.
+    assert_eq!(a.bind(&mut h, 0x4000, endpoint).class(), Class::Success);
+    let flow_to_endpoint = |o: &Output| matches!(o, Output::FlowUp(f, _) if f.peer == endpoint);
+    assert!(h.history.iter().any(flow_to_endpoint));
+    h.history.clear();
     // Closed, it is the host's own port again.
-    h.server.room_endpoint(endpoint, false);
+    h.server.room_endpoint(h.now, endpoint, false);
+    h.drain();
+    assert!(
+        h.history
+            .iter()
+            .any(|o| matches!(o, Output::FlowDown(f) if f.peer == endpoint))
+    );
     assert!(to_peer(&a.send(&mut h, endpoint, b"rtp")).is_empty());
     assert_eq!(error_code(&a.permit(&mut h, endpoint)), Some(403));
 }
