@@ -197,6 +197,8 @@ fn pinned_dataplane(
         if let Attachment::New(mode) = dataplane.attach_pinned(pins, interface, mode)? {
             log::info!("XDP attached to {interface} in {mode} mode");
         }
+        // Room fan-out: the packets XDP marks for several subscribers are cloned in TC.
+        dataplane.attach_fanout_pinned(pins, interface)?;
         dataplane.add_device(interface)?;
         let now = relay::dataplane::enable_forwarding(interface).with_context(|| {
             format!("enabling forwarding on {interface} for the fast path's next-hop lookup")
