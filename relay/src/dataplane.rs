@@ -1055,6 +1055,30 @@ fn flow_key(src: SocketAddr, dst: SocketAddr, channel: u16) -> FlowKey {
     }
 }
 
+/// The key of packets from `from.remote` to the endpoint `from.local` with `ssrc` (RTP
+/// SSRC or RTCP sender SSRC, per `kind`).
+pub(crate) fn route_key(from: crate::room::Source, ssrc: u32, kind: u8) -> RouteKey {
+    RouteKey {
+        local: octets(from.local.ip()),
+        remote: octets(from.remote.ip()),
+        local_port: from.local.port().to_be_bytes(),
+        remote_port: from.remote.port().to_be_bytes(),
+        ssrc: ssrc.to_be_bytes(),
+        family: family(from.local.ip()),
+        kind,
+        pad: [0; 2],
+    }
+}
+
+pub(crate) fn room_destination(d: &crate::room::Destination) -> RoomDestination {
+    RoomDestination {
+        src: octets(d.local.ip()),
+        dst: octets(d.remote.ip()),
+        src_port: d.local.port().to_be_bytes(),
+        dst_port: d.remote.port().to_be_bytes(),
+    }
+}
+
 pub(crate) fn relayed_key(relayed: SocketAddr) -> RelayedKey {
     RelayedKey {
         addr: octets(relayed.ip()),

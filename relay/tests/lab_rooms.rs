@@ -12,71 +12,14 @@ use std::{
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use support::{RunningRelay, TempDir, exit_figures};
+use support::{RoomsRelay, exit_figures};
 use xtask::{
     gstreamer::{Viewer, camera},
-    lab::{Host, Lab},
+    lab::Host,
 };
 
-const API: &str = "http://10.77.0.1:8080";
 const SSRC: u32 = 0x1234;
 const FRAMES: usize = 90;
-
-/// The relay with its control API, and the token file `relay room` reads.
-struct Setup {
-    lab: Lab,
-    relay: RunningRelay,
-    token: TempDir,
-}
-
-impl Setup {
-    fn new(prefix: &str) -> Self {
-        let lab = Lab::up(prefix).unwrap();
-        let token = TempDir::new(&format!("{prefix}-token"));
-        let file = token.0.join("token");
-        std::fs::write(&file, "lab-token-0123456789\n").unwrap();
-        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
-        let relay = RunningRelay::in_lab(
-            &lab,
-            &[
-                "--api-listen",
-                "10.77.0.1:8080",
-                "--api-token-file",
-                file.to_str().unwrap(),
-            ],
-        );
-        Self { lab, relay, token }
-    }
-
-    /// `relay room --json ARGS` from client A; its JSON answer.
-    fn room(&self, args: &[&str]) -> Value {
-        let token = self.token.0.join("token");
-        let out = self
-            .lab
-            .command(Host::ClientA, env!("CARGO_BIN_EXE_relay"))
-            .args([
-                "room",
-                "--api",
-                API,
-                "--token-file",
-                token.to_str().unwrap(),
-                "--json",
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "relay room {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if out.stdout.is_empty() {
-            return Value::Null;
-        }
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
 
 fn port_of(endpoint: &Value) -> u16 {
     endpoint["local"]
@@ -90,7 +33,7 @@ fn port_of(endpoint: &Value) -> u16 {
 /// The model case: one surgery camera, eight classrooms, every frame decoded in each.
 #[test]
 fn a_surgery_camera_reaches_eight_classrooms_and_every_frame_decodes() {
-    let s = Setup::new("rm-surgery");
+    let s = RoomsRelay::new("rm-surgery", &[]);
     s.room(&["create", "surgery"]);
     let cam = s.room(&["endpoint", "add", "surgery", "cam"]);
     s.room(&[
@@ -171,7 +114,7 @@ fn packet(ssrc: u32, seq: u16) -> Vec<u8> {
 /// camera's port first takes nothing over.
 #[test]
 fn subscriptions_choose_ssrcs_and_bytes_pass_untouched() {
-    let s = Setup::new("rm-raw");
+    let s = RoomsRelay::new("rm-raw", &[]);
     s.room(&["create", "class"]);
     let cam = s.room(&["endpoint", "add", "class", "cam"]);
     let cam_addr: SocketAddr = cam["local"].as_str().unwrap().parse().unwrap();

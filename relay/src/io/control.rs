@@ -257,10 +257,10 @@ impl Control {
                     self.server.handle_timeout(Instant::now());
                 }
                 () = sleep_until(rooms_deadline), if rooms_deadline.is_some() => {
-                    self.rooms.handle_timeout(Instant::now());
+                    self.rooms.handle_timeout(Instant::now(), self.kernel.as_ref());
                 }
                 call = recv(&mut calls), if calls.is_some() => match call {
-                    Some(call) => self.rooms.on_call(Instant::now(), call),
+                    Some(call) => self.rooms.on_call(Instant::now(), call, self.kernel.as_ref()),
                     // The API server is gone: serve on without it.
                     None => calls = None,
                 },
@@ -278,10 +278,12 @@ impl Control {
         log::info!(
             "limits at exit: {} allocations refused for want of a policer slot; {} channels \
              left to userspace, the kernel's flow table full; {} relayed addresses left \
-             unguarded in the kernel, its permission table full",
+             unguarded in the kernel, its permission table full; {} room routes left to \
+             userspace",
             self.no_policer,
             self.kernel.as_ref().map_or(0, |k| k.not_installed),
-            self.kernel.as_ref().map_or(0, |k| k.permissions_failed)
+            self.kernel.as_ref().map_or(0, |k| k.permissions_failed),
+            self.kernel.as_ref().map_or(0, |k| k.routes_not_installed)
         );
         self.limits
             .report(self.kernel.as_ref().map(|k| &k.dataplane));
@@ -407,7 +409,7 @@ impl Control {
             let _ = self.commands.send(command);
             commands += 1;
         }
-        commands += self.rooms.carry_out(&self.commands);
+        commands += self.rooms.carry_out(&self.commands, self.kernel.as_mut());
         if commands > 0 {
             self.wake.wake();
         }

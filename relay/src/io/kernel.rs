@@ -1,20 +1,28 @@
 //! The kernel's copy of what its fast path needs, when an XDP program is attached: the
 //! channel flows (and the relay/relay hairpins between them), the relayed addresses and
-//! their permissions.
+//! their permissions, and the room routes (one destination: sent by XDP; several: cloned
+//! by the TC program).
 //!
 //! What cannot be installed fails safe: a channel left out stays in userspace (slower, not
 //! lost); a relayed address whose permission cannot be installed is no longer guarded in
 //! the kernel (its datagrams go up, where the data path checks them).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     net::{IpAddr, SocketAddr},
 };
 
-use relay_common::flow::MAX_FLOWS;
+use relay_common::{
+    flow::MAX_FLOWS,
+    room::{
+        KIND_RTCP, KIND_RTP, MAX_ROOM_ROUTES, MAX_ROUTE_DESTINATIONS, RoomRoute, RouteKey,
+        RouteStats,
+    },
+};
 
 use crate::{
     dataplane::{Dataplane, KernelChannel},
+    room::{Destination, Route, Source},
     turn::ChannelFlow,
 };
 
@@ -35,6 +43,15 @@ pub(crate) struct Kernel {
     pub(crate) not_installed: u64,
     /// Relayed addresses left unguarded because a permission could not be installed.
     pub(crate) permissions_failed: u64,
+    /// Installed room routes by publisher and SSRC: their keys (RTP, RTCP) and slots.
+    room_routes: HashMap<(Source, u32), Vec<(RouteKey, u32)>>,
+    /// Free route slots, the longest free first: a slot is reused as late as possible, so a
+    /// program run that still holds a removed route never reads its successor's
+    /// destinations.
+    free_slots: VecDeque<u32>,
+    /// Room routes (RTP or RTCP of one SSRC) left to userspace: too many destinations,
+    /// families that differ, no slot or map entry left.
+    pub(crate) routes_not_installed: u64,
 }
 
 impl Kernel {
@@ -49,7 +66,119 @@ impl Kernel {
             permissions: HashSet::new(),
             not_installed: 0,
             permissions_failed: 0,
+            room_routes: HashMap::new(),
+            free_slots: (0..MAX_ROOM_ROUTES).collect(),
+            routes_not_installed: 0,
         }
+    }
+
+    /// Installs the room route of `ssrc` from `from` (RTP to `route.rtp`, the publisher's
+    /// RTCP to `route.rtcp`), spending policer slots `[room, tenant]`, or with `None`
+    /// removes it. A route being replaced is removed first, so no packet is sent by both.
+    /// What cannot be installed is left to userspace (counted).
+    pub(crate) fn room_route(
+        &mut self,
+        from: Source,
+        ssrc: u32,
+        route: Option<&Route>,
+        policers: [u32; 2],
+    ) {
+        if let Some(old) = self.room_routes.remove(&(from, ssrc)) {
+            for (key, slot) in old {
+                if let Err(e) = self.dataplane.remove_room_route(&key) {
+                    log::warn!(
+                        "fast path: cannot remove the route of SSRC {ssrc} from {}: {e}",
+                        from.remote
+                    );
+                }
+                self.free_slots.push_back(slot);
+            }
+        }
+        let Some(route) = route else { return };
+        let mut installed = Vec::new();
+        for (kind, to) in [(KIND_RTP, &route.rtp), (KIND_RTCP, &route.rtcp)] {
+            if to.is_empty() {
+                continue;
+            }
+            match self.install_route(from, ssrc, kind, to, policers) {
+                Ok(entry) => installed.push(entry),
+                Err(why) => {
+                    if self.routes_not_installed.is_multiple_of(1000) {
+                        log::warn!(
+                            "fast path: the route of SSRC {ssrc} from {} stays in userspace \
+                             ({why}); {} so far",
+                            from.remote,
+                            self.routes_not_installed + 1
+                        );
+                    }
+                    self.routes_not_installed += 1;
+                }
+            }
+        }
+        if !installed.is_empty() {
+            self.room_routes.insert((from, ssrc), installed);
+        }
+    }
+
+    fn install_route(
+        &mut self,
+        from: Source,
+        ssrc: u32,
+        kind: u8,
+        to: &[Destination],
+        policers: [u32; 2],
+    ) -> Result<(RouteKey, u32), String> {
+        if to.len() > MAX_ROUTE_DESTINATIONS as usize {
+            return Err(format!("more than {MAX_ROUTE_DESTINATIONS} destinations"));
+        }
+        let v4 = from.local.is_ipv4();
+        if from.remote.is_ipv4() != v4
+            || to
+                .iter()
+                .any(|d| d.local.is_ipv4() != v4 || d.remote.is_ipv4() != v4)
+        {
+            return Err("addresses of different families".to_owned());
+        }
+        let slot = self
+            .free_slots
+            .pop_front()
+            .ok_or_else(|| "no route slot left".to_owned())?;
+        let key = crate::dataplane::route_key(from, ssrc, kind);
+        let result = (|| {
+            self.dataplane.reset_route_stats(slot)?;
+            for (i, d) in to.iter().enumerate() {
+                let index = relay_common::room::destination_index(slot, i as u32)
+                    .expect("slot and count checked");
+                self.dataplane
+                    .set_room_destination(index, &crate::dataplane::room_destination(d))?;
+            }
+            let value = RoomRoute {
+                destinations: to.len() as u32,
+                slot,
+                room_policer: policers[0],
+                tenant_policer: policers[1],
+                family: key.family,
+                pad: [0; 7],
+            };
+            self.dataplane.insert_room_route(&key, &value)
+        })();
+        match result {
+            Ok(()) => Ok((key, slot)),
+            Err(e) => {
+                self.free_slots.push_back(slot);
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// What the kernel counted for the route of `ssrc` from `from` (RTP and RTCP together).
+    pub(crate) fn room_route_stats(&self, from: Source, ssrc: u32) -> RouteStats {
+        self.room_routes
+            .get(&(from, ssrc))
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, slot)| self.dataplane.route_stats(*slot).ok())
+            .fold(RouteStats::default(), RouteStats::add)
     }
 
     /// Installs a channel spending the budgets of policer slots `[allocation, tenant]`, or
@@ -269,6 +398,35 @@ impl Kernel {
     /// (what ended while no daemon ran): called once the restored allocations have
     /// announced theirs. Returns how many went.
     pub(crate) fn reconcile(&mut self) -> usize {
+        let mut removed = self.reconcile_rooms();
+        removed += self.reconcile_turn();
+        removed
+    }
+
+    /// Room routes of an adopted data plane that the room core did not announce.
+    fn reconcile_rooms(&mut self) -> usize {
+        let wanted: HashSet<RouteKey> = self
+            .room_routes
+            .values()
+            .flatten()
+            .map(|(key, _)| *key)
+            .collect();
+        let mut removed = 0;
+        match self.dataplane.room_route_keys() {
+            Ok(keys) => {
+                for key in keys.iter().filter(|k| !wanted.contains(k)) {
+                    match self.dataplane.remove_room_route(key) {
+                        Ok(()) => removed += 1,
+                        Err(e) => log::warn!("fast path: cannot remove a stale room route: {e}"),
+                    }
+                }
+            }
+            Err(e) => log::warn!("fast path: cannot list the adopted room routes: {e}"),
+        }
+        removed
+    }
+
+    fn reconcile_turn(&mut self) -> usize {
         let wanted: HashSet<_> = self
             .channels
             .iter()

@@ -257,3 +257,59 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The relay with its control API on 10.77.0.1:8080 (and `extra` arguments), and the
+/// token file `relay room` reads.
+pub(crate) struct RoomsRelay {
+    pub(crate) lab: Lab,
+    pub(crate) relay: RunningRelay,
+    token: TempDir,
+}
+
+impl RoomsRelay {
+    pub(crate) fn new(prefix: &str, extra: &[&str]) -> Self {
+        let lab = Lab::up(prefix).unwrap();
+        let token = TempDir::new(&format!("{prefix}-token"));
+        let file = token.0.join("token");
+        std::fs::write(&file, "lab-token-0123456789\n").unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let mut args = vec![
+            "--api-listen",
+            "10.77.0.1:8080",
+            "--api-token-file",
+            file.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let relay = RunningRelay::in_lab(&lab, &args);
+        Self { lab, relay, token }
+    }
+
+    /// `relay room --json ARGS` from client A; its JSON answer.
+    pub(crate) fn room(&self, args: &[&str]) -> serde_json::Value {
+        let token = self.token.0.join("token");
+        let out = self
+            .lab
+            .command(Host::ClientA, env!("CARGO_BIN_EXE_relay"))
+            .args([
+                "room",
+                "--api",
+                "http://10.77.0.1:8080",
+                "--token-file",
+                token.to_str().unwrap(),
+                "--json",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "relay room {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.stdout.is_empty() {
+            return serde_json::Value::Null;
+        }
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
