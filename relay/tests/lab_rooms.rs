@@ -13,69 +13,16 @@ use std::{
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use support::{RoomsRelay, exit_figures};
-use xtask::{
-    gstreamer::{Viewer, camera},
-    lab::Host,
-};
+use xtask::lab::Host;
 
 const SSRC: u32 = 0x1234;
 const FRAMES: usize = 90;
-
-fn port_of(endpoint: &Value) -> u16 {
-    endpoint["local"]
-        .as_str()
-        .unwrap()
-        .parse::<SocketAddr>()
-        .unwrap()
-        .port()
-}
 
 /// The model case: one surgery camera, eight classrooms, every frame decoded in each.
 #[test]
 fn a_surgery_camera_reaches_eight_classrooms_and_every_frame_decodes() {
     let s = RoomsRelay::new("rm-surgery", &[]);
-    s.room(&["create", "surgery"]);
-    let cam = s.room(&["endpoint", "add", "surgery", "cam"]);
-    s.room(&[
-        "track",
-        "add",
-        "surgery",
-        "video",
-        "--endpoint",
-        "cam",
-        "--ssrc",
-        &SSRC.to_string(),
-        "--kind",
-        "video",
-    ]);
-    let subscribers: Vec<Viewer> = (0..8_u16)
-        .map(|i| {
-            let port = 6000 + 2 * i;
-            let name = format!("class-{i}");
-            s.room(&[
-                "endpoint",
-                "add",
-                "surgery",
-                &name,
-                "--remote",
-                &format!("10.77.0.21:{port}"),
-            ]);
-            s.room(&["subscribe", "surgery", &name, "video"]);
-            Viewer::start(&s.lab, Host::Peer, port, SSRC).unwrap()
-        })
-        .collect();
-
-    camera(
-        &s.lab,
-        Host::ClientA,
-        Host::Relay.ipv4().into(),
-        port_of(&cam),
-        SSRC,
-        FRAMES,
-    )
-    .unwrap();
-    let decoded: Vec<usize> = subscribers.iter().map(|sub| sub.decoded(FRAMES)).collect();
-    let room = s.room(&["show", "surgery"]);
+    let (decoded, room) = s.surgery(SSRC, 8, FRAMES);
     let (_, log) = s.relay.stop_logged(Signal::SIGTERM);
     let summary = format!(
         "decoded {decoded:?} of {FRAMES}\n{}\n{}",

@@ -313,3 +313,60 @@ impl RoomsRelay {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 }
+
+impl RoomsRelay {
+    /// The model case: room "surgery" with a GStreamer SRTP VP8 camera (SSRC `ssrc`, on
+    /// client A) and `classrooms` GStreamer viewers subscribed (on the peer host, ports
+    /// 6000, 6002, ...); the camera sends `frames` frames. Returns the frames each
+    /// classroom decoded and the room as `relay room show` gives it.
+    pub(crate) fn surgery(
+        &self,
+        ssrc: u32,
+        classrooms: u16,
+        frames: usize,
+    ) -> (Vec<usize>, serde_json::Value) {
+        use xtask::gstreamer::{Viewer, camera};
+        self.room(&["create", "surgery"]);
+        let cam = self.room(&["endpoint", "add", "surgery", "cam"]);
+        let ssrc_arg = ssrc.to_string();
+        self.room(&[
+            "track",
+            "add",
+            "surgery",
+            "video",
+            "--endpoint",
+            "cam",
+            "--ssrc",
+            &ssrc_arg,
+            "--kind",
+            "video",
+        ]);
+        let viewers: Vec<Viewer> = (0..classrooms)
+            .map(|i| {
+                let port = 6000 + 2 * i;
+                let name = format!("class-{i}");
+                let remote = format!("10.77.0.21:{port}");
+                self.room(&["endpoint", "add", "surgery", &name, "--remote", &remote]);
+                self.room(&["subscribe", "surgery", &name, "video"]);
+                Viewer::start(&self.lab, Host::Peer, port, ssrc).unwrap()
+            })
+            .collect();
+        let cam_port = cam["local"]
+            .as_str()
+            .unwrap()
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .port();
+        camera(
+            &self.lab,
+            Host::ClientA,
+            Host::Relay.ipv4().into(),
+            cam_port,
+            ssrc,
+            frames,
+        )
+        .unwrap();
+        let decoded = viewers.iter().map(|v| v.decoded(frames)).collect();
+        (decoded, self.room(&["show", "surgery"]))
+    }
+}
