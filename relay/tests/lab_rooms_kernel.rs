@@ -62,7 +62,14 @@ fn drain(socket: &UdpSocket, ssrc: u32) -> Vec<u16> {
 /// Room "ward": a camera (latched) publishing SSRC `SOLO` to one subscriber on client B
 /// and `SHARED` to `FANOUT` on the peer host. Returns the camera's endpoint address and
 /// the subscribers' sockets.
-fn ward(s: &RoomsRelay) -> (SocketAddr, UdpSocket, Vec<UdpSocket>) {
+fn ward(s: &RoomsRelay, v6: bool) -> (SocketAddr, UdpSocket, Vec<UdpSocket>) {
+    let at = |host: Host, port: u16| -> String {
+        if v6 {
+            format!("[{}]:{port}", host.ipv6())
+        } else {
+            format!("{}:{port}", host.ipv4())
+        }
+    };
     s.room(&["create", "ward"]);
     let cam = s.room(&["endpoint", "add", "ward", "cam"]);
     let cam_addr: SocketAddr = cam["local"].as_str().unwrap().parse().unwrap();
@@ -86,10 +93,10 @@ fn ward(s: &RoomsRelay) -> (SocketAddr, UdpSocket, Vec<UdpSocket>) {
         "ward",
         "one",
         "--remote",
-        "10.77.0.12:7000",
+        &at(Host::ClientB, 7000),
     ]);
     s.room(&["subscribe", "ward", "one", "solo"]);
-    let one = receiver(&s.lab, Host::ClientB, "10.77.0.12:7000");
+    let one = receiver(&s.lab, Host::ClientB, &at(Host::ClientB, 7000));
     let many = (0..FANOUT)
         .map(|i| {
             let port = 6000 + 2 * i;
@@ -100,10 +107,10 @@ fn ward(s: &RoomsRelay) -> (SocketAddr, UdpSocket, Vec<UdpSocket>) {
                 "ward",
                 &name,
                 "--remote",
-                &format!("10.77.0.21:{port}"),
+                &at(Host::Peer, port),
             ]);
             s.room(&["subscribe", "ward", &name, "shared"]);
-            receiver(&s.lab, Host::Peer, &format!("10.77.0.21:{port}"))
+            receiver(&s.lab, Host::Peer, &at(Host::Peer, port))
         })
         .collect();
     (cam_addr, one, many)
@@ -111,13 +118,31 @@ fn ward(s: &RoomsRelay) -> (SocketAddr, UdpSocket, Vec<UdpSocket>) {
 
 #[test]
 fn one_subscriber_in_xdp_and_eight_in_tc_with_nothing_lost() {
-    let s = RoomsRelay::new("rk-fanout", &["--interface", "eth0"]);
+    fanout(
+        RoomsRelay::new("rk-fanout", &["--interface", "eth0"]),
+        false,
+    );
+}
+
+#[test]
+fn one_subscriber_in_xdp_and_eight_in_tc_with_nothing_lost_over_ipv6() {
+    fanout(
+        RoomsRelay::ipv6("rk-fanout6", &["--interface", "eth0"]),
+        true,
+    );
+}
+
+fn fanout(s: RoomsRelay, v6: bool) {
     let _switch = xdp_on_switch_port(&s.lab);
-    let (cam_addr, one, many) = ward(&s);
+    let (cam_addr, one, many) = ward(&s, v6);
     let camera = s
         .lab
         .in_netns(Host::ClientA, || {
-            UdpSocket::bind("10.77.0.11:5004").unwrap()
+            if v6 {
+                UdpSocket::bind((Host::ClientA.ipv6(), 5004)).unwrap()
+            } else {
+                UdpSocket::bind((Host::ClientA.ipv4(), 5004)).unwrap()
+            }
         })
         .unwrap();
     // The first packet latches the camera (through the core); its routes then go to the

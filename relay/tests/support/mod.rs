@@ -268,20 +268,44 @@ pub(crate) struct RoomsRelay {
 
 impl RoomsRelay {
     pub(crate) fn new(prefix: &str, extra: &[&str]) -> Self {
+        Self::start(prefix, &lab_relay_args(&[]), extra)
+    }
+
+    /// As [`RoomsRelay::new`], with the relay's IPv6 address its only `--relay-ip`: room
+    /// endpoints are IPv6.
+    pub(crate) fn ipv6(prefix: &str, extra: &[&str]) -> Self {
+        let base = [
+            "run",
+            "--listening-ip",
+            "10.77.0.1",
+            "--listening-ip",
+            "fd77::1",
+            "--relay-ip",
+            "fd77::1",
+            "--realm",
+            "lab",
+            "--user",
+            "alice:wonderland",
+        ];
+        Self::start(prefix, &base, extra)
+    }
+
+    fn start(prefix: &str, base: &[&str], extra: &[&str]) -> Self {
         let lab = Lab::up(prefix).unwrap();
         let token = TempDir::new(&format!("{prefix}-token"));
         let file = token.0.join("token");
         std::fs::write(&file, "lab-token-0123456789\n").unwrap();
         std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
-        let mut args = vec![
+        let mut args = base.to_vec();
+        args.extend([
             "--api-listen",
             "10.77.0.1:8080",
             "--api-token-file",
             file.to_str().unwrap(),
-        ];
+        ]);
         args.extend(extra);
-        let relay = RunningRelay::in_lab(&lab, &args);
+        let relay = RunningRelay::start(&lab, Host::Relay, &args, "TURN on");
         Self { lab, relay, token }
     }
 
