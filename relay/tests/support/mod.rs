@@ -241,6 +241,20 @@ pub(crate) fn xdp_attachment(lab: &Lab, host: Host) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The programs on `eth0`'s TC ingress (tcx) in `host`'s namespace, by name.
+pub(crate) fn tc_ingress_programs(lab: &Lab, host: Host) -> Vec<String> {
+    lab.in_netns(host, || {
+        let (_, programs) =
+            aya::programs::SchedClassifier::query_tcx("eth0", aya::programs::TcAttachType::Ingress)
+                .unwrap();
+        programs
+            .iter()
+            .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+            .collect()
+    })
+    .unwrap()
+}
+
 /// A directory under the system temp dir, removed on drop.
 pub(crate) struct TempDir(pub(crate) std::path::PathBuf);
 
