@@ -235,6 +235,9 @@ pub enum DataplaneError {
 /// The loaded XDP program and its maps. Dropping it detaches the program.
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// Whether the TC fan-out program is attached on every interface XDP is (set by
+    /// [`Dataplane::attach_fanout`] and [`Dataplane::attach_fanout_pinned`]).
+    fanout: Option<bool>,
 }
 
 /// Counters per verdict, summed over all CPUs.
@@ -296,7 +299,7 @@ impl Dataplane {
         classifier(&mut ebpf)?
             .load()
             .map_err(DataplaneError::Verify)?;
-        Ok(Self { ebpf })
+        Ok(Self { ebpf, fanout: None })
     }
 
     /// Loads the program with its maps pinned under `pins`: the maps an earlier run pinned
@@ -326,7 +329,7 @@ impl Dataplane {
         let path = pins.fanout_program();
         let _ = std::fs::remove_file(&path);
         fanout.pin(&path).map_err(pinning(&path))?;
-        Ok((Self { ebpf }, adopted))
+        Ok((Self { ebpf, fanout: None }, adopted))
     }
 
     /// Attaches to `interface` through a pinned link: an earlier run's link there gets this
@@ -369,6 +372,23 @@ impl Dataplane {
         pins: &Pins,
         interface: &str,
     ) -> Result<bool, DataplaneError> {
+        let result = self.attach_fanout_pinned_inner(pins, interface);
+        self.fanout = Some(self.fanout.unwrap_or(true) && result.is_ok());
+        result
+    }
+
+    /// Whether room routes with several destinations can be left to the kernel: the TC
+    /// fan-out program is attached wherever XDP is. When it is not, the daemon keeps such
+    /// routes in userspace (XDP would pass their packets up, policed once already).
+    pub fn fans_out(&self) -> bool {
+        self.fanout == Some(true)
+    }
+
+    fn attach_fanout_pinned_inner(
+        &mut self,
+        pins: &Pins,
+        interface: &str,
+    ) -> Result<bool, DataplaneError> {
         let path = pins.tc_link(interface);
         let program = classifier(&mut self.ebpf)?;
         if let Ok(pinned) = PinnedLink::from_pin(&path) {
@@ -392,7 +412,9 @@ impl Dataplane {
     /// Attaches the room fan-out program to `interface`'s TC ingress, until the data plane
     /// is dropped.
     pub fn attach_fanout(&mut self, interface: &str) -> Result<(), DataplaneError> {
-        attach_fanout(classifier(&mut self.ebpf)?, interface).map(|_| ())
+        let result = attach_fanout(classifier(&mut self.ebpf)?, interface).map(|_| ());
+        self.fanout = Some(self.fanout.unwrap_or(true) && result.is_ok());
+        result
     }
 
     /// Attaches to `interface`, until the data plane is dropped. In `Auto` mode a refusal of

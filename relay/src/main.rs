@@ -198,7 +198,10 @@ fn pinned_dataplane(
             log::info!("XDP attached to {interface} in {mode} mode");
         }
         // Room fan-out: the packets XDP marks for several subscribers are cloned in TC.
-        dataplane.attach_fanout_pinned(pins, interface)?;
+        // Without it such routes stay in userspace (slower, not lost).
+        if let Err(e) = dataplane.attach_fanout_pinned(pins, interface) {
+            log::warn!("{e}: room routes with several subscribers are forwarded in userspace");
+        }
         dataplane.add_device(interface)?;
         let now = relay::dataplane::enable_forwarding(interface).with_context(|| {
             format!("enabling forwarding on {interface} for the fast path's next-hop lookup")

@@ -131,6 +131,9 @@ impl Kernel {
         if to.len() > MAX_ROUTE_DESTINATIONS as usize {
             return Err(format!("more than {MAX_ROUTE_DESTINATIONS} destinations"));
         }
+        if to.len() > 1 && !self.dataplane.fans_out() {
+            return Err("several destinations and no TC fan-out program attached".to_owned());
+        }
         let v4 = from.local.is_ipv4();
         if from.remote.is_ipv4() != v4
             || to
