@@ -537,6 +537,17 @@ impl Dataplane {
         self.keys::<_, RoomRoute>(ROOM_ROUTES_MAP)
     }
 
+    /// The slots of every room route installed: an adopted data plane's are in use until
+    /// the daemon has reconciled them.
+    pub fn room_route_slots(&self) -> Result<Vec<u32>, DataplaneError> {
+        Ok(
+            BpfHashMap::<_, RouteKey, RoomRoute>::try_from(self.map(ROOM_ROUTES_MAP)?)?
+                .iter()
+                .map(|entry| entry.map(|(_, route)| route.slot))
+                .collect::<Result<_, _>>()?,
+        )
+    }
+
     /// The counters of route slot `slot`, summed over CPUs (`last_seen_ns`: the latest).
     pub fn route_stats(&self, slot: u32) -> Result<RouteStats, DataplaneError> {
         let array = PerCpuArray::<_, RouteStats>::try_from(self.map(ROUTE_STATS_MAP)?)?;

@@ -49,6 +49,10 @@ pub(crate) struct Kernel {
     /// program run that still holds a removed route never reads its successor's
     /// destinations.
     free_slots: VecDeque<u32>,
+    /// Slots of an adopted data plane's routes: not reused before [`Kernel::reconcile`]
+    /// has removed or replaced those routes, so that none of them ever sends to a new
+    /// route's destinations.
+    adopted_slots: Vec<u32>,
     /// Room routes (RTP or RTCP of one SSRC) left to userspace: too many destinations,
     /// families that differ, no slot or map entry left.
     pub(crate) routes_not_installed: u64,
@@ -56,6 +60,13 @@ pub(crate) struct Kernel {
 
 impl Kernel {
     pub(crate) fn new(dataplane: Dataplane) -> Self {
+        let adopted_slots = dataplane.room_route_slots().unwrap_or_else(|e| {
+            log::warn!("fast path: cannot list the adopted room routes: {e}");
+            Vec::new()
+        });
+        let free_slots = (0..MAX_ROOM_ROUTES)
+            .filter(|slot| !adopted_slots.contains(slot))
+            .collect();
         Self {
             dataplane,
             channels: HashMap::new(),
@@ -67,7 +78,8 @@ impl Kernel {
             not_installed: 0,
             permissions_failed: 0,
             room_routes: HashMap::new(),
-            free_slots: (0..MAX_ROOM_ROUTES).collect(),
+            free_slots,
+            adopted_slots,
             routes_not_installed: 0,
         }
     }
@@ -426,6 +438,8 @@ impl Kernel {
             }
             Err(e) => log::warn!("fast path: cannot list the adopted room routes: {e}"),
         }
+        // The adopted routes are gone or replaced (their keys now name new slots).
+        self.free_slots.extend(self.adopted_slots.drain(..));
         removed
     }
 
@@ -476,5 +490,102 @@ impl Kernel {
             }
         }
         removed
+    }
+}
+
+/// The room routes' bookkeeping against a real data plane (loaded, not attached: needs
+/// root, as the packet tests do).
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use relay_common::room::{MAX_ROOM_ROUTES, MAX_ROUTE_DESTINATIONS};
+
+    use super::Kernel;
+    use crate::{
+        dataplane::Dataplane,
+        room::{Destination, Route, Source},
+    };
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    const fn source(local: SocketAddr, remote: SocketAddr) -> Source {
+        Source { local, remote }
+    }
+
+    fn destinations(n: u32) -> Vec<Destination> {
+        (0..n)
+            .map(|i| Destination {
+                local: addr("10.0.0.1:40002"),
+                remote: SocketAddr::new("10.0.0.9".parse().unwrap(), 10_000 + i as u16),
+            })
+            .collect()
+    }
+
+    /// A route with `media` RTP and `reports` RTCP destinations.
+    fn route(media: u32, reports: u32) -> Route {
+        Route {
+            rtp: destinations(media),
+            rtcp: destinations(reports),
+        }
+    }
+
+    #[test]
+    fn room_routes_are_replaced_removed_reconciled_and_left_up_when_they_do_not_fit() {
+        let mut kernel = Kernel::new(Dataplane::load().unwrap());
+        let from = source(addr("10.0.0.1:40000"), addr("10.0.0.7:5004"));
+        let installed = |k: &Kernel| k.dataplane.room_route_keys().unwrap().len();
+
+        // RTP and RTCP: two entries.
+        kernel.room_route(from, 7, Some(&route(1, 1)), [0, 0]);
+        assert_eq!(installed(&kernel), 2);
+        // A replacement removes what it replaces.
+        kernel.room_route(from, 7, Some(&route(1, 0)), [0, 0]);
+        assert_eq!(installed(&kernel), 1);
+        // No TC program attached: several destinations stay in userspace; so do more than
+        // the kernel holds, and families that differ.
+        kernel.room_route(from, 8, Some(&route(2, 0)), [0, 0]);
+        kernel.room_route(from, 9, Some(&route(MAX_ROUTE_DESTINATIONS + 1, 0)), [0, 0]);
+        let v6 = Route {
+            rtp: vec![Destination {
+                local: addr("10.0.0.1:40002"),
+                remote: addr("[fd00::9]:6000"),
+            }],
+            rtcp: Vec::new(),
+        };
+        kernel.room_route(from, 10, Some(&v6), [0, 0]);
+        assert_eq!(kernel.routes_not_installed, 3);
+        assert_eq!(installed(&kernel), 1);
+
+        // Slots run out before the map does: the rest stays in userspace, counted.
+        for ssrc in 100..100 + MAX_ROOM_ROUTES {
+            kernel.room_route(from, ssrc, Some(&route(1, 0)), [0, 0]);
+        }
+        assert_eq!(installed(&kernel), MAX_ROOM_ROUTES as usize);
+        assert_eq!(kernel.routes_not_installed, 4);
+        // Removal frees the slot for the next route.
+        kernel.room_route(from, 7, None, [0, 0]);
+        kernel.room_route(from, 11, Some(&route(1, 0)), [0, 0]);
+        assert_eq!(installed(&kernel), MAX_ROOM_ROUTES as usize);
+        assert_eq!(kernel.routes_not_installed, 4);
+
+        // An adopted data plane: its routes keep their slots until reconciled (a route
+        // announced meanwhile takes a free one, never one an adopted route still sends
+        // by), and those the core did not announce go then.
+        for ssrc in 100..100 + MAX_ROOM_ROUTES - 10 {
+            kernel.room_route(from, ssrc, None, [0, 0]);
+        }
+        assert_eq!(installed(&kernel), 10);
+        let mut successor = Kernel::new(kernel.dataplane);
+        successor.room_route(from, 11, Some(&route(1, 0)), [0, 0]);
+        let mut slots = successor.dataplane.room_route_slots().unwrap();
+        slots.sort_unstable();
+        slots.dedup();
+        assert_eq!(slots.len(), 10, "a slot shared: {slots:?}");
+        assert_eq!(successor.reconcile(), 9);
+        assert_eq!(successor.free_slots.len(), MAX_ROOM_ROUTES as usize - 1);
+        assert_eq!(installed(&successor), 1);
     }
 }
