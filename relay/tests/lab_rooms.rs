@@ -22,7 +22,7 @@ const FRAMES: usize = 90;
 #[test]
 fn a_surgery_camera_reaches_eight_classrooms_and_every_frame_decodes() {
     let s = RoomsRelay::new("rm-surgery", &[]);
-    let (decoded, room) = s.surgery(SSRC, 8, FRAMES);
+    let (decoded, room) = s.surgery(SSRC, 8, FRAMES, None);
     let (_, log) = s.relay.stop_logged(Signal::SIGTERM);
     let summary = format!(
         "decoded {decoded:?} of {FRAMES}\n{}\n{}",

@@ -355,17 +355,25 @@ impl RoomsRelay {
 impl RoomsRelay {
     /// The model case: room "surgery" with a GStreamer SRTP VP8 camera (SSRC `ssrc`, on
     /// client A) and `classrooms` GStreamer viewers subscribed (on the peer host, ports
-    /// 6000, 6002, ...); the camera sends `frames` frames. Returns the frames each
-    /// classroom decoded and the room as `relay room show` gives it.
+    /// 6000, 6002, ...); the camera sends `frames` frames, from port `camera_port` when
+    /// given (the endpoint's remote then given too), else from any (the endpoint latched
+    /// from its first packet). Returns the frames each classroom decoded and the room as
+    /// `relay room show` gives it.
     pub(crate) fn surgery(
         &self,
         ssrc: u32,
         classrooms: u16,
         frames: usize,
+        camera_port: Option<u16>,
     ) -> (Vec<usize>, serde_json::Value) {
-        use xtask::gstreamer::{Viewer, camera};
+        use xtask::gstreamer::{Viewer, camera_from};
         self.room(&["create", "surgery"]);
-        let cam = self.room(&["endpoint", "add", "surgery", "cam"]);
+        let remote = camera_port.map(|p| format!("10.77.0.11:{p}"));
+        let mut add = vec!["endpoint", "add", "surgery", "cam"];
+        if let Some(remote) = &remote {
+            add.extend(["--remote", remote.as_str()]);
+        }
+        let cam = self.room(&add);
         let ssrc_arg = ssrc.to_string();
         self.room(&[
             "track",
@@ -395,9 +403,10 @@ impl RoomsRelay {
             .parse::<std::net::SocketAddr>()
             .unwrap()
             .port();
-        camera(
+        camera_from(
             &self.lab,
             Host::ClientA,
+            camera_port.unwrap_or(0),
             Host::Relay.ipv4().into(),
             cam_port,
             ssrc,
