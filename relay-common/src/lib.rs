@@ -18,6 +18,7 @@ pub mod flow;
 pub mod parse;
 pub mod permission;
 pub mod police;
+pub mod room;
 pub mod verdict;
 
 pub use verdict::{Counters, Verdict};

@@ -32,11 +32,15 @@ pub enum Verdict {
     /// 9), or from a port of the relay host's own address that is not a relayed address.
     /// Dropped before it spends any budget: userspace would only drop it too.
     Unpermitted = 8,
+    /// A packet of a room route with several destinations: marked in its XDP metadata and
+    /// passed to the TC program, which sends one copy per destination (`room`). Policed
+    /// already.
+    FanOut = 9,
 }
 
 impl Verdict {
     /// Number of verdicts: the size of the `VERDICTS` map.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
 
     /// Every verdict, in map-index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
@@ -49,6 +53,7 @@ impl Verdict {
         Self::Forwarded,
         Self::OverLimit,
         Self::Unpermitted,
+        Self::FanOut,
     ];
 
     /// Whether the program lets the frame go on to the network stack (`XDP_PASS`) or drops it
@@ -87,6 +92,7 @@ impl Verdict {
             Self::Forwarded => "forwarded",
             Self::OverLimit => "over-limit",
             Self::Unpermitted => "unpermitted",
+            Self::FanOut => "fan-out",
         }
     }
 }

@@ -10,8 +10,9 @@ use aya_ebpf::{
 };
 use relay_common::{
     Verdict, csum,
-    flow::{ActionKind, FAMILY_IPV4, FAMILY_IPV6, FlowKey},
+    flow::{ActionKind, FAMILY_IPV4, FAMILY_IPV6, FlowAction, FlowKey},
     parse::{Frame as _, UdpFrame},
+    room::RouteKey,
 };
 
 use crate::{maps, parse::XdpFrame};
@@ -29,21 +30,60 @@ const IPPROTO_UDP: u8 = 17;
 /// `struct bpf_fib_lookup` (UAPI), with its unions flattened to what is used here.
 #[repr(C)]
 pub(crate) struct FibLookup {
-    family: u8,
-    l4_protocol: u8,
-    sport: [u8; 2],
-    dport: [u8; 2],
-    tot_len: u16,
-    ifindex: u32,
-    flowinfo: u32,
-    src: [u8; 16],
-    dst: [u8; 16],
-    vlan: u32,
-    smac: [u8; 6],
-    dmac: [u8; 6],
+    pub(crate) family: u8,
+    pub(crate) l4_protocol: u8,
+    pub(crate) sport: [u8; 2],
+    pub(crate) dport: [u8; 2],
+    pub(crate) tot_len: u16,
+    pub(crate) ifindex: u32,
+    pub(crate) flowinfo: u32,
+    pub(crate) src: [u8; 16],
+    pub(crate) dst: [u8; 16],
+    pub(crate) vlan: u32,
+    pub(crate) smac: [u8; 6],
+    pub(crate) dmac: [u8; 6],
 }
 
 const _: () = assert!(size_of::<FibLookup>() == 64);
+
+impl FibLookup {
+    /// Looks up the next hop of a UDP packet from `from` to `to` (addresses and ports in
+    /// the maps' layout) of `tot_len` IP bytes (0: no MTU check) arriving on `ifindex`:
+    /// fills in the egress interface and MACs, or `None` when it cannot be resolved.
+    ///
+    /// # Safety
+    ///
+    /// `ctx` is the context (`xdp_md` or `__sk_buff`) the program was given.
+    #[inline(always)]
+    pub(crate) unsafe fn resolve(
+        &mut self,
+        ctx: *mut core::ffi::c_void,
+        v4: bool,
+        from: ([u8; 16], [u8; 2]),
+        to: ([u8; 16], [u8; 2]),
+        tot_len: u16,
+        ifindex: u32,
+    ) -> Option<()> {
+        self.family = if v4 { AF_INET } else { AF_INET6 };
+        self.l4_protocol = IPPROTO_UDP;
+        (self.src, self.sport) = from;
+        (self.dst, self.dport) = to;
+        self.tot_len = tot_len;
+        self.ifindex = ifindex;
+        self.flowinfo = 0;
+        self.vlan = 0;
+        // SAFETY: `self` is a valid bpf_fib_lookup of the size passed; `ctx` as promised.
+        let rc = unsafe {
+            bpf_fib_lookup(
+                ctx,
+                core::ptr::from_mut(self).cast(),
+                size_of::<Self>() as i32,
+                0,
+            )
+        };
+        (rc == 0).then_some(())
+    }
+}
 
 #[inline(always)]
 fn be16(b: [u8; 2]) -> u16 {
@@ -55,19 +95,73 @@ fn be16(b: [u8; 2]) -> u16 {
 #[repr(C)]
 pub(crate) struct Scratch {
     key: FlowKey,
-    fib: FibLookup,
-    old: Old,
+    pub(crate) fib: FibLookup,
+    pub(crate) old: Old,
+    /// A room route's key, and its destination as an action (`room`).
+    pub(crate) route_key: RouteKey,
+    pub(crate) target: FlowAction,
 }
 
 /// What the old packet said, read before the head moves.
 #[repr(C)]
-struct Old {
+pub(crate) struct Old {
     /// Ethertype and VLAN tags: bytes 12..l3 of the frame (2, 6 or 10 of them).
     eth_tail: [u8; 10],
     ip4: [u8; IPV4_HLEN],
     ip6: [u8; IPV6_HLEN],
-    udp: [u8; UDP_HLEN],
+    pub(crate) udp: [u8; UDP_HLEN],
     cd: [u8; CHANNEL_DATA_HLEN],
+    /// The IP source and destination addresses, IPv4 in the first 4 bytes.
+    pub(crate) src: [u8; 16],
+    pub(crate) dst: [u8; 16],
+}
+
+/// Where a UDP datagram's headers are and what it carries, once read into [`Old`].
+#[derive(Clone, Copy)]
+pub(crate) struct Headers {
+    pub(crate) v4: bool,
+    l3: usize,
+    pub(crate) l4: usize,
+    pub(crate) payload_len: usize,
+}
+
+impl Headers {
+    pub(crate) const fn family(self) -> u8 {
+        if self.v4 { FAMILY_IPV4 } else { FAMILY_IPV6 }
+    }
+}
+
+/// Reads the IP and UDP headers of a parsed UDP frame into `old`. `None` for IPv4 with
+/// options (those stay with the stack) or a UDP length below its header.
+#[inline(always)]
+pub(crate) fn read_headers(frame: &XdpFrame, f: &UdpFrame, old: &mut Old) -> Option<Headers> {
+    let v4 = f.ip_version == 4;
+    // IPv4 options and IPv6 extension headers stay with the stack.
+    if v4 && f.l4 != f.l3 + IPV4_HLEN {
+        return None;
+    }
+    let l3 = f.l3;
+    old.src = [0; 16];
+    old.dst = [0; 16];
+    if v4 {
+        old.ip4 = frame.read(l3)?;
+        old.src[..4].copy_from_slice(&old.ip4[12..16]);
+        old.dst[..4].copy_from_slice(&old.ip4[16..20]);
+    } else {
+        old.ip6 = frame.read(l3)?;
+        old.src.copy_from_slice(&old.ip6[8..24]);
+        old.dst.copy_from_slice(&old.ip6[24..40]);
+    }
+    let l4 = if v4 { l3 + IPV4_HLEN } else { l3 + IPV6_HLEN };
+    old.udp = frame.read(l4)?;
+    let udp_len = usize::from(be16([old.udp[4], old.udp[5]]));
+    let payload_len = udp_len.checked_sub(UDP_HLEN)?;
+    Some(Headers {
+        v4,
+        l3,
+        l4,
+        payload_len,
+    })
 }
 
 /// Tries the fast path for a parsed UDP frame: `Some((Forwarded, XDP_TX or XDP_REDIRECT))`
@@ -76,39 +170,23 @@ struct Old {
 #[inline(always)]
 pub(crate) fn forward(ctx: &XdpContext, f: &UdpFrame) -> Option<(Verdict, u32)> {
     let frame = XdpFrame(ctx);
-    let v4 = f.ip_version == 4;
-    // IPv4 options and IPv6 extension headers stay with the stack.
-    if v4 && f.l4 != f.l3 + IPV4_HLEN {
-        return None;
-    }
-    let l3 = f.l3;
     // SAFETY: the per-CPU scratch entry is used by this program run alone.
     let scratch = unsafe { &mut *maps::scratch()? };
-    let Scratch { key, fib, old } = scratch;
+    let Scratch { key, fib, old, .. } = scratch;
+    let h = read_headers(&frame, f, old)?;
     *key = FlowKey::default();
-    if v4 {
-        old.ip4 = frame.read(l3)?;
-        key.src[..4].copy_from_slice(&old.ip4[12..16]);
-        key.dst[..4].copy_from_slice(&old.ip4[16..20]);
-        key.family = FAMILY_IPV4;
-    } else {
-        old.ip6 = frame.read(l3)?;
-        key.src.copy_from_slice(&old.ip6[8..24]);
-        key.dst.copy_from_slice(&old.ip6[24..40]);
-        key.family = FAMILY_IPV6;
-    }
-    let l4 = if v4 { l3 + IPV4_HLEN } else { l3 + IPV6_HLEN };
-    old.udp = frame.read(l4)?;
+    key.src = old.src;
+    key.dst = old.dst;
+    key.family = h.family();
     key.src_port = [old.udp[0], old.udp[1]];
     key.dst_port = [old.udp[2], old.udp[3]];
-    let udp_len = usize::from(be16([old.udp[4], old.udp[5]]));
-    let payload_len = udp_len.checked_sub(UDP_HLEN)?;
+    let payload_len = h.payload_len;
 
     // ChannelData from a client carries its channel in the first two bytes (RFC 8656
     // section 12.4); peers' packets are matched with channel 0.
     let mut channel = 0;
     if payload_len >= CHANNEL_DATA_HLEN {
-        old.cd = frame.read(l4 + UDP_HLEN)?;
+        old.cd = frame.read(h.l4 + UDP_HLEN)?;
         let c = be16([old.cd[0], old.cd[1]]);
         if (0x4000..=0x7FFF).contains(&c) {
             channel = c;
@@ -142,37 +220,9 @@ pub(crate) fn forward(ctx: &XdpContext, f: &UdpFrame) -> Option<(Verdict, u32)> 
         ActionKind::RewriteOnly | ActionKind::Hairpin => payload_len,
     };
     let new_udp_len = (UDP_HLEN + out_payload) as u16;
-    let ip_len = if v4 { IPV4_HLEN } else { IPV6_HLEN };
-    let tot_len = (ip_len + usize::from(new_udp_len)) as u16;
 
     // Next hop first: nothing is changed if it cannot be resolved.
-    fib.family = if v4 { AF_INET } else { AF_INET6 };
-    fib.l4_protocol = IPPROTO_UDP;
-    fib.sport = action.src_port;
-    fib.dport = action.dst_port;
-    fib.tot_len = tot_len;
-    fib.ifindex = ctx.ingress_ifindex() as u32;
-    fib.flowinfo = 0;
-    fib.src = action.src;
-    fib.dst = action.dst;
-    fib.vlan = 0;
-    // SAFETY: `fib` is a valid bpf_fib_lookup of the size passed.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.ctx.cast(),
-            core::ptr::from_mut(fib).cast(),
-            size_of::<FibLookup>() as i32,
-            0,
-        )
-    };
-    if rc != 0 {
-        return None;
-    }
-    // Another egress interface needs its devmap entry: without one the stack routes it.
-    let ingress = ctx.ingress_ifindex() as u32;
-    if fib.ifindex != ingress && !maps::is_device(fib.ifindex) {
-        return None;
-    }
+    let egress = next_hop(ctx, fib, h, action, new_udp_len)?;
 
     // The limits count relayed bytes (the application data, without the ChannelData
     // header), as the userspace data path does, so both spend the same budget alike.
@@ -202,6 +252,70 @@ pub(crate) fn forward(ctx: &XdpContext, f: &UdpFrame) -> Option<(Verdict, u32)> 
         return Some((Verdict::OverLimit, xdp_action::XDP_DROP));
     }
 
+    let sent_len = rewrite(ctx, h, old, fib, action, kind, new_udp_len, relayed)?;
+    maps::count_flow(action.stats_index, sent_len, now);
+    if kind == ActionKind::Hairpin {
+        maps::count_flow(action.hairpin_stats_index, sent_len, now);
+    }
+    Some((Verdict::Forwarded, send(ctx, egress)))
+}
+
+/// Resolves the next hop of a packet rewritten per `action` (a UDP datagram of
+/// `new_udp_len` bytes) into `fib`: the egress interface, or `None` when it cannot be
+/// resolved or lies behind an interface the relay was not given.
+#[inline(always)]
+pub(crate) fn next_hop(
+    ctx: &XdpContext,
+    fib: &mut FibLookup,
+    h: Headers,
+    action: &FlowAction,
+    new_udp_len: u16,
+) -> Option<u32> {
+    let ip_len = if h.v4 { IPV4_HLEN } else { IPV6_HLEN };
+    let tot_len = (ip_len + usize::from(new_udp_len)) as u16;
+    let ingress = ctx.ingress_ifindex() as u32;
+    let from = (action.src, action.src_port);
+    let to = (action.dst, action.dst_port);
+    // SAFETY: the context the program was given.
+    unsafe { fib.resolve(ctx.ctx.cast(), h.v4, from, to, tot_len, ingress) }?;
+    // Another egress interface needs its devmap entry: without one the stack routes it.
+    if fib.ifindex != ingress && !maps::is_device(fib.ifindex) {
+        return None;
+    }
+    Some(fib.ifindex)
+}
+
+/// The XDP action that sends a rewritten packet out of `egress`.
+#[inline(always)]
+pub(crate) fn send(ctx: &XdpContext, egress: u32) -> u32 {
+    if egress == ctx.ingress_ifindex() as u32 {
+        xdp_action::XDP_TX
+    } else {
+        maps::redirect(egress)
+    }
+}
+
+/// Rewrites the packet whose headers are in `old` per `action` (of `kind`) for the next hop
+/// in `fib`: MACs, addresses, ports, lengths, TTL, IPv4 header checksum (recomputed), UDP
+/// checksum (updated per RFC 1624 for every word that changes), the ChannelData header
+/// stripped, added or swapped. Returns the length of what leaves (from the IP header on,
+/// plus the link-layer header).
+#[expect(clippy::too_many_arguments, reason = "the steps of one rewrite")]
+#[inline(always)]
+pub(crate) fn rewrite(
+    ctx: &XdpContext,
+    h: Headers,
+    old: &mut Old,
+    fib: &FibLookup,
+    action: &FlowAction,
+    kind: ActionKind,
+    new_udp_len: u16,
+    relayed: u64,
+) -> Option<u64> {
+    let frame = XdpFrame(ctx);
+    let Headers { v4, l3, l4, .. } = h;
+    let ip_len = if v4 { IPV4_HLEN } else { IPV6_HLEN };
+    let tot_len = (ip_len + usize::from(new_udp_len)) as u16;
     let eth_tail_len = l3 - 12;
     match eth_tail_len {
         2 => old.eth_tail[..2].copy_from_slice(&frame.read::<2>(12)?),
@@ -244,8 +358,8 @@ pub(crate) fn forward(ctx: &XdpContext, f: &UdpFrame) -> Option<(Verdict, u32)> 
             ],
         );
     } else {
-        delta = csum::sub(delta, &key.src);
-        delta = csum::sub(delta, &key.dst);
+        delta = csum::sub(delta, &old.src);
+        delta = csum::sub(delta, &old.dst);
         delta = csum::add(delta, &action.src);
         delta = csum::add(delta, &action.dst);
     }
@@ -348,16 +462,5 @@ pub(crate) fn forward(ctx: &XdpContext, f: &UdpFrame) -> Option<(Verdict, u32)> 
     if matches!(kind, ActionKind::AddChannel | ActionKind::Hairpin) {
         frame.write(l4 + UDP_HLEN, &new_cd)?;
     }
-
-    let sent_len = u64::from(tot_len) + l3 as u64;
-    maps::count_flow(action.stats_index, sent_len, now);
-    if kind == ActionKind::Hairpin {
-        maps::count_flow(action.hairpin_stats_index, sent_len, now);
-    }
-    let sent = if fib.ifindex == ingress {
-        xdp_action::XDP_TX
-    } else {
-        maps::redirect(fib.ifindex)
-    };
-    Some((Verdict::Forwarded, sent))
+    Some(u64::from(tot_len) + l3 as u64)
 }

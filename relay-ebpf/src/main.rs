@@ -3,12 +3,17 @@
 #![no_main]
 
 mod bounce;
+mod fanout;
 mod forward;
 mod maps;
 mod parse;
 mod permission;
+mod room;
 
-use aya_ebpf::{macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use relay_common::Verdict;
 
 /// Forwards the packets of installed flows; drops peers' datagrams without a permission;
@@ -19,6 +24,10 @@ fn relay_xdp(ctx: XdpContext) -> u32 {
     let verdict = match relay_common::parse::udp_frame(&parse::XdpFrame(&ctx)) {
         Ok(frame) => {
             if let Some((verdict, action)) = forward::forward(&ctx, &frame) {
+                maps::count(verdict, len);
+                return action;
+            }
+            if let Some((verdict, action)) = room::route(&ctx, &frame) {
                 maps::count(verdict, len);
                 return action;
             }
@@ -34,6 +43,14 @@ fn relay_xdp(ctx: XdpContext) -> u32 {
     };
     maps::count(verdict, len);
     verdict.xdp_action()
+}
+
+/// TC ingress, beside `relay_xdp` on the same interfaces: sends a copy of each room packet
+/// that XDP marked for fan-out to every destination of its route, then drops it; passes
+/// everything else.
+#[classifier]
+fn relay_fanout(ctx: TcContext) -> i32 {
+    fanout::fanout(&ctx).unwrap_or(fanout::PASS)
 }
 
 /// The benchmark's ceiling (`cargo xtask bench`), not attached by the relay: bounces clean

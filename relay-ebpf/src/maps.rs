@@ -1,6 +1,6 @@
 //! The program's maps. Keys and values are defined in `relay-common`.
 
-use crate::forward::Scratch;
+use crate::{fanout::FanOut, forward::Scratch};
 use aya_ebpf::{
     bindings::xdp_action,
     macros::map,
@@ -11,6 +11,9 @@ use relay_common::{
     flow::{FlowAction, FlowKey, FlowStats, MAX_FLOWS},
     permission::{MAX_PERMISSIONS, MAX_RELAYED, Permission, PermissionKey, RelayedKey},
     police::{MAX_POLICERS, Policer},
+    room::{
+        MAX_ROOM_ROUTES, MAX_ROUTE_DESTINATIONS, RoomDestination, RoomRoute, RouteKey, RouteStats,
+    },
 };
 
 /// Packets and bytes per verdict, per CPU; the daemon sums the CPUs.
@@ -48,9 +51,33 @@ static PERMISSIONS: HashMap<PermissionKey, Permission> =
 #[map]
 static DEVICES: DevMapHash = DevMapHash::with_max_entries(64, 0);
 
+/// Room routes the daemon installed: publisher and SSRC -> destinations.
+#[map]
+static ROOM_ROUTES: HashMap<RouteKey, RoomRoute> = HashMap::with_max_entries(MAX_ROOM_ROUTES, 0);
+
+/// Every route's destinations: route slot `s`'s are entries `s * MAX_ROUTE_DESTINATIONS`
+/// onwards.
+#[map]
+static ROOM_DESTINATIONS: Array<RoomDestination> =
+    Array::with_max_entries(MAX_ROOM_ROUTES * MAX_ROUTE_DESTINATIONS, 0);
+
+/// Counters of each room route, per CPU, indexed by its slot.
+#[map]
+static ROUTE_STATS: PerCpuArray<RouteStats> = PerCpuArray::with_max_entries(MAX_ROOM_ROUTES, 0);
+
 /// The fast path's working state, one per CPU.
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The TC fan-out's working state, one per CPU.
+#[map]
+static FANOUT_SCRATCH: PerCpuArray<FanOut> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's fan-out scratch entry.
+#[inline(always)]
+pub(crate) fn fanout_scratch() -> Option<*mut FanOut> {
+    FANOUT_SCRATCH.get_ptr_mut(0)
+}
 
 /// This CPU's scratch entry.
 #[inline(always)]
@@ -177,5 +204,51 @@ fn count_policed(index: u32, frame: u64) {
             (*c).packets += 1;
             (*c).bytes += frame;
         }
+    }
+}
+
+/// The room route installed for `key`; valid for the program run, as in `flow`.
+#[inline(always)]
+pub(crate) fn room_route(key: &RouteKey) -> Option<&'static RoomRoute> {
+    // SAFETY: as in `flow`: valid for the program run, only read.
+    unsafe { ROOM_ROUTES.get(key) }
+}
+
+/// Destination `index` of `ROOM_DESTINATIONS` (see `relay_common::room::destination_index`).
+#[inline(always)]
+pub(crate) fn room_destination(index: u32) -> Option<&'static RoomDestination> {
+    ROOM_DESTINATIONS.get(index)
+}
+
+/// Counts a packet of `bytes` bytes forwarded by route `slot` in `copies` copies, and the
+/// copies that could not be sent.
+#[inline(always)]
+pub(crate) fn count_route(slot: u32, bytes: u64, copies: u64, now_ns: u64) {
+    if let Some(stats) = ROUTE_STATS.get_ptr_mut(slot) {
+        // SAFETY: as in `count`: a per-CPU value, written only by this CPU.
+        unsafe {
+            (*stats).packets += 1;
+            (*stats).bytes += bytes;
+            (*stats).copies += copies;
+            (*stats).last_seen_ns = now_ns;
+        }
+    }
+}
+
+/// Counts copies of route `slot` that could not be sent.
+#[inline(always)]
+pub(crate) fn count_route_missed(slot: u32, missed: u64) {
+    if let Some(stats) = ROUTE_STATS.get_ptr_mut(slot) {
+        // SAFETY: as in `count`: a per-CPU value, written only by this CPU.
+        unsafe { (*stats).missed += missed };
+    }
+}
+
+/// Counts a packet of route `slot` dropped over a limit.
+#[inline(always)]
+pub(crate) fn count_route_dropped(slot: u32) {
+    if let Some(stats) = ROUTE_STATS.get_ptr_mut(slot) {
+        // SAFETY: as in `count`: a per-CPU value, written only by this CPU.
+        unsafe { (*stats).dropped += 1 };
     }
 }

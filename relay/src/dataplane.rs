@@ -16,8 +16,9 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapError, PerCpuArray, PerCpuValues},
     programs::{
-        ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode,
+        ProgramError, SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
         xdp::XdpLinkId,
     },
 };
@@ -25,6 +26,7 @@ use relay_common::{
     Counters, Verdict,
     flow::{ActionKind, FAMILY_IPV4, FAMILY_IPV6, FlowAction, FlowKey, FlowStats},
     permission::{Permission, PermissionKey, RelayedKey},
+    room::{RoomDestination, RoomRoute, RouteKey, RouteStats},
 };
 
 /// The XDP object built by `build.rs` from `relay-ebpf`.
@@ -32,6 +34,8 @@ static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// Name of the XDP entry point in `relay-ebpf/src/main.rs`.
 const PROGRAM: &str = "relay_xdp";
+/// Name of the TC ingress program (room fan-out) in `relay-ebpf/src/main.rs`.
+const FANOUT_PROGRAM: &str = "relay_fanout";
 /// Name of the benchmark's ceiling program in `relay-ebpf/src/main.rs` ([`Bounce`]).
 const BOUNCE_PROGRAM: &str = "relay_bounce";
 /// Names of the maps in `relay-ebpf/src/maps.rs`.
@@ -43,8 +47,11 @@ const POLICED_MAP: &str = "POLICED";
 const DEVICES_MAP: &str = "DEVICES";
 const RELAYED_MAP: &str = "RELAYED";
 const PERMISSIONS_MAP: &str = "PERMISSIONS";
-/// The maps that outlive the daemon (the per-CPU scratch map need not).
-const PINNED_MAPS: [&str; 8] = [
+const ROOM_ROUTES_MAP: &str = "ROOM_ROUTES";
+const ROOM_DESTINATIONS_MAP: &str = "ROOM_DESTINATIONS";
+const ROUTE_STATS_MAP: &str = "ROUTE_STATS";
+/// The maps that outlive the daemon (the per-CPU scratch maps need not).
+const PINNED_MAPS: [&str; 11] = [
     VERDICTS_MAP,
     FLOWS_MAP,
     FLOW_STATS_MAP,
@@ -53,15 +60,18 @@ const PINNED_MAPS: [&str; 8] = [
     DEVICES_MAP,
     RELAYED_MAP,
     PERMISSIONS_MAP,
+    ROOM_ROUTES_MAP,
+    ROOM_DESTINATIONS_MAP,
+    ROUTE_STATS_MAP,
 ];
 /// Version of the maps' layout (the keys and values in relay-common). A daemon adopts only
 /// maps of its own layout: after an upgrade that changes it, the new program starts on new
 /// maps (and the daemon installs its flows there again).
-const LAYOUT: u32 = 3;
+const LAYOUT: u32 = 4;
 
 /// Where an instance's data plane is pinned: `/sys/fs/bpf/relay/<instance>`, holding
-/// `maps-v<LAYOUT>/<MAP>`, the program `relay_xdp`, and one `link-<interface>` per attached
-/// interface.
+/// `maps-v<LAYOUT>/<MAP>`, the programs `relay_xdp` and `relay_fanout`, and per attached
+/// interface its XDP link `link-<interface>` and its TC ingress link `tc-<interface>`.
 #[derive(Clone, Debug)]
 pub struct Pins {
     dir: PathBuf,
@@ -88,8 +98,16 @@ impl Pins {
         self.dir.join(format!("link-{interface}"))
     }
 
+    fn tc_link(&self, interface: &str) -> PathBuf {
+        self.dir.join(format!("tc-{interface}"))
+    }
+
     fn program(&self) -> PathBuf {
         self.dir.join(PROGRAM)
+    }
+
+    fn fanout_program(&self) -> PathBuf {
+        self.dir.join(FANOUT_PROGRAM)
     }
 
     /// The interfaces a pinned link attaches the program to.
@@ -183,6 +201,15 @@ pub enum DataplaneError {
         #[source]
         source: ProgramError,
     },
+    #[error(
+        "could not attach the room fan-out program to {interface}'s TC ingress: {source} \
+         (Relay needs tcx links: Linux 6.6 or newer)"
+    )]
+    AttachTc {
+        interface: String,
+        #[source]
+        source: ProgramError,
+    },
     #[error("a map operation failed: {0}")]
     Map(#[from] MapError),
     #[error("BPF_PROG_TEST_RUN failed: {0}")]
@@ -199,7 +226,7 @@ pub enum DataplaneError {
     Mmap(#[source] std::io::Error),
     #[error("the object has no {0}: relay and relay-ebpf are out of step")]
     Missing(&'static str),
-    #[error("the object has no XDP program named {0}: relay and relay-ebpf are out of step")]
+    #[error("the object has no program named {0}: relay and relay-ebpf are out of step")]
     MissingProgram(&'static str),
     #[error("the object has no map {0}: relay and relay-ebpf are out of step")]
     MissingMap(&'static str),
@@ -208,6 +235,9 @@ pub enum DataplaneError {
 /// The loaded XDP program and its maps. Dropping it detaches the program.
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// Whether the TC fan-out program is attached on every interface XDP is (set by
+    /// [`Dataplane::attach_fanout`] and [`Dataplane::attach_fanout_pinned`]).
+    fanout: Option<bool>,
 }
 
 /// Counters per verdict, summed over all CPUs.
@@ -236,6 +266,7 @@ impl fmt::Display for VerdictCounters {
             let c = self.get(v);
             let action = match v {
                 Verdict::Forwarded => "tx",
+                Verdict::FanOut => "tc",
                 _ if v.passes() => "pass",
                 _ => "drop",
             };
@@ -264,9 +295,11 @@ pub struct TestRunOutput {
 impl Dataplane {
     /// Loads the program and its maps into the kernel (verifier included); attaches nothing.
     pub fn load() -> Result<Self, DataplaneError> {
-        Ok(Self {
-            ebpf: load_program(PROGRAM)?,
-        })
+        let mut ebpf = load_program(PROGRAM)?;
+        classifier(&mut ebpf)?
+            .load()
+            .map_err(DataplaneError::Verify)?;
+        Ok(Self { ebpf, fanout: None })
     }
 
     /// Loads the program with its maps pinned under `pins`: the maps an earlier run pinned
@@ -291,7 +324,12 @@ impl Dataplane {
         // The previous run's program stays alive while its link holds it.
         let _ = std::fs::remove_file(&path);
         program.pin(&path).map_err(pinning(&path))?;
-        Ok((Self { ebpf }, adopted))
+        let fanout = classifier(&mut ebpf)?;
+        fanout.load().map_err(DataplaneError::Verify)?;
+        let path = pins.fanout_program();
+        let _ = std::fs::remove_file(&path);
+        fanout.pin(&path).map_err(pinning(&path))?;
+        Ok((Self { ebpf, fanout: None }, adopted))
     }
 
     /// Attaches to `interface` through a pinned link: an earlier run's link there gets this
@@ -323,6 +361,60 @@ impl Dataplane {
             .pin(&path)
             .map_err(pinning(&path))?;
         Ok(Attachment::New(mode))
+    }
+
+    /// Attaches the room fan-out program to `interface`'s TC ingress (a tcx link, Linux 6.6
+    /// and later) through a pinned link, as [`Dataplane::attach_pinned`] does for XDP: an
+    /// earlier run's link gets this program atomically, or a new link is pinned. Returns
+    /// whether the link was adopted.
+    pub fn attach_fanout_pinned(
+        &mut self,
+        pins: &Pins,
+        interface: &str,
+    ) -> Result<bool, DataplaneError> {
+        let result = self.attach_fanout_pinned_inner(pins, interface);
+        self.fanout = Some(self.fanout.unwrap_or(true) && result.is_ok());
+        result
+    }
+
+    /// Whether room routes with several destinations can be left to the kernel: the TC
+    /// fan-out program is attached wherever XDP is. When it is not, the daemon keeps such
+    /// routes in userspace (XDP would pass their packets up, policed once already).
+    pub fn fans_out(&self) -> bool {
+        self.fanout == Some(true)
+    }
+
+    fn attach_fanout_pinned_inner(
+        &mut self,
+        pins: &Pins,
+        interface: &str,
+    ) -> Result<bool, DataplaneError> {
+        let path = pins.tc_link(interface);
+        let program = classifier(&mut self.ebpf)?;
+        if let Ok(pinned) = PinnedLink::from_pin(&path) {
+            let link =
+                SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(pinning(&path))?;
+            let id = program.attach_to_link(link).map_err(pinning(&path))?;
+            drop(program.take_link(id).map_err(pinning(&path))?);
+            log::info!("TC on {interface}: the pinned link now runs this program");
+            return Ok(true);
+        }
+        let id = attach_fanout(program, interface)?;
+        let link = program.take_link(id).map_err(pinning(&path))?;
+        FdLink::try_from(link)
+            .map_err(pinning(&path))?
+            .pin(&path)
+            .map_err(pinning(&path))?;
+        log::info!("TC ingress program attached to {interface}");
+        Ok(false)
+    }
+
+    /// Attaches the room fan-out program to `interface`'s TC ingress, until the data plane
+    /// is dropped.
+    pub fn attach_fanout(&mut self, interface: &str) -> Result<(), DataplaneError> {
+        let result = attach_fanout(classifier(&mut self.ebpf)?, interface).map(|_| ());
+        self.fanout = Some(self.fanout.unwrap_or(true) && result.is_ok());
+        result
     }
 
     /// Attaches to `interface`, until the data plane is dropped. In `Auto` mode a refusal of
@@ -411,6 +503,106 @@ impl Dataplane {
 
     pub fn remove_permission_key(&mut self, key: &PermissionKey) -> Result<(), DataplaneError> {
         self.remove::<_, Permission>(PERMISSIONS_MAP, key)
+    }
+
+    /// Writes destination `index` of `ROOM_DESTINATIONS` (see
+    /// `relay_common::room::destination_index`); a route's destinations are written before
+    /// its key is inserted.
+    pub fn set_room_destination(
+        &mut self,
+        index: u32,
+        destination: &RoomDestination,
+    ) -> Result<(), DataplaneError> {
+        let map = self.map_mut(ROOM_DESTINATIONS_MAP)?;
+        aya::maps::Array::<_, RoomDestination>::try_from(map)?.set(index, destination, 0)?;
+        Ok(())
+    }
+
+    /// Installs (or replaces) a room route.
+    pub fn insert_room_route(
+        &mut self,
+        key: &RouteKey,
+        route: &RoomRoute,
+    ) -> Result<(), DataplaneError> {
+        self.insert(ROOM_ROUTES_MAP, key, route)
+    }
+
+    /// Removes a room route; removing one that is not there is not an error.
+    pub fn remove_room_route(&mut self, key: &RouteKey) -> Result<(), DataplaneError> {
+        self.remove::<_, RoomRoute>(ROOM_ROUTES_MAP, key)
+    }
+
+    /// Every room route installed, for reconciling adopted maps with the daemon's state.
+    pub fn room_route_keys(&self) -> Result<Vec<RouteKey>, DataplaneError> {
+        self.keys::<_, RoomRoute>(ROOM_ROUTES_MAP)
+    }
+
+    /// The slots of every room route installed: an adopted data plane's are in use until
+    /// the daemon has reconciled them.
+    pub fn room_route_slots(&self) -> Result<Vec<u32>, DataplaneError> {
+        Ok(
+            BpfHashMap::<_, RouteKey, RoomRoute>::try_from(self.map(ROOM_ROUTES_MAP)?)?
+                .iter()
+                .map(|entry| entry.map(|(_, route)| route.slot))
+                .collect::<Result<_, _>>()?,
+        )
+    }
+
+    /// The counters of route slot `slot`, summed over CPUs (`last_seen_ns`: the latest).
+    pub fn route_stats(&self, slot: u32) -> Result<RouteStats, DataplaneError> {
+        let array = PerCpuArray::<_, RouteStats>::try_from(self.map(ROUTE_STATS_MAP)?)?;
+        Ok(array
+            .get(&slot, 0)?
+            .iter()
+            .fold(RouteStats::default(), |a, c| a.add(*c)))
+    }
+
+    /// Zeroes the counters of route slot `slot` (on every CPU), for a route taking it over.
+    pub fn reset_route_stats(&mut self, slot: u32) -> Result<(), DataplaneError> {
+        let mut array = PerCpuArray::<_, RouteStats>::try_from(self.map_mut(ROUTE_STATS_MAP)?)?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io(e))?;
+        let zeros = PerCpuValues::try_from(vec![RouteStats::default(); cpus])
+            .map_err(DataplaneError::Io)?;
+        array.set(slot, zeros, 0)?;
+        Ok(())
+    }
+
+    /// What the verifier reported for the XDP and the TC program: the instructions it
+    /// processed (`verified_insns`) and the programs' sizes in instructions, for the tests'
+    /// and the README's complexity figures.
+    pub fn verifier_figures(&mut self) -> Result<[(u32, u32); 2], DataplaneError> {
+        let figures = |info: aya::programs::ProgramInfo| {
+            (
+                info.verified_instruction_count().unwrap_or(0),
+                info.size_translated().unwrap_or(0) / 8,
+            )
+        };
+        let xdp = figures(
+            xdp(&mut self.ebpf, PROGRAM)?
+                .info()
+                .map_err(DataplaneError::Verify)?,
+        );
+        let tc = figures(
+            classifier(&mut self.ebpf)?
+                .info()
+                .map_err(DataplaneError::Verify)?,
+        );
+        Ok([xdp, tc])
+    }
+
+    /// Runs the TC program once over `frame` with `BPF_PROG_TEST_RUN` (which gives it no XDP
+    /// metadata, so no fan-out mark). Returns the TC action.
+    pub fn test_run_fanout(&mut self, frame: &[u8]) -> Result<u32, DataplaneError> {
+        let program = classifier(&mut self.ebpf)?;
+        let mut data_out = vec![0_u8; frame.len() + 256];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut data_out),
+                ..TestRunOptions::default()
+            })
+            .map_err(DataplaneError::TestRun)?;
+        Ok(result.return_value)
     }
 
     fn insert<K: aya::Pod, V: aya::Pod>(
@@ -697,6 +889,31 @@ fn verify(program: &mut Xdp) -> Result<(), DataplaneError> {
     }
 }
 
+fn classifier(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DataplaneError> {
+    ebpf.program_mut(FANOUT_PROGRAM)
+        .ok_or(DataplaneError::MissingProgram(FANOUT_PROGRAM))?
+        .try_into()
+        .map_err(|_| DataplaneError::MissingProgram(FANOUT_PROGRAM))
+}
+
+/// Attaches the fan-out program to `interface`'s TC ingress: a tcx link (no qdisc needed).
+fn attach_fanout(
+    program: &mut SchedClassifier,
+    interface: &str,
+) -> Result<aya::programs::tc::SchedClassifierLinkId, DataplaneError> {
+    program
+        .attach(interface, TcAttachType::Ingress)
+        .map_err(|source| match source {
+            ProgramError::UnknownInterface { .. } => {
+                DataplaneError::UnknownInterface(interface.to_owned())
+            }
+            source => DataplaneError::AttachTc {
+                interface: interface.to_owned(),
+                source,
+            },
+        })
+}
+
 fn xdp<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DataplaneError> {
     ebpf.program_mut(name)
         .ok_or(DataplaneError::MissingProgram(name))?
@@ -883,6 +1100,30 @@ fn flow_key(src: SocketAddr, dst: SocketAddr, channel: u16) -> FlowKey {
         channel,
         family: family(dst.ip()),
         pad: 0,
+    }
+}
+
+/// The key of packets from `from.remote` to the endpoint `from.local` with `ssrc` (RTP
+/// SSRC or RTCP sender SSRC, per `kind`).
+pub(crate) fn route_key(from: crate::room::Source, ssrc: u32, kind: u8) -> RouteKey {
+    RouteKey {
+        local: octets(from.local.ip()),
+        remote: octets(from.remote.ip()),
+        local_port: from.local.port().to_be_bytes(),
+        remote_port: from.remote.port().to_be_bytes(),
+        ssrc: ssrc.to_be_bytes(),
+        family: family(from.local.ip()),
+        kind,
+        pad: [0; 2],
+    }
+}
+
+pub(crate) fn room_destination(d: &crate::room::Destination) -> RoomDestination {
+    RoomDestination {
+        src: octets(d.local.ip()),
+        dst: octets(d.remote.ip()),
+        src_port: d.local.port().to_be_bytes(),
+        dst_port: d.remote.port().to_be_bytes(),
     }
 }
 

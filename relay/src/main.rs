@@ -200,6 +200,11 @@ fn pinned_dataplane(
         if let Attachment::New(mode) = dataplane.attach_pinned(pins, interface, mode)? {
             log::info!("XDP attached to {interface} in {mode} mode");
         }
+        // Room fan-out: the packets XDP marks for several subscribers are cloned in TC.
+        // Without it such routes stay in userspace (slower, not lost).
+        if let Err(e) = dataplane.attach_fanout_pinned(pins, interface) {
+            log::warn!("{e}: room routes with several subscribers are forwarded in userspace");
+        }
         dataplane.add_device(interface)?;
         let now = relay::dataplane::enable_forwarding(interface).with_context(|| {
             format!("enabling forwarding on {interface} for the fast path's next-hop lookup")

@@ -18,8 +18,8 @@ use std::{
 use nix::sys::signal::Signal;
 use relay::{dataplane::Pins, stun::ChannelData};
 use support::{
-    RunningRelay, TempDir, channel_client, lab_relay_args, verdict_row, xdp_attachment,
-    xdp_on_switch_port,
+    RunningRelay, TempDir, channel_client, lab_relay_args, tc_ingress_programs, verdict_row,
+    xdp_attachment, xdp_on_switch_port,
 };
 use xtask::lab::{Host, Lab};
 
@@ -177,6 +177,8 @@ fn a_killed_relay_interrupts_nothing_and_its_successor_adopts_the_data_plane() {
             "{:?}",
             second.log_lines()
         );
+        // Its room fan-out program took the pinned TC link over: one program there, not two.
+        assert_eq!(tc_ingress_programs(&lab, Host::Relay), ["relay_fanout"]);
         // The successor serves the allocation: Refresh, and the channel's refresh.
         client.refresh(600).unwrap();
         client.channel_bind(CHANNEL, peer).unwrap();
@@ -209,6 +211,10 @@ fn a_killed_relay_interrupts_nothing_and_its_successor_adopts_the_data_plane() {
         xdp_attachment(&lab, Host::Relay),
         None,
         "relay down detaches"
+    );
+    assert!(
+        tc_ingress_programs(&lab, Host::Relay).is_empty(),
+        "relay down detaches the TC program too"
     );
     assert!(!Pins::new(&instance).dir().exists());
     assert!(!state.0.join(format!("{instance}.json")).exists());

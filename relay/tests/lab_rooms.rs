@@ -13,134 +13,17 @@ use std::{
 use nix::sys::signal::Signal;
 use relay::stun::ChannelData;
 use serde_json::Value;
-use support::{RunningRelay, TempDir, channel_client, exit_figures, lab_relay_args};
-use xtask::{
-    gstreamer::{Viewer, camera},
-    lab::{Host, Lab},
-};
+use support::{RoomsRelay, channel_client, exit_figures};
+use xtask::lab::{Host, Lab};
 
-const API: &str = "http://10.77.0.1:8080";
 const SSRC: u32 = 0x1234;
 const FRAMES: usize = 90;
-
-/// The relay with its control API, the token file `relay room` reads (in the relay's
-/// state directory, which outlives a restart).
-struct Setup {
-    lab: Lab,
-    relay: RunningRelay,
-    dir: TempDir,
-}
-
-impl Setup {
-    fn new(prefix: &str) -> Self {
-        let lab = Lab::up(prefix).unwrap();
-        let dir = TempDir::new(&format!("{prefix}-state"));
-        let file = dir.0.join("token");
-        std::fs::write(&file, "lab-token-0123456789\n").unwrap();
-        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
-        let relay = Self::start(&lab, &dir);
-        Self { lab, relay, dir }
-    }
-
-    fn start(lab: &Lab, dir: &TempDir) -> RunningRelay {
-        let token = dir.0.join("token");
-        let args = lab_relay_args(&[
-            "--api-listen",
-            "10.77.0.1:8080",
-            "--api-token-file",
-            token.to_str().unwrap(),
-            "--state-dir",
-            dir.0.to_str().unwrap(),
-        ]);
-        let relay = lab.command(Host::Relay, env!("CARGO_BIN_EXE_relay"));
-        RunningRelay::start_command(relay, &args, "TURN on")
-    }
-
-    /// `relay room --json ARGS` from client A; its JSON answer.
-    fn room(&self, args: &[&str]) -> Value {
-        let token = self.dir.0.join("token");
-        let out = self
-            .lab
-            .command(Host::ClientA, env!("CARGO_BIN_EXE_relay"))
-            .args([
-                "room",
-                "--api",
-                API,
-                "--token-file",
-                token.to_str().unwrap(),
-                "--json",
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "relay room {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if out.stdout.is_empty() {
-            return Value::Null;
-        }
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
-
-fn port_of(endpoint: &Value) -> u16 {
-    endpoint["local"]
-        .as_str()
-        .unwrap()
-        .parse::<SocketAddr>()
-        .unwrap()
-        .port()
-}
 
 /// The model case: one surgery camera, eight classrooms, every frame decoded in each.
 #[test]
 fn a_surgery_camera_reaches_eight_classrooms_and_every_frame_decodes() {
-    let s = Setup::new("rm-surgery");
-    s.room(&["create", "surgery"]);
-    let cam = s.room(&["endpoint", "add", "surgery", "cam"]);
-    s.room(&[
-        "track",
-        "add",
-        "surgery",
-        "video",
-        "--endpoint",
-        "cam",
-        "--ssrc",
-        &SSRC.to_string(),
-        "--kind",
-        "video",
-    ]);
-    let subscribers: Vec<Viewer> = (0..8_u16)
-        .map(|i| {
-            let port = 6000 + 2 * i;
-            let name = format!("class-{i}");
-            s.room(&[
-                "endpoint",
-                "add",
-                "surgery",
-                &name,
-                "--remote",
-                &format!("10.77.0.21:{port}"),
-            ]);
-            s.room(&["subscribe", "surgery", &name, "video"]);
-            Viewer::start(&s.lab, Host::Peer, port, SSRC).unwrap()
-        })
-        .collect();
-
-    camera(
-        &s.lab,
-        Host::ClientA,
-        Host::Relay.ipv4().into(),
-        port_of(&cam),
-        SSRC,
-        FRAMES,
-    )
-    .unwrap();
-    let decoded: Vec<usize> = subscribers.iter().map(|sub| sub.decoded(FRAMES)).collect();
-    let room = s.room(&["show", "surgery"]);
+    let s = RoomsRelay::new("rm-surgery", &[]);
+    let (decoded, room) = s.surgery(SSRC, 8, FRAMES, None);
     let (_, log) = s.relay.stop_logged(Signal::SIGTERM);
     let summary = format!(
         "decoded {decoded:?} of {FRAMES}\n{}\n{}",
@@ -164,18 +47,6 @@ fn a_surgery_camera_reaches_eight_classrooms_and_every_frame_decodes() {
     }
 }
 
-/// A UDP socket bound to `addr` in `host`'s namespace, with room for a burst.
-fn socket(lab: &Lab, host: Host, addr: &str) -> UdpSocket {
-    lab.in_netns(host, || {
-        let addr: SocketAddr = addr.parse().unwrap();
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
-        s.set_recv_buffer_size(4 << 20).unwrap();
-        s.bind(&addr.into()).unwrap();
-        UdpSocket::from(s)
-    })
-    .unwrap()
-}
-
 /// An RTP header, then bytes that stand for an SRTP payload and tag.
 fn packet(ssrc: u32, seq: u16) -> Vec<u8> {
     let mut p = vec![0x80, 96];
@@ -191,7 +62,7 @@ fn packet(ssrc: u32, seq: u16) -> Vec<u8> {
 /// camera's port first takes nothing over.
 #[test]
 fn subscriptions_choose_ssrcs_and_bytes_pass_untouched() {
-    let s = Setup::new("rm-raw");
+    let s = RoomsRelay::new("rm-raw", &[]);
     s.room(&["create", "class"]);
     let cam = s.room(&["endpoint", "add", "class", "cam"]);
     let cam_addr: SocketAddr = cam["local"].as_str().unwrap().parse().unwrap();
@@ -228,9 +99,22 @@ fn subscriptions_choose_ssrcs_and_bytes_pass_untouched() {
     s.room(&["subscribe", "class", "pupil", "mic"]);
     s.room(&["subscribe", "class", "pupil", "board"]);
 
-    let camera = socket(&s.lab, Host::ClientA, "10.77.0.11:5004");
-    let stranger = socket(&s.lab, Host::ClientB, "10.77.0.12:5004");
-    let pupil = socket(&s.lab, Host::Peer, "10.77.0.21:7000");
+    let camera = s
+        .lab
+        .in_netns(Host::ClientA, || {
+            UdpSocket::bind("10.77.0.11:5004").unwrap()
+        })
+        .unwrap();
+    let stranger = s
+        .lab
+        .in_netns(Host::ClientB, || {
+            UdpSocket::bind("10.77.0.12:5004").unwrap()
+        })
+        .unwrap();
+    let pupil = s
+        .lab
+        .in_netns(Host::Peer, || UdpSocket::bind("10.77.0.21:7000").unwrap())
+        .unwrap();
     pupil
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
@@ -279,12 +163,24 @@ fn subscriptions_choose_ssrcs_and_bytes_pass_untouched() {
     assert!(rooms.contains(" 3 from a foreign address"), "{rooms}");
 }
 
+/// A UDP socket bound to `addr` in `host`'s namespace, with room for a burst.
+fn socket(lab: &Lab, host: Host, addr: &str) -> UdpSocket {
+    lab.in_netns(host, || {
+        let addr: SocketAddr = addr.parse().unwrap();
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        s.set_recv_buffer_size(4 << 20).unwrap();
+        s.bind(&addr.into()).unwrap();
+        UdpSocket::from(s)
+    })
+    .unwrap()
+}
+
 /// kill -9 mid-stream: the next relay takes the room up from its state file (ports, the
 /// camera's latched address, the subscription), and the camera's packets reach the
 /// classroom again without a request; a stranger still reaches no one.
 #[test]
 fn a_killed_relay_takes_its_rooms_up_again() {
-    let mut s = Setup::new("rm-restart");
+    let mut s = RoomsRelay::new("rm-restart", &[]);
     s.room(&["create", "ward"]);
     let cam = s.room(&["endpoint", "add", "ward", "cam"]);
     let cam_addr: SocketAddr = cam["local"].as_str().unwrap().parse().unwrap();
@@ -317,15 +213,14 @@ fn a_killed_relay_takes_its_rooms_up_again() {
     camera.send_to(&packet(77, 1), cam_addr).unwrap();
     assert_eq!(tv.recv(&mut buf).unwrap(), packet(77, 1).len());
     // The latch is saved within 100 ms of the change: wait until the file says so.
-    let file = s.dir.0.join("default.rooms.json");
+    let file = s.state_dir().join("default.rooms.json");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !std::fs::read_to_string(&file).is_ok_and(|t| t.contains("10.77.0.11:5004")) {
         assert!(std::time::Instant::now() < deadline, "rooms never saved");
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    s.relay.kill();
-    s.relay = Setup::start(&s.lab, &s.dir);
+    s.restart();
     assert!(s.relay.logged("took up 1 saved rooms"));
     // The stranger first: the camera's port is still latched to the camera.
     stranger.send_to(&packet(77, 2), cam_addr).unwrap();
@@ -346,7 +241,7 @@ fn a_killed_relay_takes_its_rooms_up_again() {
 /// another port of the relay host stays out of reach.
 #[test]
 fn turn_clients_publish_and_subscribe_through_the_relays_own_turn() {
-    let s = Setup::new("rm-turn");
+    let s = RoomsRelay::new("rm-turn", &[]);
     s.room(&["create", "ward"]);
     let local = |e: &Value| -> SocketAddr { e["local"].as_str().unwrap().parse().unwrap() };
     let phone_port = local(&s.room(&["endpoint", "add", "ward", "phone"]));
@@ -414,7 +309,7 @@ fn turn_clients_publish_and_subscribe_through_the_relays_own_turn() {
 #[test]
 fn a_rooms_bitrate_limit_holds_and_the_room_beside_it_is_untouched() {
     const PACKETS: u16 = 100;
-    let s = Setup::new("rm-limit");
+    let s = RoomsRelay::new("rm-limit", &[]);
     let mut receivers = Vec::new();
     for (room, limit, port) in [("small", Some("80000"), 7000), ("big", None, 7002)] {
         let mut args = vec!["create", room];

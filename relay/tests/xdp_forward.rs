@@ -7,9 +7,12 @@
 //! (bpf_fib_lookup) resolves the lab's neighbours, with forwarding enabled on it as the
 //! daemon enables it. Needs root.
 
+mod lab_frames;
+
 use std::net::IpAddr;
 
-use etherparse::{PacketBuilder, SlicedPacket, TransportSlice, VlanId};
+use etherparse::PacketBuilder;
+use lab_frames::{checksum_is_right, ip, octets, udp_frame};
 use relay::dataplane::Dataplane;
 use relay_common::{
     Verdict,
@@ -26,23 +29,6 @@ const RELAYED_PORT: u16 = 50000;
 const PEER_PORT: u16 = 3480;
 const CHANNEL: u16 = 0x4000;
 const DATA: &[u8] = b"RTP packet: 12-byte header, then the media, opaque to the relay.";
-
-fn octets(ip: IpAddr) -> [u8; 16] {
-    let mut out = [0; 16];
-    match ip {
-        IpAddr::V4(v4) => out[..4].copy_from_slice(&v4.octets()),
-        IpAddr::V6(v6) => out = v6.octets(),
-    }
-    out
-}
-
-fn ip(host: Host, v6: bool) -> IpAddr {
-    if v6 {
-        host.ipv6().into()
-    } else {
-        host.ipv4().into()
-    }
-}
 
 fn key(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, channel: u16) -> FlowKey {
     FlowKey {
@@ -90,70 +76,11 @@ fn action(
     }
 }
 
-/// A UDP frame from `from` to `to` (MACs from the lab), optionally VLAN-tagged.
-fn udp_frame(
-    from: (Host, IpAddr, u16),
-    to: (Host, IpAddr, u16),
-    vlan: Option<u16>,
-    payload: &[u8],
-) -> Vec<u8> {
-    let eth = PacketBuilder::ethernet2(from.0.mac(), to.0.mac());
-    let mut out = Vec::new();
-    match (vlan, from.1, to.1) {
-        (None, IpAddr::V4(s), IpAddr::V4(d)) => eth
-            .ipv4(s.octets(), d.octets(), 64)
-            .udp(from.2, to.2)
-            .write(&mut out, payload),
-        (None, IpAddr::V6(s), IpAddr::V6(d)) => eth
-            .ipv6(s.octets(), d.octets(), 64)
-            .udp(from.2, to.2)
-            .write(&mut out, payload),
-        (Some(v), IpAddr::V4(s), IpAddr::V4(d)) => eth
-            .single_vlan(VlanId::try_new(v).unwrap())
-            .ipv4(s.octets(), d.octets(), 64)
-            .udp(from.2, to.2)
-            .write(&mut out, payload),
-        (Some(v), IpAddr::V6(s), IpAddr::V6(d)) => eth
-            .single_vlan(VlanId::try_new(v).unwrap())
-            .ipv6(s.octets(), d.octets(), 64)
-            .udp(from.2, to.2)
-            .write(&mut out, payload),
-        _ => unreachable!("one family per frame"),
-    }
-    .unwrap();
-    out
-}
-
 fn channel_data(channel: u16, data: &[u8]) -> Vec<u8> {
     let mut v = channel.to_be_bytes().to_vec();
     v.extend_from_slice(&(data.len() as u16).to_be_bytes());
     v.extend_from_slice(data);
     v
-}
-
-/// The UDP checksum of `frame` recomputed by etherparse equals the one it carries (or the
-/// frame carries none, which IPv4 allows).
-fn checksum_is_right(frame: &[u8]) -> bool {
-    let packet = SlicedPacket::from_ethernet(frame).unwrap();
-    let Some(TransportSlice::Udp(udp)) = packet.transport else {
-        return false;
-    };
-    let header = udp.to_header();
-    if header.checksum == 0 {
-        return packet
-            .net
-            .as_ref()
-            .is_some_and(|n| matches!(n, etherparse::NetSlice::Ipv4(_)));
-    }
-    let want = match packet.net.unwrap() {
-        etherparse::NetSlice::Ipv4(ip) => header
-            .calc_checksum_ipv4(&ip.header().to_header(), udp.payload())
-            .unwrap(),
-        etherparse::NetSlice::Ipv6(ip) => header
-            .calc_checksum_ipv6(&ip.header().to_header(), udp.payload())
-            .unwrap(),
-    };
-    want == header.checksum
 }
 
 struct Row {
@@ -321,52 +248,38 @@ fn channel_rows(dp: &mut Dataplane, v6: bool, stats: u32) -> Vec<Row> {
 
 #[test]
 fn channel_flows_are_rewritten_exactly_and_everything_else_passes() {
-    let lab = Lab::up("xf-table").unwrap();
-    let failures = lab
-        .in_netns(Host::Relay, || {
-            let ifindex = nix::net::if_::if_nametoindex("eth0").unwrap();
-            relay::dataplane::enable_forwarding("eth0").unwrap();
-            let mut dp = Dataplane::load().unwrap();
-            let mut rows = channel_rows(&mut dp, false, 10);
-            rows.extend(channel_rows(&mut dp, true, 20));
-            let mut failures = Vec::new();
-            for row in &rows {
-                let out = dp.test_run_on(&row.input, ifindex).unwrap();
-                let want = row.output.as_ref().unwrap_or(&row.input);
-                if out.action != row.action {
-                    failures.push(format!(
-                        "{}: action {} (want {})",
-                        row.description, out.action, row.action
-                    ));
-                } else if &out.frame != want {
-                    failures.push(format!(
-                        "{}: output\n  {:02x?}\nwant\n  {:02x?}",
-                        row.description, out.frame, want
-                    ));
-                } else if !checksum_is_right(&out.frame) {
-                    failures.push(format!("{}: wrong UDP checksum", row.description));
-                }
+    let failures = lab_frames::on_relay("xf-table", |dp, ifindex| {
+        let mut rows = channel_rows(dp, false, 10);
+        rows.extend(channel_rows(dp, true, 20));
+        let mut failures = Vec::new();
+        for row in &rows {
+            let out = dp.test_run_on(&row.input, ifindex).unwrap();
+            let want = row.output.as_ref().unwrap_or(&row.input);
+            failures.extend(lab_frames::mismatch(
+                &row.description,
+                &out,
+                row.action,
+                want,
+            ));
+        }
+        // Each forwarding row was counted once on its flow, with the bytes that left.
+        for index in [10, 11, 20, 21] {
+            let stats = dp.flow_stats(index).unwrap();
+            let mine: Vec<_> = rows.iter().filter(|r| r.flow == Some(index)).collect();
+            let bytes: u64 = mine
+                .iter()
+                .map(|r| r.output.as_ref().unwrap().len() as u64)
+                .sum();
+            if (stats.packets, stats.bytes) != (mine.len() as u64, bytes) || stats.last_seen_ns == 0
+            {
+                failures.push(format!(
+                    "flow {index}: counted {stats:?}, want {} packets, {bytes} bytes",
+                    mine.len()
+                ));
             }
-            // Each forwarding row was counted once on its flow, with the bytes that left.
-            for index in [10, 11, 20, 21] {
-                let stats = dp.flow_stats(index).unwrap();
-                let mine: Vec<_> = rows.iter().filter(|r| r.flow == Some(index)).collect();
-                let bytes: u64 = mine
-                    .iter()
-                    .map(|r| r.output.as_ref().unwrap().len() as u64)
-                    .sum();
-                if (stats.packets, stats.bytes) != (mine.len() as u64, bytes)
-                    || stats.last_seen_ns == 0
-                {
-                    failures.push(format!(
-                        "flow {index}: counted {stats:?}, want {} packets, {bytes} bytes",
-                        mine.len()
-                    ));
-                }
-            }
-            failures
-        })
-        .unwrap();
+        }
+        failures
+    });
     assert!(
         failures.is_empty(),
         "{} failures:\n{}",

@@ -106,6 +106,20 @@ pub fn camera(
     ssrc: u32,
     frames: usize,
 ) -> anyhow::Result<()> {
+    camera_from(lab, host, 0, to, port, ssrc, frames)
+}
+
+/// As [`camera`], sending from port `from` (0: whatever the system picks), for a relay
+/// endpoint whose remote is given rather than latched.
+pub fn camera_from(
+    lab: &Lab,
+    host: Host,
+    from: u16,
+    to: IpAddr,
+    port: u16,
+    ssrc: u32,
+    frames: usize,
+) -> anyhow::Result<()> {
     let status = lab
         .command(host, "gst-launch-1.0")
         .args(["-q", "videotestsrc", &format!("num-buffers={frames}")])
@@ -118,6 +132,7 @@ pub fn camera(
             "udpsink",
             &format!("host={to}"),
             &format!("port={port}"),
+            &format!("bind-port={from}"),
         ])
         .stdout(Stdio::null())
         .status()

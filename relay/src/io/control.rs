@@ -287,10 +287,13 @@ impl Control {
                     self.server.handle_timeout(Instant::now());
                 }
                 () = sleep_until(rooms_deadline), if rooms_deadline.is_some() => {
-                    self.rooms.handle_timeout(Instant::now());
+                    self.rooms.handle_timeout(Instant::now(), self.kernel.as_ref());
                 }
                 call = recv(&mut calls), if calls.is_some() => match call {
-                    Some(call) => self.rooms.on_call(Instant::now(), call, &mut self.limits),
+                    Some(call) => {
+                        let (limits, kernel) = (&mut self.limits, self.kernel.as_ref());
+                        self.rooms.on_call(Instant::now(), call, limits, kernel);
+                    }
                     // The API server is gone: serve on without it.
                     None => calls = None,
                 },
@@ -312,10 +315,12 @@ impl Control {
         log::info!(
             "limits at exit: {} allocations refused for want of a policer slot; {} channels \
              left to userspace, the kernel's flow table full; {} relayed addresses left \
-             unguarded in the kernel, its permission table full",
+             unguarded in the kernel, its permission table full; {} room routes left to \
+             userspace",
             self.no_policer,
             self.kernel.as_ref().map_or(0, |k| k.not_installed),
-            self.kernel.as_ref().map_or(0, |k| k.permissions_failed)
+            self.kernel.as_ref().map_or(0, |k| k.permissions_failed),
+            self.kernel.as_ref().map_or(0, |k| k.routes_not_installed)
         );
         self.limits
             .report(self.kernel.as_ref().map(|k| &k.dataplane));
@@ -352,12 +357,15 @@ impl Control {
         let mut commands = self.carry_out_turn();
         let server = &mut self.server;
         let mut endpoints_changed = false;
-        commands += self
-            .rooms
-            .carry_out(&self.commands, &mut self.limits, &mut |addr, live| {
+        commands += self.rooms.carry_out(
+            &self.commands,
+            &mut self.limits,
+            self.kernel.as_mut(),
+            &mut |addr, live| {
                 server.room_endpoint(Instant::now(), addr, live);
                 endpoints_changed = true;
-            });
+            },
+        );
         // Endpoints opened or closed: the TURN server has flows to announce or withdraw.
         if endpoints_changed {
             commands += self.carry_out_turn();

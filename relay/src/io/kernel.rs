@@ -1,20 +1,28 @@
 //! The kernel's copy of what its fast path needs, when an XDP program is attached: the
 //! channel flows (and the relay/relay hairpins between them), the relayed addresses and
-//! their permissions.
+//! their permissions, and the room routes (one destination: sent by XDP; several: cloned
+//! by the TC program).
 //!
 //! What cannot be installed fails safe: a channel left out stays in userspace (slower, not
 //! lost); a relayed address whose permission cannot be installed is no longer guarded in
 //! the kernel (its datagrams go up, where the data path checks them).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     net::{IpAddr, SocketAddr},
 };
 
-use relay_common::flow::MAX_FLOWS;
+use relay_common::{
+    flow::MAX_FLOWS,
+    room::{
+        KIND_RTCP, KIND_RTP, MAX_ROOM_ROUTES, MAX_ROUTE_DESTINATIONS, RoomRoute, RouteKey,
+        RouteStats,
+    },
+};
 
 use crate::{
     dataplane::{Dataplane, KernelChannel},
+    room::{Destination, Route, Source},
     turn::ChannelFlow,
 };
 
@@ -35,10 +43,30 @@ pub(crate) struct Kernel {
     pub(crate) not_installed: u64,
     /// Relayed addresses left unguarded because a permission could not be installed.
     pub(crate) permissions_failed: u64,
+    /// Installed room routes by publisher and SSRC: their keys (RTP, RTCP) and slots.
+    room_routes: HashMap<(Source, u32), Vec<(RouteKey, u32)>>,
+    /// Free route slots, the longest free first: a slot is reused as late as possible, so a
+    /// program run that still holds a removed route never reads its successor's
+    /// destinations.
+    free_slots: VecDeque<u32>,
+    /// Slots of an adopted data plane's routes: not reused before [`Kernel::reconcile`]
+    /// has removed or replaced those routes, so that none of them ever sends to a new
+    /// route's destinations.
+    adopted_slots: Vec<u32>,
+    /// Room routes (RTP or RTCP of one SSRC) left to userspace: too many destinations,
+    /// families that differ, no slot or map entry left.
+    pub(crate) routes_not_installed: u64,
 }
 
 impl Kernel {
     pub(crate) fn new(dataplane: Dataplane) -> Self {
+        let adopted_slots = dataplane.room_route_slots().unwrap_or_else(|e| {
+            log::warn!("fast path: cannot list the adopted room routes: {e}");
+            Vec::new()
+        });
+        let free_slots = (0..MAX_ROOM_ROUTES)
+            .filter(|slot| !adopted_slots.contains(slot))
+            .collect();
         Self {
             dataplane,
             channels: HashMap::new(),
@@ -49,7 +77,123 @@ impl Kernel {
             permissions: HashSet::new(),
             not_installed: 0,
             permissions_failed: 0,
+            room_routes: HashMap::new(),
+            free_slots,
+            adopted_slots,
+            routes_not_installed: 0,
         }
+    }
+
+    /// Installs the room route of `ssrc` from `from` (RTP to `route.rtp`, the publisher's
+    /// RTCP to `route.rtcp`), spending policer slots `[room, tenant]`, or with `None`
+    /// removes it. A route being replaced is removed first, so no packet is sent by both.
+    /// What cannot be installed is left to userspace (counted).
+    pub(crate) fn room_route(
+        &mut self,
+        from: Source,
+        ssrc: u32,
+        route: Option<&Route>,
+        policers: [u32; 2],
+    ) {
+        if let Some(old) = self.room_routes.remove(&(from, ssrc)) {
+            for (key, slot) in old {
+                if let Err(e) = self.dataplane.remove_room_route(&key) {
+                    log::warn!(
+                        "fast path: cannot remove the route of SSRC {ssrc} from {}: {e}",
+                        from.remote
+                    );
+                }
+                self.free_slots.push_back(slot);
+            }
+        }
+        let Some(route) = route else { return };
+        let mut installed = Vec::new();
+        for (kind, to) in [(KIND_RTP, &route.rtp), (KIND_RTCP, &route.rtcp)] {
+            if to.is_empty() {
+                continue;
+            }
+            match self.install_route(from, ssrc, kind, to, policers) {
+                Ok(entry) => installed.push(entry),
+                Err(why) => {
+                    if self.routes_not_installed.is_multiple_of(1000) {
+                        log::warn!(
+                            "fast path: the route of SSRC {ssrc} from {} stays in userspace \
+                             ({why}); {} so far",
+                            from.remote,
+                            self.routes_not_installed + 1
+                        );
+                    }
+                    self.routes_not_installed += 1;
+                }
+            }
+        }
+        if !installed.is_empty() {
+            self.room_routes.insert((from, ssrc), installed);
+        }
+    }
+
+    fn install_route(
+        &mut self,
+        from: Source,
+        ssrc: u32,
+        kind: u8,
+        to: &[Destination],
+        policers: [u32; 2],
+    ) -> Result<(RouteKey, u32), String> {
+        if to.len() > MAX_ROUTE_DESTINATIONS as usize {
+            return Err(format!("more than {MAX_ROUTE_DESTINATIONS} destinations"));
+        }
+        if to.len() > 1 && !self.dataplane.fans_out() {
+            return Err("several destinations and no TC fan-out program attached".to_owned());
+        }
+        let v4 = from.local.is_ipv4();
+        if from.remote.is_ipv4() != v4
+            || to
+                .iter()
+                .any(|d| d.local.is_ipv4() != v4 || d.remote.is_ipv4() != v4)
+        {
+            return Err("addresses of different families".to_owned());
+        }
+        let slot = self
+            .free_slots
+            .pop_front()
+            .ok_or_else(|| "no route slot left".to_owned())?;
+        let key = crate::dataplane::route_key(from, ssrc, kind);
+        let result = (|| {
+            self.dataplane.reset_route_stats(slot)?;
+            for (i, d) in to.iter().enumerate() {
+                let index = relay_common::room::destination_index(slot, i as u32)
+                    .expect("slot and count checked");
+                self.dataplane
+                    .set_room_destination(index, &crate::dataplane::room_destination(d))?;
+            }
+            let value = RoomRoute {
+                destinations: to.len() as u32,
+                slot,
+                room_policer: policers[0],
+                tenant_policer: policers[1],
+                family: key.family,
+                pad: [0; 7],
+            };
+            self.dataplane.insert_room_route(&key, &value)
+        })();
+        match result {
+            Ok(()) => Ok((key, slot)),
+            Err(e) => {
+                self.free_slots.push_back(slot);
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// What the kernel counted for the route of `ssrc` from `from` (RTP and RTCP together).
+    pub(crate) fn room_route_stats(&self, from: Source, ssrc: u32) -> RouteStats {
+        self.room_routes
+            .get(&(from, ssrc))
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, slot)| self.dataplane.route_stats(*slot).ok())
+            .fold(RouteStats::default(), RouteStats::add)
     }
 
     /// Installs a channel spending the budgets of policer slots `[allocation, tenant]`, or
@@ -269,6 +413,37 @@ impl Kernel {
     /// (what ended while no daemon ran): called once the restored allocations have
     /// announced theirs. Returns how many went.
     pub(crate) fn reconcile(&mut self) -> usize {
+        let mut removed = self.reconcile_rooms();
+        removed += self.reconcile_turn();
+        removed
+    }
+
+    /// Room routes of an adopted data plane that the room core did not announce.
+    fn reconcile_rooms(&mut self) -> usize {
+        let wanted: HashSet<RouteKey> = self
+            .room_routes
+            .values()
+            .flatten()
+            .map(|(key, _)| *key)
+            .collect();
+        let mut removed = 0;
+        match self.dataplane.room_route_keys() {
+            Ok(keys) => {
+                for key in keys.iter().filter(|k| !wanted.contains(k)) {
+                    match self.dataplane.remove_room_route(key) {
+                        Ok(()) => removed += 1,
+                        Err(e) => log::warn!("fast path: cannot remove a stale room route: {e}"),
+                    }
+                }
+            }
+            Err(e) => log::warn!("fast path: cannot list the adopted room routes: {e}"),
+        }
+        // The adopted routes are gone or replaced (their keys now name new slots).
+        self.free_slots.extend(self.adopted_slots.drain(..));
+        removed
+    }
+
+    fn reconcile_turn(&mut self) -> usize {
         let wanted: HashSet<_> = self
             .channels
             .iter()
@@ -315,5 +490,102 @@ impl Kernel {
             }
         }
         removed
+    }
+}
+
+/// The room routes' bookkeeping against a real data plane (loaded, not attached: needs
+/// root, as the packet tests do).
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use relay_common::room::{MAX_ROOM_ROUTES, MAX_ROUTE_DESTINATIONS};
+
+    use super::Kernel;
+    use crate::{
+        dataplane::Dataplane,
+        room::{Destination, Route, Source},
+    };
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    const fn source(local: SocketAddr, remote: SocketAddr) -> Source {
+        Source { local, remote }
+    }
+
+    fn destinations(n: u32) -> Vec<Destination> {
+        (0..n)
+            .map(|i| Destination {
+                local: addr("10.0.0.1:40002"),
+                remote: SocketAddr::new("10.0.0.9".parse().unwrap(), 10_000 + i as u16),
+            })
+            .collect()
+    }
+
+    /// A route with `media` RTP and `reports` RTCP destinations.
+    fn route(media: u32, reports: u32) -> Route {
+        Route {
+            rtp: destinations(media),
+            rtcp: destinations(reports),
+        }
+    }
+
+    #[test]
+    fn room_routes_are_replaced_removed_reconciled_and_left_up_when_they_do_not_fit() {
+        let mut kernel = Kernel::new(Dataplane::load().unwrap());
+        let from = source(addr("10.0.0.1:40000"), addr("10.0.0.7:5004"));
+        let installed = |k: &Kernel| k.dataplane.room_route_keys().unwrap().len();
+
+        // RTP and RTCP: two entries.
+        kernel.room_route(from, 7, Some(&route(1, 1)), [0, 0]);
+        assert_eq!(installed(&kernel), 2);
+        // A replacement removes what it replaces.
+        kernel.room_route(from, 7, Some(&route(1, 0)), [0, 0]);
+        assert_eq!(installed(&kernel), 1);
+        // No TC program attached: several destinations stay in userspace; so do more than
+        // the kernel holds, and families that differ.
+        kernel.room_route(from, 8, Some(&route(2, 0)), [0, 0]);
+        kernel.room_route(from, 9, Some(&route(MAX_ROUTE_DESTINATIONS + 1, 0)), [0, 0]);
+        let v6 = Route {
+            rtp: vec![Destination {
+                local: addr("10.0.0.1:40002"),
+                remote: addr("[fd00::9]:6000"),
+            }],
+            rtcp: Vec::new(),
+        };
+        kernel.room_route(from, 10, Some(&v6), [0, 0]);
+        assert_eq!(kernel.routes_not_installed, 3);
+        assert_eq!(installed(&kernel), 1);
+
+        // Slots run out before the map does: the rest stays in userspace, counted.
+        for ssrc in 100..100 + MAX_ROOM_ROUTES {
+            kernel.room_route(from, ssrc, Some(&route(1, 0)), [0, 0]);
+        }
+        assert_eq!(installed(&kernel), MAX_ROOM_ROUTES as usize);
+        assert_eq!(kernel.routes_not_installed, 4);
+        // Removal frees the slot for the next route.
+        kernel.room_route(from, 7, None, [0, 0]);
+        kernel.room_route(from, 11, Some(&route(1, 0)), [0, 0]);
+        assert_eq!(installed(&kernel), MAX_ROOM_ROUTES as usize);
+        assert_eq!(kernel.routes_not_installed, 4);
+
+        // An adopted data plane: its routes keep their slots until reconciled (a route
+        // announced meanwhile takes a free one, never one an adopted route still sends
+        // by), and those the core did not announce go then.
+        for ssrc in 100..100 + MAX_ROOM_ROUTES - 10 {
+            kernel.room_route(from, ssrc, None, [0, 0]);
+        }
+        assert_eq!(installed(&kernel), 10);
+        let mut successor = Kernel::new(kernel.dataplane);
+        successor.room_route(from, 11, Some(&route(1, 0)), [0, 0]);
+        let mut slots = successor.dataplane.room_route_slots().unwrap();
+        slots.sort_unstable();
+        slots.dedup();
+        assert_eq!(slots.len(), 10, "a slot shared: {slots:?}");
+        assert_eq!(successor.reconcile(), 9);
+        assert_eq!(successor.free_slots.len(), MAX_ROOM_ROUTES as usize - 1);
+        assert_eq!(installed(&successor), 1);
     }
 }

@@ -1,7 +1,8 @@
 //! The room plane in the control task: drives the room core with the control API's calls,
 //! the media the data path hands up and the time, and carries out its outputs (sockets,
-//! routes for the data path, packets, replies). The counters of the data path's routes are
-//! kept here for the API's views and the core's idle timers.
+//! routes for the data path and, with an XDP program attached, for the kernel, packets,
+//! replies). The counters of the data path's and the kernel's routes are kept here for the
+//! API's views and the core's idle timers.
 
 use std::{
     collections::HashMap,
@@ -15,6 +16,7 @@ use tokio::sync::oneshot;
 use super::{
     control::{Limits, State, bind_relay},
     datapath::Command,
+    kernel::Kernel,
     media::{RoomCommand, RouteCounts},
 };
 use crate::room::{
@@ -26,8 +28,32 @@ use crate::room::{
 struct Live {
     to: Vec<Destination>,
     counts: Arc<RouteCounts>,
-    /// Packets when the idle timers last looked.
+    /// What the kernel counted for the route, when last read.
+    kernel: Counters,
+    /// Packets (userspace's and the kernel's) when the idle timers last looked.
     seen: u64,
+}
+
+impl Live {
+    /// Userspace's and the kernel's counts together.
+    fn counted(&self) -> Counters {
+        let mut c = snapshot(&self.counts);
+        add(&mut c, self.kernel);
+        c
+    }
+}
+
+/// Reads the kernel's counters of every live route into it.
+fn refresh(routes: &mut HashMap<(Source, u32), Live>, kernel: Option<&Kernel>) {
+    let Some(kernel) = kernel else { return };
+    for ((from, ssrc), live) in routes {
+        let k = kernel.room_route_stats(*from, *ssrc);
+        live.kernel = Counters {
+            packets: k.packets,
+            bytes: k.bytes,
+            dropped: k.dropped,
+        };
+    }
 }
 
 /// What the replaced routes of a source and SSRC had counted: received, and sent to each
@@ -87,7 +113,7 @@ impl RouteCounters for Counted<'_> {
             }
         }
         if let Some(live) = self.0.get(&(from, ssrc)) {
-            let now = snapshot(&live.counts);
+            let now = live.counted();
             add(&mut received, now);
             for d in &live.to {
                 add(sent.entry(*d).or_default(), Counters { dropped: 0, ..now });
@@ -150,7 +176,14 @@ impl RoomPlane {
 
     /// A control API call. A room with a bitrate limit needs a policer slot first: without
     /// one it is refused (507) before the core hears of it.
-    pub(crate) fn on_call(&mut self, now: Instant, (request, reply): Call, limits: &mut Limits) {
+    pub(crate) fn on_call(
+        &mut self,
+        now: Instant,
+        (request, reply): Call,
+        limits: &mut Limits,
+        kernel: Option<&Kernel>,
+    ) {
+        refresh(&mut self.routes, kernel);
         let call = self.next_call;
         self.next_call += 1;
         match &request {
@@ -192,9 +225,10 @@ impl RoomPlane {
     }
 
     /// The core's timers, after telling it which endpoints the data path kept busy.
-    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+    pub(crate) fn handle_timeout(&mut self, now: Instant, kernel: Option<&Kernel>) {
+        refresh(&mut self.routes, kernel);
         for ((from, _), live) in &mut self.routes {
-            let packets = live.counts.packets.load(Relaxed);
+            let packets = live.counted().packets;
             if packets != live.seen {
                 live.seen = packets;
                 self.core.touch(now, from.local);
@@ -213,6 +247,7 @@ impl RoomPlane {
         &mut self,
         commands: &Sender<Command>,
         limits: &mut Limits,
+        mut kernel: Option<&mut Kernel>,
         endpoint: &mut dyn FnMut(SocketAddr, bool),
     ) -> usize {
         let mut sent = 0;
@@ -247,7 +282,7 @@ impl RoomPlane {
                     tenant,
                     route,
                 } => {
-                    self.retire(from, ssrc);
+                    self.retire(from, ssrc, kernel.as_deref());
                     let counts = Arc::new(RouteCounts::default());
                     if let Some(r) = &route {
                         self.routes.insert(
@@ -255,19 +290,27 @@ impl RoomPlane {
                             Live {
                                 to: r.rtp.clone(),
                                 counts: Arc::clone(&counts),
+                                kernel: Counters::default(),
                                 seen: 0,
                             },
                         );
                     }
                     let tenant = tenant.and_then(|t| self.tenant_slots.get(t).copied());
+                    let policers = [
+                        self.room_slots.get(&room).copied().unwrap_or(0),
+                        tenant.unwrap_or(0),
+                    ];
+                    // The kernel's entry goes (or is replaced) before the data path's: a
+                    // packet the kernel no longer has goes up, where the data path or the
+                    // core forwards it.
+                    if let Some(kernel) = kernel.as_deref_mut() {
+                        kernel.room_route(from, ssrc, route.as_ref(), policers);
+                    }
                     RoomCommand::Route {
                         from,
                         ssrc,
                         route,
-                        policers: [
-                            self.room_slots.get(&room).copied().unwrap_or(0),
-                            tenant.unwrap_or(0),
-                        ],
+                        policers,
                         counts,
                     }
                 }
@@ -307,12 +350,21 @@ impl RoomPlane {
         sent
     }
 
-    /// Folds what a route being replaced counted into the totals.
-    fn retire(&mut self, from: Source, ssrc: u32) {
-        let Some(live) = self.routes.remove(&(from, ssrc)) else {
+    /// Folds what a route being replaced counted (in userspace and in the kernel) into the
+    /// totals.
+    fn retire(&mut self, from: Source, ssrc: u32, kernel: Option<&Kernel>) {
+        let Some(mut live) = self.routes.remove(&(from, ssrc)) else {
             return;
         };
-        let counted = snapshot(&live.counts);
+        if let Some(kernel) = kernel {
+            let k = kernel.room_route_stats(from, ssrc);
+            live.kernel = Counters {
+                packets: k.packets,
+                bytes: k.bytes,
+                dropped: k.dropped,
+            };
+        }
+        let counted = live.counted();
         let totals = self.totals.entry((from, ssrc)).or_default();
         add(&mut totals.received, counted);
         for d in live.to {

@@ -241,6 +241,20 @@ pub(crate) fn xdp_attachment(lab: &Lab, host: Host) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The programs on `eth0`'s TC ingress (tcx) in `host`'s namespace, by name.
+pub(crate) fn tc_ingress_programs(lab: &Lab, host: Host) -> Vec<String> {
+    lab.in_netns(host, || {
+        let (_, programs) =
+            aya::programs::SchedClassifier::query_tcx("eth0", aya::programs::TcAttachType::Ingress)
+                .unwrap();
+        programs
+            .iter()
+            .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+            .collect()
+    })
+    .unwrap()
+}
+
 /// A directory under the system temp dir, removed on drop.
 pub(crate) struct TempDir(pub(crate) std::path::PathBuf);
 
@@ -255,5 +269,172 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The relay with its control API on 10.77.0.1:8080 (and `extra` arguments), and the
+/// token file `relay room` reads.
+pub(crate) struct RoomsRelay {
+    pub(crate) lab: Lab,
+    pub(crate) relay: RunningRelay,
+    /// The token file and the relay's state directory: they outlive a restart.
+    dir: TempDir,
+    args: Vec<String>,
+}
+
+impl RoomsRelay {
+    pub(crate) fn new(prefix: &str, extra: &[&str]) -> Self {
+        Self::start(prefix, &lab_relay_args(&[]), extra)
+    }
+
+    /// As [`RoomsRelay::new`], with the relay's IPv6 address its only `--relay-ip`: room
+    /// endpoints are IPv6.
+    pub(crate) fn ipv6(prefix: &str, extra: &[&str]) -> Self {
+        let base = [
+            "run",
+            "--listening-ip",
+            "10.77.0.1",
+            "--listening-ip",
+            "fd77::1",
+            "--relay-ip",
+            "fd77::1",
+            "--realm",
+            "lab",
+            "--user",
+            "alice:wonderland",
+        ];
+        Self::start(prefix, &base, extra)
+    }
+
+    fn start(prefix: &str, base: &[&str], extra: &[&str]) -> Self {
+        let lab = Lab::up(prefix).unwrap();
+        let dir = TempDir::new(&format!("{prefix}-state"));
+        let file = dir.0.join("token");
+        std::fs::write(&file, "lab-token-0123456789\n").unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let mut args: Vec<String> = base.iter().map(|a| (*a).to_owned()).collect();
+        args.extend(["--api-listen", "10.77.0.1:8080", "--api-token-file"].map(str::to_owned));
+        args.push(file.to_str().unwrap().to_owned());
+        args.extend(["--state-dir".to_owned(), dir.0.to_str().unwrap().to_owned()]);
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let relay = Self::launch(&lab, &args);
+        Self {
+            lab,
+            relay,
+            dir,
+            args,
+        }
+    }
+
+    fn launch(lab: &Lab, args: &[String]) -> RunningRelay {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let command = lab.command(Host::Relay, env!("CARGO_BIN_EXE_relay"));
+        RunningRelay::start_command(command, &args, "TURN on")
+    }
+
+    /// Kills the relay (SIGKILL) and starts the next one with the same settings and state.
+    pub(crate) fn restart(&mut self) {
+        self.relay.kill();
+        self.relay = Self::launch(&self.lab, &self.args);
+    }
+
+    /// The relay's state directory.
+    pub(crate) fn state_dir(&self) -> &std::path::Path {
+        &self.dir.0
+    }
+
+    /// `relay room --json ARGS` from client A; its JSON answer.
+    pub(crate) fn room(&self, args: &[&str]) -> serde_json::Value {
+        let token = self.dir.0.join("token");
+        let out = self
+            .lab
+            .command(Host::ClientA, env!("CARGO_BIN_EXE_relay"))
+            .args([
+                "room",
+                "--api",
+                "http://10.77.0.1:8080",
+                "--token-file",
+                token.to_str().unwrap(),
+                "--json",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "relay room {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.stdout.is_empty() {
+            return serde_json::Value::Null;
+        }
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl RoomsRelay {
+    /// The model case: room "surgery" with a GStreamer SRTP VP8 camera (SSRC `ssrc`, on
+    /// client A) and `classrooms` GStreamer viewers subscribed (on the peer host, ports
+    /// 6000, 6002, ...); the camera sends `frames` frames, from port `camera_port` when
+    /// given (the endpoint's remote then given too), else from any (the endpoint latched
+    /// from its first packet). Returns the frames each classroom decoded and the room as
+    /// `relay room show` gives it.
+    pub(crate) fn surgery(
+        &self,
+        ssrc: u32,
+        classrooms: u16,
+        frames: usize,
+        camera_port: Option<u16>,
+    ) -> (Vec<usize>, serde_json::Value) {
+        use xtask::gstreamer::{Viewer, camera_from};
+        self.room(&["create", "surgery"]);
+        let remote = camera_port.map(|p| format!("10.77.0.11:{p}"));
+        let mut add = vec!["endpoint", "add", "surgery", "cam"];
+        if let Some(remote) = &remote {
+            add.extend(["--remote", remote.as_str()]);
+        }
+        let cam = self.room(&add);
+        let ssrc_arg = ssrc.to_string();
+        self.room(&[
+            "track",
+            "add",
+            "surgery",
+            "video",
+            "--endpoint",
+            "cam",
+            "--ssrc",
+            &ssrc_arg,
+            "--kind",
+            "video",
+        ]);
+        let viewers: Vec<Viewer> = (0..classrooms)
+            .map(|i| {
+                let port = 6000 + 2 * i;
+                let name = format!("class-{i}");
+                let remote = format!("10.77.0.21:{port}");
+                self.room(&["endpoint", "add", "surgery", &name, "--remote", &remote]);
+                self.room(&["subscribe", "surgery", &name, "video"]);
+                Viewer::start(&self.lab, Host::Peer, port, ssrc).unwrap()
+            })
+            .collect();
+        let cam_port = cam["local"]
+            .as_str()
+            .unwrap()
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .port();
+        camera_from(
+            &self.lab,
+            Host::ClientA,
+            camera_port.unwrap_or(0),
+            Host::Relay.ipv4().into(),
+            cam_port,
+            ssrc,
+            frames,
+        )
+        .unwrap();
+        let decoded = viewers.iter().map(|v| v.decoded(frames)).collect();
+        (decoded, self.room(&["show", "surgery"]))
     }
 }
