@@ -358,6 +358,7 @@ fn report(
     let (truncated, _) = count("truncated");
     let (malformed, _) = count("malformed");
     let (forwarded, forwarded_bytes) = count("forwarded");
+    let (fanned_out, _) = count("fan-out");
     // The two channel sessions' media, both ways: what the fast path should carry.
     let channel_packets = 2 * 2 * u64::from(want);
     println!("- The relay's XDP program on eth0 ({mode} mode) saw every frame first:");
@@ -366,7 +367,10 @@ fn report(
         100.0 * forwarded as f64 / channel_packets as f64
     );
     println!(
-        "  {udp4} IPv4/UDP ({udp4_bytes} bytes) and {udp6} IPv6/UDP ({udp6_bytes} bytes) went up to the relay: STUN/TURN signalling, the TCP session's peer side, and the room's media (rooms forward in userspace for now);"
+        "  {udp4} IPv4/UDP ({udp4_bytes} bytes) and {udp6} IPv6/UDP ({udp6_bytes} bytes) went up to the relay: STUN/TURN signalling, the TCP session's peer side, and the room camera's first packets (before its endpoint latched);"
+    );
+    println!(
+        "  {fanned_out} packets of the room's camera it marked for the TC program on the same NIC, which sent each to the three classrooms as a rewritten clone;"
     );
     println!("  {other} other IP frames (the TCP session, neighbour discovery) passed.");
     println!(
@@ -375,7 +379,7 @@ fn report(
     println!(
         "  XDP dropped {truncated} as truncated and {malformed} as malformed before the stack saw them."
     );
-    ok &= forwarded * 100 >= channel_packets * 99;
+    ok &= forwarded * 100 >= channel_packets * 99 && fanned_out > 0;
     ok &= truncated == u64::from(BROKEN_FRAMES)
         && malformed == u64::from(BROKEN_FRAMES)
         && udp4 > 0
