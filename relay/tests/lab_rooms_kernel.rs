@@ -318,3 +318,70 @@ fn a_publisher_flooding_over_its_tenants_limit_is_held_in_the_kernel_and_another
         "every packet either cloned or dropped in the kernel: {summary}"
     );
 }
+
+/// Removes an instance's pins when dropped, so a failing test leaves none.
+struct RemovePins(String);
+
+impl Drop for RemovePins {
+    fn drop(&mut self) {
+        let _ = relay::dataplane::Pins::new(&self.0).remove();
+    }
+}
+
+/// kill -9 mid-stream: with no daemon at all the kernel goes on forwarding the rooms'
+/// media, nothing lost (the pins are on the host's bpffs, as in `lab_restart`). Rooms are
+/// not kept across a restart yet: the successor adopts the data plane and removes the
+/// routes no room of its own announces.
+#[test]
+fn with_no_daemon_the_kernel_goes_on_forwarding_room_media() {
+    let state = TempDir::new("rk-kill");
+    let instance = format!("rk-kill-{}", std::process::id());
+    let _pins = RemovePins(instance.clone());
+    let state_dir = state.0.to_str().unwrap().to_owned();
+    let mut s = RoomsRelay::with_host_mounts(
+        "rk-kill",
+        &[
+            "--interface",
+            "eth0",
+            "--instance",
+            &instance,
+            "--state-dir",
+            &state_dir,
+        ],
+    );
+    let _switch = xdp_on_switch_port(&s.lab);
+    let (cam_addr, one, many) = ward(&s, false);
+    let camera = s
+        .lab
+        .in_netns(Host::ClientA, || {
+            UdpSocket::bind("10.77.0.11:5004").unwrap()
+        })
+        .unwrap();
+    let send = |seqs: std::ops::RangeInclusive<u16>| {
+        for seq in seqs {
+            camera.send_to(&packet(SOLO, seq), cam_addr).unwrap();
+            camera.send_to(&packet(SHARED, seq), cam_addr).unwrap();
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    };
+    send(0..=0);
+    std::thread::sleep(Duration::from_millis(300));
+    send(1..=200);
+    s.relay.kill();
+    send(201..=400);
+    let mut solo = drain(&one, SOLO);
+    solo.sort_unstable();
+    assert_eq!(solo, (0..=400).collect::<Vec<u16>>());
+    for socket in &many {
+        let mut got = drain(socket, SHARED);
+        got.sort_unstable();
+        // The SHARED packet 0 went with the latching one, through the core.
+        assert_eq!(got, (0..=400).collect::<Vec<u16>>());
+    }
+    // The successor adopts the data plane and removes the four routes (RTP and RTCP of
+    // each SSRC) that no room of its own announces.
+    drop(s.start_again());
+    let removed = s.relay.wait_for_log("fast path: removed");
+    assert!(removed.contains("removed 4 "), "{removed}");
+    s.relay.stop(nix::sys::signal::Signal::SIGTERM);
+}

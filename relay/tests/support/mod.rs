@@ -278,6 +278,9 @@ pub(crate) struct RoomsRelay {
     pub(crate) lab: Lab,
     pub(crate) relay: RunningRelay,
     token: TempDir,
+    /// The relay's arguments, and whether it runs with the host's mounts.
+    args: Vec<String>,
+    host_mounts: bool,
 }
 
 impl RoomsRelay {
@@ -304,23 +307,60 @@ impl RoomsRelay {
         Self::start(prefix, &base, extra)
     }
 
+    /// As [`RoomsRelay::new`], entered into the relay host's network namespace only
+    /// (`nsenter --net`), keeping the host's mounts: the data plane it pins (give it
+    /// `--instance` and `--state-dir` in `extra`) outlives it, as in `lab_restart`.
+    pub(crate) fn with_host_mounts(prefix: &str, extra: &[&str]) -> Self {
+        Self::start_in(prefix, &lab_relay_args(&[]), extra, true)
+    }
+
     fn start(prefix: &str, base: &[&str], extra: &[&str]) -> Self {
+        Self::start_in(prefix, base, extra, false)
+    }
+
+    fn start_in(prefix: &str, base: &[&str], extra: &[&str], host_mounts: bool) -> Self {
         let lab = Lab::up(prefix).unwrap();
         let token = TempDir::new(&format!("{prefix}-token"));
         let file = token.0.join("token");
         std::fs::write(&file, "lab-token-0123456789\n").unwrap();
         std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
-        let mut args = base.to_vec();
+        let mut args: Vec<String> = base.iter().map(|a| (*a).to_owned()).collect();
         args.extend([
-            "--api-listen",
-            "10.77.0.1:8080",
-            "--api-token-file",
-            file.to_str().unwrap(),
+            "--api-listen".to_owned(),
+            "10.77.0.1:8080".to_owned(),
+            "--api-token-file".to_owned(),
+            file.to_str().unwrap().to_owned(),
         ]);
-        args.extend(extra);
-        let relay = RunningRelay::start(&lab, Host::Relay, &args, "TURN on");
-        Self { lab, relay, token }
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let relay = Self::spawn(&lab, &args, host_mounts);
+        Self {
+            lab,
+            relay,
+            token,
+            args,
+            host_mounts,
+        }
+    }
+
+    fn spawn(lab: &Lab, args: &[String], host_mounts: bool) -> RunningRelay {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        if host_mounts {
+            let mut command = std::process::Command::new("nsenter");
+            command
+                .arg(format!("--net=/run/netns/{}", lab.netns(Host::Relay)))
+                .arg(env!("CARGO_BIN_EXE_relay"));
+            RunningRelay::start_command(command, &args, "TURN on")
+        } else {
+            RunningRelay::start(lab, Host::Relay, &args, "TURN on")
+        }
+    }
+
+    /// Starts the relay again with the same arguments, the running one having been killed
+    /// or stopped; returns the one it replaces.
+    pub(crate) fn start_again(&mut self) -> RunningRelay {
+        let next = Self::spawn(&self.lab, &self.args, self.host_mounts);
+        std::mem::replace(&mut self.relay, next)
     }
 
     /// `relay room --json ARGS` from client A; its JSON answer.
