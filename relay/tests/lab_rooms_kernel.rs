@@ -132,6 +132,18 @@ fn one_subscriber_in_xdp_and_eight_in_tc_with_nothing_lost_over_ipv6() {
     );
 }
 
+/// The same in generic (skb) mode, where the XDP metadata reaches TC by another path.
+#[test]
+fn one_subscriber_in_xdp_and_eight_in_tc_with_nothing_lost_in_generic_mode() {
+    fanout(
+        RoomsRelay::new(
+            "rk-generic",
+            &["--interface", "eth0", "--xdp-mode", "generic"],
+        ),
+        false,
+    );
+}
+
 fn fanout(s: RoomsRelay, v6: bool) {
     let _switch = xdp_on_switch_port(&s.lab);
     let (cam_addr, one, many) = ward(&s, v6);
