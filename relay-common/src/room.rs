@@ -14,6 +14,8 @@
 //! program, which sends one rewritten clone per destination (`bpf_loop`) and drops the
 //! original.
 
+use crate::parse::Frame;
+
 /// Route slots: entries of `ROUTE_STATS`, and `ROOM_DESTINATIONS` holds
 /// `MAX_ROOM_ROUTES * MAX_ROUTE_DESTINATIONS` destinations (about 9 MiB).
 pub const MAX_ROOM_ROUTES: u32 = 1024;
@@ -164,6 +166,23 @@ pub const fn classify(head: &[u8; 12], len: usize) -> Option<(u8, [u8; 4])> {
     Some((KIND_RTP, [head[8], head[9], head[10], head[11]]))
 }
 
+/// [`classify`] of the UDP payload of `len` bytes at `offset` in `frame`, reading only
+/// what the payload holds (8 bytes of a shorter RTCP packet, 12 otherwise).
+#[inline(always)]
+pub fn classify_payload<F: Frame + ?Sized>(
+    frame: &F,
+    offset: usize,
+    len: usize,
+) -> Option<(u8, [u8; 4])> {
+    let head: [u8; 12] = if len >= 12 {
+        frame.read(offset)?
+    } else {
+        let e: [u8; 8] = frame.read(offset)?;
+        [e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7], 0, 0, 0, 0]
+    };
+    classify(&head, len)
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: repr(C), no implicit padding (sizes asserted above), every bit pattern valid.
@@ -217,6 +236,23 @@ mod tests {
         assert_eq!(classify(&head(0x80, 96), 11), None);
         assert_eq!(classify(&head(0x82, 96), 19), None);
         assert!(classify(&head(0x82, 96), 20).is_some());
+    }
+
+    #[test]
+    fn payloads_are_read_no_further_than_they_go() {
+        // An 8-byte RTCP packet at the end of a frame: read whole, nothing past it.
+        let mut frame = [0_u8; 20];
+        frame[12..].copy_from_slice(&[0x80, 201, 0, 1, 0, 0, 0, 9]);
+        assert_eq!(
+            classify_payload(&frame[..], 12, 8),
+            Some((KIND_RTCP, [0, 0, 0, 9]))
+        );
+        assert_eq!(classify_payload(&frame[..], 13, 8), None);
+        let rtp = head(0x80, 96);
+        assert_eq!(
+            classify_payload(&rtp[..], 0, 12),
+            Some((KIND_RTP, [0x12, 0x34, 0x56, 0x78]))
+        );
     }
 
     #[test]

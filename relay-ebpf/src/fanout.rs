@@ -116,13 +116,7 @@ pub(crate) fn fanout(ctx: &TcContext) -> Option<i32> {
     s.udp = frame.read(f.l4)?;
     let payload_len =
         usize::from(u16::from_be_bytes([s.udp[4], s.udp[5]])).checked_sub(UDP_HLEN)?;
-    let head: [u8; 12] = if payload_len >= 12 {
-        frame.read(f.l4 + UDP_HLEN)?
-    } else {
-        let e: [u8; 8] = frame.read(f.l4 + UDP_HLEN)?;
-        [e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7], 0, 0, 0, 0]
-    };
-    let (kind, ssrc) = room::classify(&head, payload_len)?;
+    let (kind, ssrc) = room::classify_payload(&frame, f.l4 + UDP_HLEN, payload_len)?;
     s.key.remote_port = [s.udp[0], s.udp[1]];
     s.key.local_port = [s.udp[2], s.udp[3]];
     s.key.ssrc = ssrc;

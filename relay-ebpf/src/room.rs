@@ -12,7 +12,7 @@ use aya_ebpf::{
 use relay_common::{
     Verdict,
     flow::{ActionKind, FlowAction},
-    parse::{Frame as _, UdpFrame},
+    parse::UdpFrame,
     room::{self, FANOUT_MARK, RoomRoute, RouteKey},
 };
 
@@ -40,17 +40,7 @@ pub(crate) fn route(ctx: &XdpContext, f: &UdpFrame) -> Option<(Verdict, u32)> {
         ..
     } = scratch;
     let h = forward::read_headers(&frame, f, old)?;
-    let payload = h.l4 + UDP_HLEN;
-    let head: [u8; 12] = if h.payload_len >= 12 {
-        frame.read(payload)?
-    } else {
-        let eight: [u8; 8] = frame.read(payload)?;
-        [
-            eight[0], eight[1], eight[2], eight[3], eight[4], eight[5], eight[6], eight[7], 0, 0,
-            0, 0,
-        ]
-    };
-    let (kind, ssrc) = room::classify(&head, h.payload_len)?;
+    let (kind, ssrc) = room::classify_payload(&frame, h.l4 + UDP_HLEN, h.payload_len)?;
     *key = RouteKey {
         local: old.dst,
         remote: old.src,

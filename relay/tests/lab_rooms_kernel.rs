@@ -15,7 +15,7 @@ use std::{
 };
 
 use nix::sys::socket::{setsockopt, sockopt};
-use support::{RoomsRelay, exit_figures, verdict_row, xdp_on_switch_port};
+use support::{RoomsRelay, TempDir, exit_figures, verdict_row, xdp_on_switch_port};
 use xtask::lab::{Host, Lab};
 
 const SOLO: u32 = 0x51;
@@ -132,6 +132,18 @@ fn one_subscriber_in_xdp_and_eight_in_tc_with_nothing_lost_over_ipv6() {
     );
 }
 
+/// The same in generic (skb) mode, where the XDP metadata reaches TC by another path.
+#[test]
+fn one_subscriber_in_xdp_and_eight_in_tc_with_nothing_lost_in_generic_mode() {
+    fanout(
+        RoomsRelay::new(
+            "rk-generic",
+            &["--interface", "eth0", "--xdp-mode", "generic"],
+        ),
+        false,
+    );
+}
+
 fn fanout(s: RoomsRelay, v6: bool) {
     let _switch = xdp_on_switch_port(&s.lab);
     let (cam_addr, one, many) = ward(&s, v6);
@@ -215,4 +227,179 @@ fn a_surgery_camera_reaches_64_classrooms_through_tc_and_every_frame_decodes() {
     // core, and the kernel's copies of the next can overtake them: a viewer without a
     // jitter buffer may then lose the first keyframe.)
     assert_eq!(fanned, received, "{summary}");
+}
+
+/// A publisher flooding at several times its tenant's limit: its room's route spends the
+/// tenant's policer in XDP (once per packet, before the TC copies), so the excess is
+/// dropped in the kernel (`over-limit`) and what passes is what the limit allows; a room
+/// of no tenant, fed by the same host at the same time, loses nothing.
+#[test]
+fn a_publisher_flooding_over_its_tenants_limit_is_held_in_the_kernel_and_another_room_is_untouched()
+{
+    const LIMIT_PPS: usize = 1000;
+    const FLOOD: u16 = 3000;
+    let config = TempDir::new("rk-tenant");
+    let file = config.0.join("relay.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[tenant]]\nname = \"north\"\nusers = [\"alice\"]\npackets-per-second = \
+             {LIMIT_PPS}\nburst-ms = 100\n"
+        ),
+    )
+    .unwrap();
+    let s = RoomsRelay::new(
+        "rk-tenant",
+        &["--interface", "eth0", "--config", file.to_str().unwrap()],
+    );
+    let _switch = xdp_on_switch_port(&s.lab);
+    // "ward" (tenant north): a camera to two classrooms, cloned in TC. "calm" (no
+    // tenant): a camera to one classroom, sent by XDP.
+    let mut endpoints = Vec::new();
+    for (room, tenant, cam_port, ssrc, to) in [
+        ("ward", Some("north"), 5004, SOLO, &[7000_u16, 7002][..]),
+        ("calm", None, 5006, SHARED, &[7100][..]),
+    ] {
+        let mut create = vec!["create", room];
+        create.extend(tenant.map(|t| ["--tenant", t]).into_iter().flatten());
+        s.room(&create);
+        let remote = format!("10.77.0.11:{cam_port}");
+        let cam = s.room(&["endpoint", "add", room, "cam", "--remote", &remote]);
+        let ssrc = ssrc.to_string();
+        s.room(&[
+            "track",
+            "add",
+            room,
+            "video",
+            "--endpoint",
+            "cam",
+            "--ssrc",
+            &ssrc,
+            "--kind",
+            "video",
+        ]);
+        let receivers: Vec<UdpSocket> = to
+            .iter()
+            .map(|port| {
+                let name = format!("class-{port}");
+                let remote = format!("10.77.0.21:{port}");
+                s.room(&["endpoint", "add", room, &name, "--remote", &remote]);
+                s.room(&["subscribe", room, &name, "video"]);
+                receiver(&s.lab, Host::Peer, &remote)
+            })
+            .collect();
+        let addr: SocketAddr = cam["local"].as_str().unwrap().parse().unwrap();
+        let camera = s
+            .lab
+            .in_netns(Host::ClientA, || UdpSocket::bind(remote.as_str()).unwrap())
+            .unwrap();
+        endpoints.push((camera, addr, receivers));
+    }
+    let [(flooder, ward, ward_rx), (calm_cam, calm, calm_rx)] = &endpoints[..] else {
+        unreachable!()
+    };
+    let start = std::time::Instant::now();
+    for seq in 1..=FLOOD {
+        flooder.send_to(&packet(SOLO, seq), ward).unwrap();
+        if seq % 10 == 0 {
+            calm_cam.send_to(&packet(SHARED, seq / 10), calm).unwrap();
+        }
+    }
+    let elapsed_ms = start.elapsed().as_millis() as usize;
+    let ward_got: Vec<usize> = ward_rx.iter().map(|r| drain(r, SOLO).len()).collect();
+    let calm_got = drain(&calm_rx[0], SHARED).len();
+    let (stdout, log) = s.relay.stop_logged(nix::sys::signal::Signal::SIGTERM);
+    let (over, _) = verdict_row(&stdout, "over-limit");
+    // The burst (100 ms worth) and what the rate refills while the flood lasts.
+    let allowed = LIMIT_PPS * (100 + elapsed_ms) / 1000;
+    let summary = format!(
+        "flood of {FLOOD} in {elapsed_ms} ms (the limit allows about {allowed}): the ward's \
+         classrooms got {ward_got:?}, {over} dropped over the limit in the kernel; calm got \
+         {calm_got} of {}\n{}\n{stdout}",
+        FLOOD / 10,
+        exit_figures(&log, "UDP data path at exit: "),
+    );
+    eprintln!("{summary}");
+    assert_eq!(calm_got, usize::from(FLOOD / 10), "{summary}");
+    assert_eq!(ward_got[0], ward_got[1], "{summary}");
+    assert!(ward_got[0] <= allowed + 20, "{summary}");
+    assert!(ward_got[0] >= 100, "{summary}");
+    assert_eq!(
+        ward_got[0] as u64 + over,
+        u64::from(FLOOD),
+        "every packet either cloned or dropped in the kernel: {summary}"
+    );
+}
+
+/// Removes an instance's pins when dropped, so a failing test leaves none.
+struct RemovePins(String);
+
+impl Drop for RemovePins {
+    fn drop(&mut self) {
+        let _ = relay::dataplane::Pins::new(&self.0).remove();
+    }
+}
+
+/// kill -9 mid-stream: with no daemon at all the kernel goes on forwarding the rooms'
+/// media, nothing lost (the pins are on the host's bpffs, as in `lab_restart`); the
+/// successor adopts the data plane, takes the room up from its state file and installs
+/// the same routes again, and the media goes on, nothing lost either.
+#[test]
+fn with_no_daemon_the_kernel_goes_on_forwarding_room_media() {
+    let state = TempDir::new("rk-kill");
+    let instance = format!("rk-kill-{}", std::process::id());
+    let _pins = RemovePins(instance.clone());
+    let state_dir = state.0.to_str().unwrap().to_owned();
+    let mut s = RoomsRelay::with_host_mounts(
+        "rk-kill",
+        &[
+            "--interface",
+            "eth0",
+            "--instance",
+            &instance,
+            "--state-dir",
+            &state_dir,
+        ],
+    );
+    let _switch = xdp_on_switch_port(&s.lab);
+    let (cam_addr, one, many) = ward(&s, false);
+    let camera = s
+        .lab
+        .in_netns(Host::ClientA, || {
+            UdpSocket::bind("10.77.0.11:5004").unwrap()
+        })
+        .unwrap();
+    let send = |seqs: std::ops::RangeInclusive<u16>| {
+        for seq in seqs {
+            camera.send_to(&packet(SOLO, seq), cam_addr).unwrap();
+            camera.send_to(&packet(SHARED, seq), cam_addr).unwrap();
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    };
+    send(0..=0);
+    std::thread::sleep(Duration::from_millis(300));
+    send(1..=200);
+    s.relay.kill();
+    send(201..=400);
+    let mut solo = drain(&one, SOLO);
+    solo.sort_unstable();
+    assert_eq!(solo, (0..=400).collect::<Vec<u16>>());
+    for socket in &many {
+        let mut got = drain(socket, SHARED);
+        got.sort_unstable();
+        // The SHARED packet 0 went with the latching one, through the core.
+        assert_eq!(got, (0..=400).collect::<Vec<u16>>());
+    }
+    // The successor adopts the data plane and takes the room up (saved within 100 ms of
+    // the latch, long before the kill): its routes replace the adopted ones, none is stale.
+    drop(s.start_again());
+    assert!(s.relay.logged("took up 1 saved rooms"));
+    send(401..=600);
+    let solo = drain(&one, SOLO);
+    assert_eq!(solo.len(), 200, "after the restart");
+    for socket in &many {
+        assert_eq!(drain(socket, SHARED).len(), 200, "after the restart");
+    }
+    let stdout = s.relay.stop(nix::sys::signal::Signal::SIGTERM);
+    assert!(!stdout.is_empty());
 }

@@ -188,10 +188,11 @@ impl Lab {
         self.in_netns(from, || send_frames(frames))?
     }
 
-    /// Waits (at most 10 s) until something binds UDP `port` in `host`'s namespace, for
-    /// programs such as turnutils_peer that say nothing when they are ready.
+    /// Waits until something binds UDP `port` in `host`'s namespace, for programs such as
+    /// turnutils_peer that say nothing when they are ready: at most 30 s, as a loaded
+    /// 2-core machine starting dozens of GStreamer pipelines can take that long.
     pub fn wait_udp_bound(&self, host: Host, port: u16) -> anyhow::Result<()> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while std::time::Instant::now() < deadline {
             let out = self
                 .command(host, "ss")

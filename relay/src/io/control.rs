@@ -264,8 +264,9 @@ impl Control {
             let stale = kernel.reconcile();
             if stale > 0 {
                 log::info!(
-                    "fast path: removed {stale} flows, relayed addresses and permissions that \
-                     ended while no daemon ran"
+                    "fast path: removed {stale} kernel entries the restored state does not \
+                     announce: flows, relayed addresses and permissions that ended while no \
+                     daemon ran, room routes (rooms are not kept across a restart yet)"
                 );
             }
         }

@@ -279,7 +279,9 @@ pub(crate) struct RoomsRelay {
     pub(crate) relay: RunningRelay,
     /// The token file and the relay's state directory: they outlive a restart.
     dir: TempDir,
+    /// The relay's arguments, and whether it runs with the host's mounts.
     args: Vec<String>,
+    host_mounts: bool,
 }
 
 impl RoomsRelay {
@@ -306,7 +308,18 @@ impl RoomsRelay {
         Self::start(prefix, &base, extra)
     }
 
+    /// As [`RoomsRelay::new`], entered into the relay host's network namespace only
+    /// (`nsenter --net`), keeping the host's mounts: the data plane it pins (give it
+    /// `--instance` and `--state-dir` in `extra`) outlives it, as in `lab_restart`.
+    pub(crate) fn with_host_mounts(prefix: &str, extra: &[&str]) -> Self {
+        Self::start_in(prefix, &lab_relay_args(&[]), extra, true)
+    }
+
     fn start(prefix: &str, base: &[&str], extra: &[&str]) -> Self {
+        Self::start_in(prefix, base, extra, false)
+    }
+
+    fn start_in(prefix: &str, base: &[&str], extra: &[&str], host_mounts: bool) -> Self {
         let lab = Lab::up(prefix).unwrap();
         let dir = TempDir::new(&format!("{prefix}-state"));
         let file = dir.0.join("token");
@@ -316,27 +329,45 @@ impl RoomsRelay {
         let mut args: Vec<String> = base.iter().map(|a| (*a).to_owned()).collect();
         args.extend(["--api-listen", "10.77.0.1:8080", "--api-token-file"].map(str::to_owned));
         args.push(file.to_str().unwrap().to_owned());
-        args.extend(["--state-dir".to_owned(), dir.0.to_str().unwrap().to_owned()]);
+        if !extra.contains(&"--state-dir") {
+            args.extend(["--state-dir".to_owned(), dir.0.to_str().unwrap().to_owned()]);
+        }
         args.extend(extra.iter().map(|a| (*a).to_owned()));
-        let relay = Self::launch(&lab, &args);
+        let relay = Self::spawn(&lab, &args, host_mounts);
         Self {
             lab,
             relay,
             dir,
             args,
+            host_mounts,
         }
     }
 
-    fn launch(lab: &Lab, args: &[String]) -> RunningRelay {
+    fn spawn(lab: &Lab, args: &[String], host_mounts: bool) -> RunningRelay {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let command = lab.command(Host::Relay, env!("CARGO_BIN_EXE_relay"));
+        let command = if host_mounts {
+            let mut command = std::process::Command::new("nsenter");
+            command
+                .arg(format!("--net=/run/netns/{}", lab.netns(Host::Relay)))
+                .arg(env!("CARGO_BIN_EXE_relay"));
+            command
+        } else {
+            lab.command(Host::Relay, env!("CARGO_BIN_EXE_relay"))
+        };
         RunningRelay::start_command(command, &args, "TURN on")
     }
 
     /// Kills the relay (SIGKILL) and starts the next one with the same settings and state.
     pub(crate) fn restart(&mut self) {
         self.relay.kill();
-        self.relay = Self::launch(&self.lab, &self.args);
+        self.relay = Self::spawn(&self.lab, &self.args, self.host_mounts);
+    }
+
+    /// Starts the relay again with the same arguments, the running one having been killed
+    /// or stopped; returns the one it replaces.
+    pub(crate) fn start_again(&mut self) -> RunningRelay {
+        let next = Self::spawn(&self.lab, &self.args, self.host_mounts);
+        std::mem::replace(&mut self.relay, next)
     }
 
     /// The relay's state directory.
