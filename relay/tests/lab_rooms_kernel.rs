@@ -18,6 +18,18 @@ use nix::sys::socket::{setsockopt, sockopt};
 use support::{RoomsRelay, TempDir, exit_figures, verdict_row, xdp_on_switch_port};
 use xtask::lab::{Host, Lab};
 
+/// The tests of this file take turns: each loads the machine's two cores (up to 64
+/// GStreamer decoders, floods), and side by side a GStreamer viewer once took over the 10 s
+/// its start may take.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// This test's turn (a test that failed in its turn does not stop the others).
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 const SOLO: u32 = 0x51;
 const SHARED: u32 = 0x52;
 const PACKETS: u16 = 500;
@@ -118,6 +130,7 @@ fn ward(s: &RoomsRelay, v6: bool) -> (SocketAddr, UdpSocket, Vec<UdpSocket>) {
 
 #[test]
 fn one_subscriber_in_xdp_and_eight_in_tc_with_nothing_lost() {
+    let _turn = turn();
     fanout(
         RoomsRelay::new("rk-fanout", &["--interface", "eth0"]),
         false,
@@ -126,6 +139,7 @@ fn one_subscriber_in_xdp_and_eight_in_tc_with_nothing_lost() {
 
 #[test]
 fn one_subscriber_in_xdp_and_eight_in_tc_with_nothing_lost_over_ipv6() {
+    let _turn = turn();
     fanout(
         RoomsRelay::ipv6("rk-fanout6", &["--interface", "eth0"]),
         true,
@@ -135,6 +149,7 @@ fn one_subscriber_in_xdp_and_eight_in_tc_with_nothing_lost_over_ipv6() {
 /// The same in generic (skb) mode, where the XDP metadata reaches TC by another path.
 #[test]
 fn one_subscriber_in_xdp_and_eight_in_tc_with_nothing_lost_in_generic_mode() {
+    let _turn = turn();
     fanout(
         RoomsRelay::new(
             "rk-generic",
@@ -210,6 +225,7 @@ fn a_surgery_camera_reaches_64_classrooms_through_tc_and_every_frame_decodes() {
     const SSRC: u32 = 0x1234;
     const FRAMES: usize = 90;
     const CLASSROOMS: u16 = 64;
+    let _turn = turn();
     let s = RoomsRelay::new("rk-surgery", &["--interface", "eth0"]);
     let (decoded, room) = s.surgery(SSRC, CLASSROOMS, FRAMES, Some(5010));
     let (stdout, log) = s.relay.stop_logged(nix::sys::signal::Signal::SIGTERM);
@@ -238,6 +254,7 @@ fn a_publisher_flooding_over_its_tenants_limit_is_held_in_the_kernel_and_another
 {
     const LIMIT_PPS: usize = 1000;
     const FLOOD: u16 = 3000;
+    let _turn = turn();
     let config = TempDir::new("rk-tenant");
     let file = config.0.join("relay.toml");
     std::fs::write(
@@ -346,6 +363,7 @@ impl Drop for RemovePins {
 /// the same routes again, and the media goes on, nothing lost either.
 #[test]
 fn with_no_daemon_the_kernel_goes_on_forwarding_room_media() {
+    let _turn = turn();
     let state = TempDir::new("rk-kill");
     let instance = format!("rk-kill-{}", std::process::id());
     let _pins = RemovePins(instance.clone());
