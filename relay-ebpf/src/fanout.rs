@@ -22,12 +22,11 @@ use relay_common::{
     room::{self, FANOUT_MARK, RouteKey},
 };
 
-use crate::{forward::FibLookup, maps};
+use crate::{
+    forward::{FibLookup, IPV4_HLEN, IPV6_HLEN, UDP_HLEN, ipv4_header, ipv6_header},
+    maps,
+};
 
-const UDP_HLEN: usize = 8;
-const IPV4_HLEN: usize = 20;
-const IPV6_HLEN: usize = 40;
-const TTL: u8 = 64;
 /// `BPF_F_RECOMPUTE_CSUM` (UAPI): keep `skb->csum` right for a CHECKSUM_COMPLETE skb.
 const BPF_F_RECOMPUTE_CSUM: u64 = 1;
 
@@ -227,21 +226,9 @@ fn copy(index: u32, skb: *mut __sk_buff) -> Option<()> {
     s.written = 1;
     store(skb, 0, &macs)?;
     if v4 {
-        let mut ip = s.ip4;
-        ip[8] = TTL;
-        ip[10] = 0;
-        ip[11] = 0;
-        ip[12..16].copy_from_slice(&d.src[..4]);
-        ip[16..20].copy_from_slice(&d.dst[..4]);
-        let sum = csum::finish(csum::add(0, &ip));
-        ip[10..12].copy_from_slice(&sum.to_be_bytes());
-        store(skb, s.l3, &ip)?;
+        store(skb, s.l3, &ipv4_header(s.ip4, &d.src, &d.dst))?;
     } else {
-        let mut ip = s.ip6;
-        ip[7] = TTL;
-        ip[8..24].copy_from_slice(&d.src);
-        ip[24..40].copy_from_slice(&d.dst);
-        store(skb, s.l3, &ip)?;
+        store(skb, s.l3, &ipv6_header(s.ip6, &d.src, &d.dst))?;
     }
     store(skb, s.l4, &udp)?;
     // SAFETY: a plain helper call on the context.

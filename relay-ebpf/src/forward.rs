@@ -17,12 +17,44 @@ use relay_common::{
 
 use crate::{maps, parse::XdpFrame};
 
-const UDP_HLEN: usize = 8;
-const IPV4_HLEN: usize = 20;
-const IPV6_HLEN: usize = 40;
+pub(crate) const UDP_HLEN: usize = 8;
+pub(crate) const IPV4_HLEN: usize = 20;
+pub(crate) const IPV6_HLEN: usize = 40;
 const CHANNEL_DATA_HLEN: usize = 4;
 /// TTL / hop limit of relayed packets: the relay sends them anew, as a socket would.
 const TTL: u8 = 64;
+
+/// An IPv4 header (no options) as the relay sends it on: from `src` to `dst` (their first
+/// four bytes), TTL reset, header checksum recomputed. Channels, hairpins and room copies
+/// (in XDP and in TC) all go out so.
+#[inline(always)]
+pub(crate) fn ipv4_header(
+    mut ip: [u8; IPV4_HLEN],
+    src: &[u8; 16],
+    dst: &[u8; 16],
+) -> [u8; IPV4_HLEN] {
+    ip[8] = TTL;
+    ip[10] = 0;
+    ip[11] = 0;
+    ip[12..16].copy_from_slice(&src[..4]);
+    ip[16..20].copy_from_slice(&dst[..4]);
+    let sum = csum::finish(csum::add(0, &ip));
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    ip
+}
+
+/// An IPv6 header as the relay sends it on: from `src` to `dst`, hop limit reset.
+#[inline(always)]
+pub(crate) fn ipv6_header(
+    mut ip: [u8; IPV6_HLEN],
+    src: &[u8; 16],
+    dst: &[u8; 16],
+) -> [u8; IPV6_HLEN] {
+    ip[7] = TTL;
+    ip[8..24].copy_from_slice(src);
+    ip[24..40].copy_from_slice(dst);
+    ip
+}
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const IPPROTO_UDP: u8 = 17;
@@ -441,21 +473,11 @@ pub(crate) fn rewrite(
     if v4 {
         let mut ip = old.ip4;
         ip[2..4].copy_from_slice(&tot_len.to_be_bytes());
-        ip[8] = TTL;
-        ip[10] = 0;
-        ip[11] = 0;
-        ip[12..16].copy_from_slice(&action.src[..4]);
-        ip[16..20].copy_from_slice(&action.dst[..4]);
-        let sum = csum::finish(csum::add(0, &ip));
-        ip[10..12].copy_from_slice(&sum.to_be_bytes());
-        frame.write(l3, &ip)?;
+        frame.write(l3, &ipv4_header(ip, &action.src, &action.dst))?;
     } else {
         let mut ip = old.ip6;
         ip[4..6].copy_from_slice(&new_udp_len.to_be_bytes());
-        ip[7] = TTL;
-        ip[8..24].copy_from_slice(&action.src);
-        ip[24..40].copy_from_slice(&action.dst);
-        frame.write(l3, &ip)?;
+        frame.write(l3, &ipv6_header(ip, &action.src, &action.dst))?;
     }
     udp[6..8].copy_from_slice(&new_csum.to_be_bytes());
     frame.write(l4, &udp)?;
