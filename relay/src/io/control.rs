@@ -61,18 +61,7 @@ impl Limits {
         let tenant = tenant.map_or(0, |t| self.slots.tenant(t));
         let allocation = match max_bps {
             None => 0,
-            Some(bps) => {
-                let slot = self.slots.take()?;
-                self.policers.configure(
-                    slot,
-                    Limit {
-                        packets_per_sec: 0,
-                        bits_per_sec: bps,
-                        burst_ns: 1_000_000_000,
-                    },
-                );
-                slot
-            }
+            Some(bps) => self.bitrate_slot(bps)?,
         };
         Some([allocation, tenant])
     }
@@ -103,10 +92,11 @@ impl Limits {
         }
     }
 
-    /// A slot for a media room's `max_bitrate_bps` (burst: one second's worth); `None` when
-    /// none is left (the room is then refused: a limit that cannot be enforced is not
-    /// granted).
-    pub(crate) fn room_slot(&mut self, bits_per_sec: u64) -> Option<u32> {
+    /// A slot limited to `bits_per_sec` (burst: one second's worth, as coturn's
+    /// `--max-bps`), for an allocation's `--max-bps` or a media room's `max_bitrate_bps`;
+    /// `None` when none is left (the request is then refused: a limit that cannot be
+    /// enforced is not granted).
+    pub(crate) fn bitrate_slot(&mut self, bits_per_sec: u64) -> Option<u32> {
         let slot = self.slots.take()?;
         self.policers.configure(
             slot,

@@ -128,7 +128,7 @@ impl RoomPlane {
     pub(crate) fn new(core: Rooms, limits: &mut Limits, state: State) -> Self {
         let mut room_slots = HashMap::new();
         for (room, bps) in core.bitrate_limits() {
-            match limits.room_slot(bps) {
+            match limits.bitrate_slot(bps) {
                 Some(slot) => {
                     room_slots.insert(room.to_owned(), slot);
                 }
@@ -189,7 +189,7 @@ impl RoomPlane {
         match &request {
             Request::CreateRoom(spec) => {
                 if let Some(bps) = spec.max_bitrate_bps.filter(|b| *b > 0) {
-                    let Some(slot) = limits.room_slot(bps) else {
+                    let Some(slot) = limits.bitrate_slot(bps) else {
                         let _ = reply.send(Err(ApiError::new(
                             507,
                             Some("max_bitrate_bps"),
