@@ -136,6 +136,34 @@ pub fn memory(pid: u32) -> io::Result<Memory> {
     })
 }
 
+/// Keeps the calling thread on `cpu`.
+pub fn pin_thread(cpu: usize) -> io::Result<()> {
+    pin(0, cpu)
+}
+
+/// Keeps every thread of process `pid` on `cpu` (threads it starts later inherit that).
+pub fn pin_process(pid: u32, cpu: usize) -> io::Result<()> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        if let Some(tid) = task?.file_name().to_str().and_then(|t| t.parse().ok()) {
+            pin(tid, cpu)?;
+        }
+    }
+    Ok(())
+}
+
+fn pin(tid: libc::pid_t, cpu: usize) -> io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET stays within it for cpu < 1024.
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), &raw const set)
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

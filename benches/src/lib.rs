@@ -1,5 +1,6 @@
 //! Relay's benchmark harness: a load generator that speaks TURN as a client and plays the
-//! peer, and the scenario runner that drives it against Relay, coturn and the ceiling.
+//! peer (or a camera publishing into a room, and its subscribers), and the scenario runner
+//! that drives it against Relay, coturn, GStreamer and the ceiling.
 #![expect(
     clippy::cast_precision_loss,
     clippy::cast_sign_loss,
@@ -8,6 +9,7 @@
 
 pub mod cpu;
 pub mod generator;
+pub mod programs;
 pub mod receiver;
 pub mod report;
 pub mod runner;

@@ -1,6 +1,7 @@
 //! `relay-bench`: the same TURN media load against Relay (XDP, io_uring, mmsg), coturn and
 //! the ceiling in the lab, client to peer and client to client through the relay (hairpin),
-//! with the comparison tables printed and written to files.
+//! and one camera fanned out to a room's subscribers by Relay and by GStreamer, with the
+//! comparison tables printed and written to files.
 //! `cargo xtask bench` builds Relay and runs this.
 
 use std::path::PathBuf;
@@ -14,7 +15,9 @@ use relay_bench::{
 };
 
 #[derive(Parser)]
-#[command(about = "Benchmark Relay against coturn and the ceiling in the lab (needs root)")]
+#[command(
+    about = "Benchmark Relay against coturn, GStreamer and the ceiling in the lab (needs root)"
+)]
 struct Cli {
     /// The short run (under 2 minutes): fewer allocations, shorter trials, no repeats.
     #[arg(long)]
@@ -39,6 +42,10 @@ struct Cli {
     /// Allocation counts of the sweep (repeatable; none to skip it).
     #[arg(long)]
     sweep: Vec<usize>,
+    /// Subscriber counts of the fan-out scenario (repeatable) [default: 1, 8, 64, 256;
+    /// quick: 8, 64].
+    #[arg(long)]
+    subscribers: Vec<usize>,
     /// Where the results go.
     #[arg(long, default_value = "benches/results")]
     out: PathBuf,
@@ -74,6 +81,9 @@ fn main() -> anyhow::Result<()> {
     }
     if !cli.sweep.is_empty() {
         plan.sweep = cli.sweep.into_iter().filter(|n| *n > 0).collect();
+    }
+    if !cli.subscribers.is_empty() {
+        plan.subscribers = cli.subscribers.into_iter().filter(|n| *n > 0).collect();
     }
     let started = std::time::Instant::now();
     let run = runner::run(plan)?;

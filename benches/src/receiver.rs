@@ -21,6 +21,11 @@ use crate::{
 
 const BATCH: usize = 64;
 const BUF: usize = 2048;
+/// A copy that arrives later than this after it was sent is counted late, not received:
+/// a real-time receiver's jitter buffer has played out by then (ITU-T G.114 allows 150 ms
+/// mouth to ear for the whole call), and a relay that buffers seconds to lose nothing is
+/// not keeping up.
+pub const LATE: Duration = Duration::from_millis(100);
 /// Silence after the sender stopped that ends a trial: whatever a relay still had queued
 /// has arrived by then, and what comes later counts as lost.
 const QUIET: Duration = Duration::from_millis(100);
@@ -53,13 +58,25 @@ impl Framing {
     }
 }
 
+/// What tells a tally's streams apart, each with its own sequence numbers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Keyed {
+    /// The probe's stream (its SSRC): one stream per allocation.
+    #[default]
+    Stream,
+    /// The socket it arrived on: every subscriber of a room receives the same stream.
+    Socket,
+}
+
 /// What arrived in a trial.
 #[derive(Clone, Debug, Default)]
 pub struct Tally {
     trial: u32,
     /// What precedes the probe.
     framing: Framing,
-    /// Per stream: one more than the highest sequence number seen, 0 before the first.
+    keyed: Keyed,
+    /// Per stream (or socket): one more than the highest sequence number seen, 0 before the
+    /// first.
     next: Vec<u64>,
     /// Probes sent from this time (realtime ns) on count toward latency and the window.
     window: [u64; 2],
@@ -68,6 +85,8 @@ pub struct Tally {
     pub reordered: u64,
     /// Sent inside the window and arrived.
     pub in_window: u64,
+    /// Arrived more than [`LATE`] after they were sent: not counted as received.
+    pub late: u64,
     /// Datagrams of other trials or not from the generator.
     pub foreign: u64,
     /// Datagrams without the framing expected (another channel, a length that is not the
@@ -83,7 +102,7 @@ pub struct Tally {
 impl Tally {
     pub fn new(
         trial: u32,
-        framing: Framing,
+        (framing, keyed): (Framing, Keyed),
         streams: usize,
         window: [u64; 2],
         expected: u64,
@@ -91,6 +110,7 @@ impl Tally {
         Self {
             trial,
             framing,
+            keyed,
             next: vec![0; streams],
             window,
             latencies: Vec::with_capacity(expected.min(1 << 25) as usize),
@@ -99,8 +119,8 @@ impl Tally {
     }
 
     /// Takes one received datagram (the framing, then the probe), received at `rx_ns` on the
-    /// realtime clock.
-    pub fn record(&mut self, datagram: &[u8], rx_ns: u64) {
+    /// realtime clock by the receiver's socket `socket`.
+    pub fn record(&mut self, datagram: &[u8], rx_ns: u64, socket: usize) {
         let Some(payload) = self.framing.strip(datagram) else {
             self.misframed += 1;
             return;
@@ -109,12 +129,21 @@ impl Tally {
             self.foreign += 1;
             return;
         };
-        let Some(next) = self.next.get_mut(probe.stream as usize) else {
+        let key = match self.keyed {
+            Keyed::Stream => probe.stream as usize,
+            Keyed::Socket => socket,
+        };
+        let Some(next) = self.next.get_mut(key) else {
             self.foreign += 1;
             return;
         };
         if probe.trial != self.trial {
             self.foreign += 1;
+            return;
+        }
+        let latency = rx_ns.saturating_sub(probe.sent_ns);
+        if latency > LATE.as_nanos() as u64 {
+            self.late += 1;
             return;
         }
         self.received += 1;
@@ -125,7 +154,6 @@ impl Tally {
         }
         if (self.window[0]..self.window[1]).contains(&probe.sent_ns) {
             self.in_window += 1;
-            let latency = rx_ns.saturating_sub(probe.sent_ns);
             self.latencies.push(latency.min(u64::from(u32::MAX)) as u32);
         }
     }
@@ -197,6 +225,11 @@ impl Receiver {
         Ok(Self { sockets, epoll })
     }
 
+    /// How many sockets it receives on.
+    pub fn sockets(&self) -> usize {
+        self.sockets.len()
+    }
+
     /// Where the streams arrive: one address, or one per stream.
     pub fn local_addrs(&self) -> io::Result<Vec<SocketAddr>> {
         self.sockets.iter().map(UdpSocket::local_addr).collect()
@@ -222,7 +255,7 @@ impl Receiver {
     fn run_one(&self, batch: &mut Batch, tally: &mut Tally, stop: &AtomicBool) -> io::Result<()> {
         let fd = self.sockets[0].as_raw_fd();
         loop {
-            match batch.receive(fd, libc::MSG_WAITFORONE, tally) {
+            match batch.receive((fd, 0), libc::MSG_WAITFORONE, tally) {
                 Ok(_) => {}
                 Err(e) => match e.kind() {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
@@ -270,8 +303,9 @@ impl Receiver {
                 return Ok(());
             }
             for event in &events[..n as usize] {
-                let fd = self.sockets[event.u64 as usize].as_raw_fd();
-                match batch.receive(fd, libc::MSG_DONTWAIT, tally) {
+                let socket = event.u64 as usize;
+                let fd = self.sockets[socket].as_raw_fd();
+                match batch.receive((fd, socket), libc::MSG_DONTWAIT, tally) {
                     Ok(_) => {}
                     Err(e)
                         if matches!(
@@ -340,8 +374,14 @@ impl Batch {
         }
     }
 
-    /// One `recvmmsg` on `fd` with `flags`, its datagrams into `tally`; how many.
-    fn receive(&mut self, fd: RawFd, flags: i32, tally: &mut Tally) -> io::Result<usize> {
+    /// One `recvmmsg` on `fd` (the receiver's socket `socket`) with `flags`, its datagrams
+    /// into `tally`; how many.
+    fn receive(
+        &mut self,
+        (fd, socket): (RawFd, usize),
+        flags: i32,
+        tally: &mut Tally,
+    ) -> io::Result<usize> {
         let mut iovs: Vec<libc::iovec> = self
             .bufs
             .iter_mut()
@@ -378,7 +418,7 @@ impl Batch {
         }
         for (m, buf) in msgs.iter().zip(&self.bufs).take(n as usize) {
             let rx_ns = timestamp(&m.msg_hdr).unwrap_or_else(crate::cpu::realtime_ns);
-            tally.record(&buf[..m.msg_len as usize], rx_ns);
+            tally.record(&buf[..m.msg_len as usize], rx_ns, socket);
         }
         Ok(n as usize)
     }
@@ -452,16 +492,22 @@ mod tests {
 
     #[test]
     fn counts_reordering_latency_and_strangers() {
-        let mut t = Tally::new(1, Framing::ChannelData(CHANNEL), 2, [1_000, 10_000], 16);
-        t.record(&payload(0, 0, 500, 1), 600); // before the window: counted, no latency
-        t.record(&payload(0, 2, 2_000, 1), 2_100);
-        t.record(&payload(0, 1, 1_500, 1), 2_200); // overtaken by seq 2
-        t.record(&payload(1, 0, 3_000, 1), 3_050);
-        t.record(&payload(1, 0, 3_000, 2), 3_050); // another trial
-        t.record(&payload(5, 0, 3_000, 1), 3_050); // no such stream
-        t.record(b"hello", 3_050);
+        let mut t = Tally::new(
+            1,
+            (Framing::ChannelData(CHANNEL), Keyed::Stream),
+            2,
+            [1_000, 10_000],
+            16,
+        );
+        t.record(&payload(0, 0, 500, 1), 600, 0); // before the window: counted, no latency
+        t.record(&payload(0, 2, 2_000, 1), 2_100, 0);
+        t.record(&payload(0, 1, 1_500, 1), 2_200, 0); // overtaken by seq 2
+        t.record(&payload(1, 0, 3_000, 1), 3_050, 0);
+        t.record(&payload(1, 0, 3_000, 2), 3_050, 0); // another trial
+        t.record(&payload(5, 0, 3_000, 1), 3_050, 0); // no such stream
+        t.record(b"hello", 3_050, 0);
         // Without the header, the probe is not where this tally looks.
-        t.record(&payload(0, 3, 3_000, 1)[HEADER_LEN..], 3_050);
+        t.record(&payload(0, 3, 3_000, 1)[HEADER_LEN..], 3_050, 0);
         assert_eq!(
             (t.received, t.reordered, t.in_window, t.foreign, t.misframed),
             (4, 1, 3, 2, 2)
@@ -470,6 +516,25 @@ mod tests {
         // Latencies 50, 100, 700 ns.
         assert!((p.p50 - 0.1).abs() < 1e-9, "{p:?}");
         assert!((p.p999 - 0.7).abs() < 1e-9, "{p:?}");
+    }
+
+    /// A room's subscribers all receive stream 0: each socket keeps its own sequence, so
+    /// copies interleaved across sockets are not reordering, and a socket beyond the tally's
+    /// is foreign.
+    #[test]
+    fn a_tally_keyed_by_socket_follows_each_subscriber() {
+        let mut t = Tally::new(2, (Framing::Bare, Keyed::Socket), 3, [0, 10_000], 16);
+        for seq in 0..4 {
+            for socket in 0..3 {
+                t.record(&payload(0, seq, 1_000, 2)[HEADER_LEN..], 1_200, socket);
+            }
+        }
+        t.record(&payload(0, 1, 1_000, 2)[HEADER_LEN..], 1_200, 1); // late, on socket 1
+        t.record(&payload(0, 9, 1_000, 2)[HEADER_LEN..], 1_200, 3);
+        // Arriving 100 ms and 1 ns after it was sent: late, not received.
+        let late = 1_000 + LATE.as_nanos() as u64 + 1;
+        t.record(&payload(0, 5, 1_000, 2)[HEADER_LEN..], late, 0);
+        assert_eq!((t.received, t.reordered, t.foreign, t.late), (13, 1, 1, 1));
     }
 
     #[test]
@@ -509,7 +574,13 @@ mod tests {
     /// unchanged (the wrong channel) are not.
     #[test]
     fn a_hairpin_tally_counts_only_frames_on_bs_channel() {
-        let mut t = Tally::new(4, Framing::ChannelData(HAIRPIN_CHANNEL), 2, [0, 10_000], 4);
+        let mut t = Tally::new(
+            4,
+            (Framing::ChannelData(HAIRPIN_CHANNEL), Keyed::Stream),
+            2,
+            [0, 10_000],
+            4,
+        );
         for (channel, stream) in [(HAIRPIN_CHANNEL, 0), (HAIRPIN_CHANNEL, 1), (CHANNEL, 1)] {
             let probe = Probe {
                 stream,
@@ -517,7 +588,7 @@ mod tests {
                 sent_ns: 1_000,
                 trial: 4,
             };
-            t.record(&framed(channel, probe, 140), 1_500);
+            t.record(&framed(channel, probe, 140), 1_500, 0);
         }
         assert_eq!((t.received, t.in_window, t.misframed), (2, 2, 1));
         let p = t.latency().unwrap();
@@ -535,19 +606,27 @@ mod tests {
         let addrs = receiver.local_addrs().unwrap();
         assert_eq!(addrs.len(), 3);
         let from = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Sent now: a probe from long ago would be late.
+        let now = crate::cpu::realtime_ns();
         for seq in 0..4 {
             for (stream, addr) in addrs.iter().enumerate().rev() {
                 let probe = Probe {
                     stream: stream as u32,
                     seq,
-                    sent_ns: 1,
+                    sent_ns: now,
                     trial: 9,
                 };
                 from.send_to(&framed(HAIRPIN_CHANNEL, probe, 8), addr)
                     .unwrap();
             }
         }
-        let mut t = Tally::new(9, Framing::ChannelData(HAIRPIN_CHANNEL), 3, [0, 2], 12);
+        let mut t = Tally::new(
+            9,
+            (Framing::ChannelData(HAIRPIN_CHANNEL), Keyed::Stream),
+            3,
+            [0, 2],
+            12,
+        );
         receiver.run(&mut t, &AtomicBool::new(true)).unwrap();
         assert_eq!((t.received, t.reordered, t.misframed), (12, 0, 0));
         receiver.drain().unwrap();

@@ -86,12 +86,12 @@ fn peer_report(run: &Run, system: System) -> Option<&SystemReport> {
     report_of(run.scenario(Scenario::Peer)?, system)
 }
 
-/// What a scenario's files and sections are called: the peer scenario's as before there
-/// were others.
-fn file_prefix(scenario: Scenario) -> String {
-    match scenario {
-        Scenario::Peer => String::new(),
-        Scenario::Hairpin => format!("{}-", scenario.name()),
+/// What a scenario's files are called: the peer scenario's as before there were others.
+fn file_prefix(s: &ScenarioRun) -> String {
+    match (s.scenario, s.subscribers) {
+        (Scenario::Peer, _) => String::new(),
+        (scenario, None) => format!("{}-", scenario.name()),
+        (scenario, Some(n)) => format!("{}-{n}-", scenario.name()),
     }
 }
 
@@ -336,9 +336,109 @@ pub fn summary(run: &Run) -> String {
                     notes(scenario)
                 );
             }
+            // One section for every subscriber count, below.
+            Scenario::Fanout => {}
         }
     }
+    if run.fanouts().next().is_some() {
+        let _ = write!(
+            s,
+            "\n## {}\n\nOne camera on client A publishes VP8-sized RTP (1,200-byte payloads, a frame's packets back to back at 30 frames a second) to a room; each subscriber is a socket on the peer host. Rates and CPU figures count copies delivered. The generator alone sends every copy itself, one stream per subscriber.\n\n{}\n{}",
+            capitalised(Scenario::Fanout.title()),
+            fanout_table(run),
+            fanout_goals(run)
+        );
+    }
     s
+}
+
+/// Machine CPU per copy delivered, all of it (generator, relay, receivers): the systems
+/// are compared at the same load, where the generator's and the receivers' share is the
+/// same.
+fn gross_ns_per_copy(h: &crate::runner::Measured) -> Option<f64> {
+    (h.delivered_pps > 0.0).then(|| h.busy_cpus / h.delivered_pps * 1e9)
+}
+
+/// The fan-out runs, one row per subscriber count and system, Markdown.
+pub fn fanout_table(run: &Run) -> String {
+    let mut t = String::from(
+        "| subscribers | System | saturation, copies/s (< 0.1% loss) | × Relay userspace | × GStreamer | at 50%: latency P50 / P99 µs (generator alone) | machine CPU ns / copy (generator alone) | process CPU ns / copy | eBPF programs ns / copy |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for f in run.fanouts() {
+        let n = f.subscribers.unwrap_or(0);
+        let rate = |system| report_of(f, system).and_then(|r| r.saturation.rate_pps);
+        for r in &f.systems {
+            let half = r.half_load.as_ref();
+            let p50_p99 = |p: Option<Percentiles>| {
+                p.map_or_else(
+                    || "-".to_owned(),
+                    |p| format!("{:.0} / {:.0}", p.p50, p.p99),
+                )
+            };
+            let alone_cpu = half.and_then(|h| {
+                (h.delivered_pps > 0.0).then(|| h.baseline_busy_cpus / h.delivered_pps * 1e9)
+            });
+            let _ = writeln!(
+                t,
+                "| {n} | {} | {} | {} | {} | {} ({}) | {} ({}) | {} | {} |",
+                r.title,
+                saturation_cell(&r.saturation),
+                ratio(r.saturation.rate_pps, rate(System::RelayUring)),
+                ratio(r.saturation.rate_pps, rate(System::Gstreamer)),
+                p50_p99(half.and_then(|h| h.latency_us)),
+                p50_p99(half.and_then(|h| h.baseline_latency_us)),
+                opt(half.and_then(gross_ns_per_copy), 0),
+                opt(alone_cpu, 0),
+                opt(half.and_then(|h| h.process_ns_per_packet), 0),
+                opt(r.programs.as_ref().and_then(|p| p.0.ns_per_copy), 0),
+            );
+        }
+        let _ = writeln!(
+            t,
+            "| {n} | generator alone, every copy itself | {} | | | | | | |",
+            saturation_cell(&f.baseline)
+        );
+    }
+    t
+}
+
+/// The fan-out issue's goals, each against what this run measured.
+pub fn fanout_goals(run: &Run) -> String {
+    let mut g = String::new();
+    for f in run.fanouts() {
+        let n = f.subscribers.unwrap_or(0);
+        let rate = |system| report_of(f, system).and_then(|r| r.saturation.rate_pps);
+        if let (Some(x), Some(u)) = (rate(System::RelayXdp), rate(System::RelayUring)) {
+            let _ = write!(
+                g,
+                "- {n} subscribers: kernel fan-out {:.1}× Relay's userspace (goal ≥ 5×)",
+                x / u
+            );
+            if let Some(gst) = rate(System::Gstreamer) {
+                let _ = write!(g, ", {:.1}× GStreamer's (goal ≥ 10×)", x / gst);
+            }
+            g.push('\n');
+        }
+    }
+    let costs: Vec<String> = run
+        .fanouts()
+        .filter_map(|f| {
+            let h = report_of(f, System::RelayXdp)?.half_load.as_ref()?;
+            Some(format!(
+                "{}: {} ns",
+                f.subscribers.unwrap_or(0),
+                opt(gross_ns_per_copy(h), 0)
+            ))
+        })
+        .collect();
+    if !costs.is_empty() {
+        let _ = writeln!(
+            g,
+            "- Kernel fan-out, machine CPU per copy by subscribers (goal: flat from 8 to 256): {}",
+            costs.join(", ")
+        );
+    }
+    g
 }
 
 fn capitalised(s: &str) -> String {
@@ -349,11 +449,14 @@ fn capitalised(s: &str) -> String {
 }
 
 /// One system's page, Markdown: its trials, then its half-load runs.
-fn system_page(run: &Run, scenario: Scenario, r: &SystemReport) -> String {
+fn system_page(run: &Run, scenario: &ScenarioRun, r: &SystemReport) -> String {
+    let subscribers = scenario.subscribers.map_or_else(String::new, |n| {
+        format!(", {n} subscribers (rates count copies)")
+    });
     let mut s = format!(
-        "# {} — {} — {}\n\nMachine: {}.\n\nSaturation: {}.\n\n",
+        "# {} — {}{subscribers} — {}\n\nMachine: {}.\n\nSaturation: {}.\n\n",
         r.title,
-        scenario.title(),
+        scenario.scenario.title(),
         run.date,
         run.machine.describe(),
         saturation_cell(&r.saturation)
@@ -382,6 +485,8 @@ fn trials_table(trials: &[Trial]) -> String {
     for x in trials {
         let note = match (x.generator_limited, x.receiver_drops) {
             (true, _) => "generator behind".to_owned(),
+            (false, _) if x.path_behind => "path behind (sender's softirq)".to_owned(),
+            (false, _) if x.late > 0 => format!("{} over 100 ms late", x.late),
             (false, d) if d > 0 => format!("receiver dropped {d}"),
             _ => String::new(),
         };
@@ -549,7 +654,7 @@ pub fn write(run: &Run, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         Ok(())
     };
     for s in &run.scenarios {
-        let prefix = format!("{}-{}", run.date, file_prefix(s.scenario));
+        let prefix = format!("{}-{}", run.date, file_prefix(s));
         for r in &s.systems {
             let file = SystemFile {
                 date: &run.date,
@@ -565,7 +670,7 @@ pub fn write(run: &Run, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             )?;
             put(
                 format!("{prefix}{}.md", r.system.name()),
-                system_page(run, s.scenario, r),
+                system_page(run, s, r),
             )?;
         }
         put(format!("{prefix}delivered.svg"), svg(s))?;

@@ -1,10 +1,11 @@
 //! One benchmark run: the lab, then per scenario the generator's own limit and for each
 //! system the saturation search, repeated measurements at half the saturation rate with the
 //! generator's own cost measured on the path without a relay at the same rate, memory, and
-//! for the relays an allocation sweep (peer scenario only).
+//! for the relays an allocation sweep (peer scenario only). The fan-out scenario runs once
+//! per subscriber count.
 
 use std::{
-    net::{SocketAddr, UdpSocket},
+    net::{SocketAddr, SocketAddrV4, UdpSocket},
     path::PathBuf,
     time::Duration,
 };
@@ -17,7 +18,8 @@ use xtask::lab::{Host, Lab};
 use crate::{
     cpu::Memory,
     generator::{Media, Sender},
-    receiver::{Framing, Percentiles, Receiver},
+    programs::{self, ProgramCost},
+    receiver::{Framing, Keyed, Percentiles, Receiver},
     systems::{self, RECEIVER_PORT, System, frames},
     trial::{self, Path, Saturation, Search, Timing, Trial, median},
     wire::{CHANNEL, HAIRPIN_CHANNEL, Template},
@@ -37,15 +39,19 @@ pub enum Scenario {
     /// relayed address and B's to A's, so A's ChannelData arrives at client B as
     /// ChannelData on B's channel.
     Hairpin,
+    /// A media room: one camera on client A publishes video (bare RTP, 1,200-byte
+    /// payloads) and every subscriber on the peer host receives a copy; rates count copies.
+    Fanout,
 }
 
 impl Scenario {
-    pub const ALL: [Self; 2] = [Self::Peer, Self::Hairpin];
+    pub const ALL: [Self; 3] = [Self::Peer, Self::Hairpin, Self::Fanout];
 
     pub const fn name(self) -> &'static str {
         match self {
             Self::Peer => "peer",
             Self::Hairpin => "hairpin",
+            Self::Fanout => "fanout",
         }
     }
 
@@ -53,12 +59,18 @@ impl Scenario {
         match self {
             Self::Peer => "client A → relay → peer",
             Self::Hairpin => "hairpin: client A → relay → client B (relay/relay)",
+            Self::Fanout => "fan-out: camera → room → subscribers",
         }
     }
 
-    /// Whether `system` has this path: the ceiling's bounce has no relay/relay counterpart.
+    /// Whether `system` has this path: the ceiling's bounce has no relay/relay counterpart,
+    /// coturn and the ceiling have no rooms, GStreamer no TURN.
     pub const fn runs(self, system: System) -> bool {
-        !matches!((self, system), (Self::Hairpin, System::Ceiling))
+        match self {
+            Self::Peer => !matches!(system, System::Gstreamer),
+            Self::Hairpin => !matches!(system, System::Ceiling | System::Gstreamer),
+            Self::Fanout => !matches!(system, System::Coturn | System::Ceiling),
+        }
     }
 }
 
@@ -77,6 +89,8 @@ pub struct Plan {
     /// Allocation counts of the sweep, run on these systems.
     pub sweep: Vec<usize>,
     pub sweep_systems: Vec<System>,
+    /// Subscriber counts of the fan-out scenario.
+    pub subscribers: Vec<usize>,
     #[serde(skip)]
     pub relay: PathBuf,
     /// Name prefix of the lab's namespaces.
@@ -110,6 +124,7 @@ impl Plan {
                 repeats: 1,
                 sweep: vec![1, 1000],
                 sweep_systems: vec![System::RelayXdp],
+                subscribers: vec![8, 64],
                 relay,
                 lab_prefix: LAB_PREFIX.to_owned(),
             }
@@ -135,6 +150,7 @@ impl Plan {
                 repeats: 3,
                 sweep: vec![1, 100, 1000, 10_000],
                 sweep_systems: vec![System::RelayXdp],
+                subscribers: vec![1, 8, 64, 256],
                 relay,
                 lab_prefix: LAB_PREFIX.to_owned(),
             }
@@ -227,6 +243,9 @@ pub struct SystemReport {
     /// over the saturation search and the half-load runs, from the table it prints on exit.
     pub xdp_forwarded: Option<u64>,
     pub sweep: Vec<SweepPoint>,
+    /// Relay with XDP in the fan-out scenario: its programs' own cost in one more trial at
+    /// half load, and that trial.
+    pub programs: Option<(ProgramCost, Trial)>,
 }
 
 impl SystemReport {
@@ -247,6 +266,8 @@ impl SystemReport {
 #[derive(Clone, Debug, Serialize)]
 pub struct ScenarioRun {
     pub scenario: Scenario,
+    /// The fan-out scenario's subscribers.
+    pub subscribers: Option<usize>,
     /// The generator straight to the scenario's receiver, no relay: the harness's own limit.
     pub baseline: Saturation,
     pub systems: Vec<SystemReport>,
@@ -267,6 +288,13 @@ impl Run {
     pub fn scenario(&self, scenario: Scenario) -> Option<&ScenarioRun> {
         self.scenarios.iter().find(|s| s.scenario == scenario)
     }
+
+    /// The fan-out runs, by subscriber count.
+    pub fn fanouts(&self) -> impl Iterator<Item = &ScenarioRun> {
+        self.scenarios
+            .iter()
+            .filter(|s| s.scenario == Scenario::Fanout)
+    }
 }
 
 /// The lab and the generator's two ends, kept for the whole run.
@@ -278,8 +306,32 @@ struct Bench {
     trials: u32,
     /// The process of the system under test, while one runs.
     watch: Option<u32>,
-    _switch_port: relay::dataplane::Dataplane,
+    /// The switch port's passing XDP program, while attached (see [`Wire`]).
+    switch_port: Option<relay::dataplane::Dataplane>,
+    /// `netdev_max_backlog` as it was before [`Wire::Backlog`] raised it.
+    backlog_was: Option<String>,
 }
+
+/// How the lab's switch takes what the relay sends. With the passing XDP program on its
+/// port (needed for frames the relay sends with `XDP_TX`), veth hands every frame to that
+/// port through a 256-entry ring drained by NAPI; copies made by the TC program all enter
+/// it within one softirq, so at 256 subscribers the ring holds one packet's copies and the
+/// next packet's overflow (counted as TX drops on the relay's interface). A NIC queues
+/// them in its qdisc and TX ring instead. Fan-outs to several subscribers therefore run
+/// with the port's program detached and the per-CPU backlog veth then uses raised, for
+/// every system alike; the backlog limit is restored afterwards.
+#[derive(Clone, Copy, Debug)]
+enum Wire {
+    /// The port's XDP program attached: what `XDP_TX` needs.
+    Xdp,
+    /// No program on the port; `net.core.netdev_max_backlog` raised.
+    Backlog,
+}
+
+/// `net.core.netdev_max_backlog` (the host's: the sysctl is not per namespace).
+const MAX_BACKLOG: &str = "/proc/sys/net/core/netdev_max_backlog";
+/// Room for a burst of copies: a frame of video to 256 subscribers.
+const FANOUT_BACKLOG: u32 = 100_000;
 
 /// One scenario's streams: the frames the generator sends through the system, the same
 /// streams' frames straight to their receiver (the baseline), and where they arrive.
@@ -288,14 +340,43 @@ struct Streams {
     _clients: Vec<Client>,
     through: Vec<Template>,
     direct: Vec<Template>,
-    /// Client B's sockets, one per stream, where hairpin streams arrive; `None`: the
-    /// bench's own receivers.
-    at_b: Option<Receiver>,
-    /// What precedes the probe where the system delivers it.
+    /// The scenario's own sockets and their host (client B's allocations, a room's
+    /// subscribers); `None`: the bench's own receivers.
+    receiver: Option<(Receiver, Host)>,
+    /// What precedes the probe where the system delivers it, and where the direct frames
+    /// arrive.
     framing: Framing,
+    direct_framing: Framing,
+    /// Copies of each packet the system delivers, and how the receiver tells them apart.
+    copies: usize,
+    keyed: Keyed,
+    media: Media,
+    /// See [`Path::one_core`].
+    one_core: bool,
 }
 
 impl Bench {
+    fn set_wire(&mut self, wire: Wire) -> anyhow::Result<()> {
+        match wire {
+            Wire::Xdp => {
+                if let Some(was) = self.backlog_was.take() {
+                    std::fs::write(MAX_BACKLOG, was)?;
+                }
+                if self.switch_port.is_none() {
+                    self.switch_port = Some(systems::switch_port(&self.lab)?);
+                }
+            }
+            Wire::Backlog => {
+                self.switch_port = None;
+                if self.backlog_was.is_none() {
+                    self.backlog_was = Some(std::fs::read_to_string(MAX_BACKLOG)?);
+                    std::fs::write(MAX_BACKLOG, FANOUT_BACKLOG.to_string())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `n` streams of `scenario` through `system` (allocated on it if it speaks TURN), or
     /// with no system only their direct frames (and receivers).
     fn streams(
@@ -306,6 +387,18 @@ impl Bench {
         media: Media,
     ) -> anyhow::Result<Streams> {
         let allocating = || format!("allocating {n} on {}", system.map_or("-", System::name));
+        let one = |through, direct, clients, receiver, framing| Streams {
+            _clients: clients,
+            through,
+            direct,
+            receiver,
+            framing,
+            direct_framing: Framing::ChannelData(CHANNEL),
+            copies: 1,
+            keyed: Keyed::Stream,
+            media,
+            one_core: false,
+        };
         match scenario {
             Scenario::Peer => {
                 let (clients, through, framing) = match system {
@@ -322,13 +415,13 @@ impl Bench {
                     ),
                     None => (Vec::new(), Vec::new(), Framing::ChannelData(CHANNEL)),
                 };
-                Ok(Streams {
-                    _clients: clients,
+                Ok(one(
                     through,
-                    direct: frames::baseline(n, media),
-                    at_b: None,
+                    frames::baseline(n, media),
+                    clients,
+                    None,
                     framing,
-                })
+                ))
             }
             Scenario::Hairpin => {
                 let (a, b, sockets) = if system.is_some() {
@@ -348,40 +441,75 @@ impl Bench {
                 };
                 let at_b = Receiver::on(sockets)?;
                 let ports: Vec<u16> = at_b.local_addrs()?.iter().map(SocketAddr::port).collect();
-                Ok(Streams {
-                    through: frames::turn(&a, media)?,
-                    direct: frames::direct(Host::ClientB, &ports, media),
-                    _clients: a.into_iter().chain(b).collect(),
-                    at_b: Some(at_b),
-                    framing: Framing::ChannelData(HAIRPIN_CHANNEL),
-                })
+                Ok(one(
+                    frames::turn(&a, media)?,
+                    frames::direct(Host::ClientB, &ports, media),
+                    a.into_iter().chain(b).collect(),
+                    Some((at_b, Host::ClientB)),
+                    Framing::ChannelData(HAIRPIN_CHANNEL),
+                ))
             }
+            Scenario::Fanout => anyhow::bail!("fan-out streams start with their system"),
         }
     }
 
+    /// The fan-out scenario's `n` subscribers (sockets on the peer host) and the camera's
+    /// stream to `camera` (a room's endpoint or GStreamer), or without one the generator
+    /// sending every copy itself, one stream per subscriber.
+    fn fanout_streams(&self, n: usize, camera: Option<SocketAddrV4>) -> anyhow::Result<Streams> {
+        let addrs: Vec<SocketAddrV4> = (0..n).map(systems::subscriber_addr).collect();
+        let sockets = self.lab.in_netns(Host::Peer, || {
+            addrs
+                .iter()
+                .map(UdpSocket::bind)
+                .collect::<std::io::Result<Vec<_>>>()
+        })??;
+        Ok(Streams {
+            _clients: Vec::new(),
+            through: camera.map_or_else(Vec::new, |c| frames::rtp(&[c], true)),
+            direct: frames::rtp(&addrs, false),
+            receiver: Some((Receiver::on(sockets)?, Host::Peer)),
+            framing: Framing::Bare,
+            direct_framing: Framing::Bare,
+            copies: n,
+            keyed: Keyed::Socket,
+            // A camera: the scenario's media whatever the plan's.
+            media: Media::Video,
+            one_core: true,
+        })
+    }
+
     /// The path of `streams` through `system`, or straight to their receiver without one.
-    fn path<'a>(&'a self, system: Option<System>, streams: &'a Streams, media: Media) -> Path<'a> {
-        let (receiver, receiver_host) = match (system, &streams.at_b) {
+    fn path<'a>(&'a self, system: Option<System>, streams: &'a Streams) -> Path<'a> {
+        let (receiver, receiver_host) = match (system, &streams.receiver) {
             (Some(System::Ceiling), _) => (&self.at_client, Host::ClientA),
-            (_, Some(at_b)) => (at_b, Host::ClientB),
+            (_, Some((receiver, host))) => (receiver, *host),
             (_, None) => (&self.at_peer, Host::Peer),
         };
+        let through = system.is_some();
         Path {
             senders: &self.senders,
             receiver,
             lab: &self.lab,
             receiver_host,
-            templates: if system.is_some() {
+            templates: if through {
                 &streams.through
             } else {
                 &streams.direct
             },
-            media,
+            media: streams.media,
             // Straight to the receiver, the frame's UDP payload arrives as sent.
-            framing: if system.is_some() {
+            framing: if through {
                 streams.framing
             } else {
-                Framing::ChannelData(CHANNEL)
+                streams.direct_framing
+            },
+            copies: if through { streams.copies } else { 1 },
+            one_core: streams.one_core,
+            keyed: if through {
+                streams.keyed
+            } else {
+                Keyed::Stream
             },
             watch: system.and(self.watch),
         }
@@ -391,13 +519,12 @@ impl Bench {
         &mut self,
         system: Option<System>,
         streams: &Streams,
-        media: Media,
         rate: f64,
         timing: Timing,
     ) -> anyhow::Result<Trial> {
         self.trials += 1;
         let n = self.trials;
-        let path = self.path(system, streams, media);
+        let path = self.path(system, streams);
         let t = trial::run(&path, rate, timing, n)?;
         log_trial(system, &t);
         Ok(t)
@@ -410,7 +537,7 @@ impl Bench {
         plan: &Plan,
     ) -> anyhow::Result<Saturation> {
         trial::saturation(plan.search, |rate| {
-            self.trial(system, streams, plan.media, rate, plan.search_timing)
+            self.trial(system, streams, rate, plan.search_timing)
         })
     }
 
@@ -428,7 +555,7 @@ impl Bench {
         let (mut runs, mut baseline_runs) = (Vec::new(), Vec::new());
         for _ in 0..repeats {
             for (runs, system) in [(&mut runs, Some(system)), (&mut baseline_runs, None)] {
-                runs.push(self.trial(system, streams, plan.media, rate, plan.measure_timing)?);
+                runs.push(self.trial(system, streams, rate, plan.measure_timing)?);
             }
         }
         Ok(Measured::of(rate, runs, baseline_runs))
@@ -448,6 +575,8 @@ fn log_trial(system: Option<System>, t: &Trial) {
         t.busy_cpus(),
         if t.generator_limited {
             "  (generator behind)"
+        } else if t.path_behind {
+            "  (path behind)"
         } else {
             ""
         },
@@ -462,6 +591,9 @@ fn log_trial(system: Option<System>, t: &Trial) {
             String::new()
         },
     );
+    if t.late > 0 {
+        eprintln!("               ({} arrived more than 100 ms late)", t.late);
+    }
 }
 
 /// Runs `plan` in a fresh lab.
@@ -489,7 +621,8 @@ pub fn run(plan: Plan) -> anyhow::Result<Run> {
         at_client,
         trials: 0,
         watch: None,
-        _switch_port: switch_port,
+        switch_port: Some(switch_port),
+        backlog_was: None,
     };
     let mut scenarios = Vec::new();
     for &scenario in &plan.scenarios {
@@ -505,31 +638,20 @@ pub fn run(plan: Plan) -> anyhow::Result<Run> {
         if systems.is_empty() {
             continue;
         }
-        eprintln!(
-            "bench [{}]: the generator alone, straight to the receiver ({} streams)",
-            scenario.name(),
-            plan.allocations
-        );
-        let direct = bench.streams(scenario, None, plan.allocations, plan.media)?;
-        let baseline = bench.search(None, &direct, &plan)?;
-        drop(direct);
-        let mut reports = Vec::new();
-        for system in systems {
-            eprintln!(
-                "bench [{}]: {} ({} allocations of {:?})",
-                scenario.name(),
-                system.title(),
-                plan.allocations,
-                plan.media
-            );
-            reports.push(measure(&mut bench, scenario, system, &plan)?);
+        let counts: Vec<Option<usize>> = if scenario == Scenario::Fanout {
+            plan.subscribers.iter().copied().map(Some).collect()
+        } else {
+            vec![None]
+        };
+        for subscribers in counts {
+            scenarios.push(run_scenario(
+                &mut bench,
+                (scenario, subscribers),
+                &systems,
+                skipped.clone(),
+                &plan,
+            )?);
         }
-        scenarios.push(ScenarioRun {
-            scenario,
-            baseline,
-            systems: reports,
-            skipped,
-        });
     }
     Ok(Run {
         date: crate::report::today(),
@@ -539,25 +661,96 @@ pub fn run(plan: Plan) -> anyhow::Result<Run> {
     })
 }
 
-/// Saturation, half load and memory of `system` in `scenario` with the plan's allocations,
-/// then (peer scenario) its sweep.
+impl Drop for Bench {
+    fn drop(&mut self) {
+        if let Some(was) = self.backlog_was.take() {
+            let _ = std::fs::write(MAX_BACKLOG, was);
+        }
+    }
+}
+
+/// One scenario (with its subscriber count, for the fan-out): the generator alone, then
+/// each system.
+fn run_scenario(
+    bench: &mut Bench,
+    (scenario, subscribers): (Scenario, Option<usize>),
+    systems: &[System],
+    skipped: Vec<System>,
+    plan: &Plan,
+) -> anyhow::Result<ScenarioRun> {
+    bench.set_wire(if subscribers.is_some_and(|n| n > 1) {
+        Wire::Backlog
+    } else {
+        Wire::Xdp
+    })?;
+    let (n, what) = match subscribers {
+        Some(n) => (n, format!("{n} subscribers of one video camera")),
+        None => (
+            plan.allocations,
+            format!("{} allocations of {:?}", plan.allocations, plan.media),
+        ),
+    };
+    eprintln!(
+        "bench [{}]: the generator alone, straight to the receiver ({what})",
+        scenario.name(),
+    );
+    let direct = match subscribers {
+        Some(n) => bench.fanout_streams(n, None)?,
+        None => bench.streams(scenario, None, n, plan.media)?,
+    };
+    let baseline = bench.search(None, &direct, plan)?;
+    drop(direct);
+    let mut reports = Vec::new();
+    for &system in systems {
+        eprintln!("bench [{}]: {} ({what})", scenario.name(), system.title());
+        reports.push(measure(bench, (scenario, subscribers), system, plan)?);
+    }
+    Ok(ScenarioRun {
+        scenario,
+        subscribers,
+        baseline,
+        systems: reports,
+        skipped,
+    })
+}
+
+/// Saturation, half load and memory of `system` in `scenario` with the plan's allocations
+/// (or the fan-out's subscribers), then (peer scenario) its sweep.
 fn measure(
     bench: &mut Bench,
-    scenario: Scenario,
+    (scenario, subscribers): (Scenario, Option<usize>),
     system: System,
     plan: &Plan,
 ) -> anyhow::Result<SystemReport> {
-    let (saturation, half_load, memory, xdp_forwarded) = {
-        let running = systems::start(&bench.lab, system, &plan.relay)?;
+    let (saturation, half_load, memory, xdp_forwarded, programs) = {
+        let (running, streams) = if let Some(n) = subscribers {
+            let addrs: Vec<_> = (0..n).map(systems::subscriber_addr).collect();
+            let (running, camera) = systems::start_fanout(&bench.lab, system, &plan.relay, &addrs)?;
+            if let Some(pid) = running.pid() {
+                crate::cpu::pin_process(pid, 0)?;
+            }
+            (running, bench.fanout_streams(n, Some(camera))?)
+        } else {
+            let running = systems::start(&bench.lab, system, &plan.relay)?;
+            let streams = bench.streams(scenario, Some(system), plan.allocations, plan.media)?;
+            (running, streams)
+        };
         bench.watch = running.pid();
-        let streams = bench.streams(scenario, Some(system), plan.allocations, plan.media)?;
         let saturation = bench.search(Some(system), &streams, plan)?;
         let half_load = match saturation.rate_pps {
             Some(r) => Some(bench.half_load(system, &streams, r / 2.0, plan, plan.repeats)?),
             None => None,
         };
+        let programs = match (&half_load, system, subscribers) {
+            (Some(h), System::RelayXdp, Some(_)) => Some(programs::measure(
+                || bench.trial(Some(system), &streams, h.rate_pps, plan.measure_timing),
+                |t: &Trial| t.received,
+            )?)
+            .map(|(trial, cost)| (cost, trial)),
+            _ => None,
+        };
         let memory = running.memory();
-        (saturation, half_load, memory, running.stop()?)
+        (saturation, half_load, memory, running.stop()?, programs)
     };
     let mut sweep = Vec::new();
     if scenario == Scenario::Peer && plan.sweep_systems.contains(&system) {
@@ -587,5 +780,6 @@ fn measure(
         memory,
         xdp_forwarded,
         sweep,
+        programs,
     })
 }

@@ -1,9 +1,11 @@
-//! The systems under test, started in the lab's relay host, and the TURN allocations the
-//! generator sets up on them.
+//! The systems under test, started in the lab's relay host, and the TURN allocations or the
+//! media room the generator sets up on them.
 //!
-//! Every system listens on 10.77.0.1:3478 with the same static user, realm, peer range and
-//! transports (UDP only). Client A runs the TURN clients and sends the media; the peer host
-//! receives it, or in the hairpin scenario client B, through its own allocations.
+//! Every TURN system listens on 10.77.0.1:3478 with the same static user, realm, peer range
+//! and transports (UDP only). Client A runs the TURN clients and sends the media; the peer
+//! host receives it, or in the hairpin scenario client B, through its own allocations. In
+//! the fan-out scenario client A is a camera publishing into a room (or into GStreamer's
+//! `udpsrc ! multiudpsink`) and every subscriber is a socket on the peer host.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _},
@@ -52,15 +54,19 @@ pub enum System {
     /// A trivial XDP program on the relay host that swaps addresses and bounces every
     /// packet back: the most this lab path can forward.
     Ceiling,
+    /// `gst-launch-1.0 udpsrc ! multiudpsink`: how RTP is fanned out without a media server
+    /// (fan-out scenario only).
+    Gstreamer,
 }
 
 impl System {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::RelayXdp,
         Self::RelayUring,
         Self::RelayMmsg,
         Self::Coturn,
         Self::Ceiling,
+        Self::Gstreamer,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -70,6 +76,7 @@ impl System {
             Self::RelayMmsg => "relay-mmsg",
             Self::Coturn => "coturn",
             Self::Ceiling => "ceiling",
+            Self::Gstreamer => "gstreamer",
         }
     }
 
@@ -80,12 +87,18 @@ impl System {
             Self::RelayMmsg => "Relay --no-xdp --io mmsg",
             Self::Coturn => "coturn 4.6 (turnserver)",
             Self::Ceiling => "ceiling: XDP swap-and-bounce",
+            Self::Gstreamer => "GStreamer udpsrc ! multiudpsink",
         }
     }
 
-    /// Whether the generator allocates on it (all but the ceiling, which speaks no TURN).
+    /// Whether the generator allocates on it.
     pub const fn speaks_turn(self) -> bool {
-        !matches!(self, Self::Ceiling)
+        !matches!(self, Self::Ceiling | Self::Gstreamer)
+    }
+
+    /// Whether it is Relay (and so has rooms).
+    pub const fn is_relay(self) -> bool {
+        matches!(self, Self::RelayXdp | Self::RelayUring | Self::RelayMmsg)
     }
 }
 
@@ -96,6 +109,24 @@ fn relay_addr() -> SocketAddrV4 {
 pub fn peer_addr() -> SocketAddrV4 {
     SocketAddrV4::new(Host::Peer.ipv4(), RECEIVER_PORT)
 }
+
+/// The fan-out publisher (a camera on client A): the room is told its address, so nothing
+/// is latched and the kernel forwards from the first packet.
+pub fn publisher_addr() -> SocketAddrV4 {
+    SocketAddrV4::new(Host::ClientA.ipv4(), 5004)
+}
+
+/// Subscriber `i` of the fan-out scenario, on the peer host.
+pub fn subscriber_addr(i: usize) -> SocketAddrV4 {
+    SocketAddrV4::new(Host::Peer.ipv4(), 6000 + i as u16)
+}
+
+/// Where GStreamer's `udpsrc` listens on the relay host.
+const GSTREAMER_PORT: u16 = 5004;
+/// Relay's control API, on the relay host's loopback.
+const API: &str = "127.0.0.1:8080";
+/// The fan-out room.
+const ROOM: &str = "bench";
 
 /// A running system; stopped when dropped.
 pub struct Running {
@@ -203,41 +234,160 @@ pub fn start(lab: &Lab, system: System, relay: &Path) -> anyhow::Result<Running>
             })
         }
         System::RelayXdp | System::RelayUring | System::RelayMmsg => {
-            let state = StateDir::new()?;
-            let ip = Host::Relay.ipv4().to_string();
-            let mut command = lab.command(Host::Relay, relay.to_str().context("non-UTF-8 path")?);
-            command
-                .args(["run", "--listening-ip", &ip, "--relay-ip", &ip])
-                .args(["--listening-port", &TURN_PORT.to_string()])
-                .args(["--user", &format!("{USER}:{PASSWORD}"), "--realm", REALM])
-                .args(["--allowed-peer-ip", &format!("{}/24", Host::Peer.ipv4())])
-                .args(["--no-tcp", "--no-tls", "--instance", "bench"])
-                .arg("--state-dir")
-                .arg(&state.0);
-            match system {
-                System::RelayXdp => {
-                    command.args(["--interface", xtask::lab::HOST_IF, "--detach-on-exit"])
-                }
-                System::RelayUring => command.args(["--no-xdp", "--io", "uring"]),
-                _ => command.args(["--no-xdp", "--io", "mmsg"]),
-            };
-            let mut process = Background(
-                command
-                    .env("RUST_LOG", "warn,relay::io=info")
-                    // Nothing but the verdict table on exit (see `Running::stop`).
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .context("starting relay")?,
-            );
-            wait_for_line(&mut process, "TURN on")?;
-            Ok(Running {
-                process: Some(process),
-                _bounce: None,
-                _state: Some(state),
-            })
+            start_relay(lab, system, relay, None)
         }
+        System::Gstreamer => bail!("{} speaks no TURN", system.title()),
     }
+}
+
+/// Starts Relay as `system` says, with its control API when `api_token` is given.
+fn start_relay(
+    lab: &Lab,
+    system: System,
+    relay: &Path,
+    api_token: Option<&str>,
+) -> anyhow::Result<Running> {
+    let state = StateDir::new()?;
+    let ip = Host::Relay.ipv4().to_string();
+    let mut command = lab.command(Host::Relay, relay.to_str().context("non-UTF-8 path")?);
+    command
+        .args(["run", "--listening-ip", &ip, "--relay-ip", &ip])
+        .args(["--listening-port", &TURN_PORT.to_string()])
+        .args(["--user", &format!("{USER}:{PASSWORD}"), "--realm", REALM])
+        .args(["--allowed-peer-ip", &format!("{}/24", Host::Peer.ipv4())])
+        .args(["--no-tcp", "--no-tls", "--instance", "bench"])
+        .arg("--state-dir")
+        .arg(&state.0);
+    if let Some(token) = api_token {
+        let file = state.0.join("api-token");
+        std::fs::write(&file, token)?;
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        command
+            .args(["--api-listen", API, "--api-token-file"])
+            .arg(&file);
+    }
+    match system {
+        System::RelayXdp => command.args(["--interface", xtask::lab::HOST_IF, "--detach-on-exit"]),
+        System::RelayUring => command.args(["--no-xdp", "--io", "uring"]),
+        _ => command.args(["--no-xdp", "--io", "mmsg"]),
+    };
+    let mut process = Background(
+        command
+            .env("RUST_LOG", "warn,relay::io=info")
+            // Nothing but the verdict table on exit (see `Running::stop`).
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting relay")?,
+    );
+    wait_for_line(&mut process, "TURN on")?;
+    Ok(Running {
+        process: Some(process),
+        _bounce: None,
+        _state: Some(state),
+    })
+}
+
+/// Starts `system` for the fan-out scenario: Relay with a room whose camera is the
+/// publisher and whose endpoints send its video track to every address of `subscribers`,
+/// or GStreamer's pipeline sending to them all. Returns it and the address the publisher
+/// sends to.
+pub fn start_fanout(
+    lab: &Lab,
+    system: System,
+    relay: &Path,
+    subscribers: &[SocketAddrV4],
+) -> anyhow::Result<(Running, SocketAddrV4)> {
+    if system == System::Gstreamer {
+        wait_port_free(lab)?;
+        let clients: Vec<String> = subscribers.iter().map(ToString::to_string).collect();
+        // As people write it, with Relay's socket buffers (4 MiB) for a fair start.
+        let mut command = lab.command(Host::Relay, "gst-launch-1.0");
+        command
+            .args(["-q", "udpsrc", &format!("address={}", Host::Relay.ipv4())])
+            .args([&format!("port={GSTREAMER_PORT}"), "buffer-size=4194304"])
+            .args([
+                "!",
+                "multiudpsink",
+                &format!("clients={}", clients.join(",")),
+            ])
+            .args(["buffer-size=4194304", "sync=false", "async=false"]);
+        let process = Background(
+            command
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("gst-launch-1.0 (`cargo xtask setup` installs GStreamer)")?,
+        );
+        lab.wait_udp_bound(Host::Relay, GSTREAMER_PORT)?;
+        let running = Running {
+            process: Some(process),
+            _bounce: None,
+            _state: None,
+        };
+        return Ok((
+            running,
+            SocketAddrV4::new(Host::Relay.ipv4(), GSTREAMER_PORT),
+        ));
+    }
+    anyhow::ensure!(system.is_relay(), "{} has no rooms", system.title());
+    wait_port_free(lab)?;
+    let token = format!("bench-{}", std::process::id());
+    let running = start_relay(lab, system, relay, Some(&token))?;
+    let camera = lab.in_netns(Host::Relay, || room(&token, subscribers))??;
+    Ok((running, camera))
+}
+
+/// The fan-out room, through the control API as `relay room` makes one: the camera, its
+/// video track (the generator's stream 0) and one subscriber endpoint per address. Returns
+/// the camera endpoint's address on the relay.
+fn room(token: &str, subscribers: &[SocketAddrV4]) -> anyhow::Result<SocketAddrV4> {
+    use relay::room::api::Request;
+    use serde_json::{from_value, json};
+    let token = relay::http::Token::new(token).context("an empty token")?;
+    let api = relay::http::Client::new(&format!("http://{API}"), &token);
+    let call = |request: Request| api.call(&request).with_context(|| format!("{request:?}"));
+    let room = ROOM.to_owned();
+    call(Request::CreateRoom(from_value(json!({ "name": ROOM }))?))?;
+    // Endpoints that never send stay: no idle expiry while trials pause.
+    let endpoint = |name: &str, remote: SocketAddrV4| {
+        from_value(json!({ "name": name, "remote": remote, "idle_timeout_secs": 0 }))
+    };
+    let camera = call(Request::CreateEndpoint {
+        room: room.clone(),
+        spec: endpoint("camera", publisher_addr())?,
+    })?
+    .context("no endpoint in the answer")?;
+    let ssrc = crate::wire::Probe {
+        stream: 0,
+        seq: 0,
+        sent_ns: 0,
+        trial: 0,
+    }
+    .ssrc();
+    call(Request::CreateTrack {
+        room: room.clone(),
+        spec: from_value(json!({
+            "name": "video", "endpoint": "camera", "ssrc": ssrc, "kind": "video"
+        }))?,
+    })?;
+    for (i, addr) in subscribers.iter().enumerate() {
+        let name = format!("class-{i}");
+        call(Request::CreateEndpoint {
+            room: room.clone(),
+            spec: endpoint(&name, *addr)?,
+        })?;
+        call(Request::Subscribe {
+            room: room.clone(),
+            endpoint: name,
+            track: "video".to_owned(),
+            spec: from_value(json!({}))?,
+        })?;
+    }
+    let local = camera["local"]
+        .as_str()
+        .context("no local address in the answer")?;
+    Ok(local.parse()?)
 }
 
 /// Waits (at most 10 s) until the TURN port is free on the relay host: an io_uring
@@ -428,6 +578,32 @@ pub mod frames {
                     SocketAddrV4::new(to.ipv4(), *port),
                     media.payload_len(),
                     media == Media::Video,
+                )
+            })
+            .collect()
+    }
+
+    /// Bare RTP from client A: the publisher to `to` (a room's camera endpoint, or
+    /// GStreamer), or without a system, straight to each of `subscribers`, one stream each.
+    pub fn rtp(to: &[SocketAddrV4], from_publisher: bool) -> Vec<Template> {
+        to.iter()
+            .enumerate()
+            .map(|(i, dst)| {
+                let (src, mac) = if from_publisher {
+                    (super::publisher_addr(), Host::Relay.mac())
+                } else {
+                    let port = 20_000 + (i % 40_000) as u16;
+                    (
+                        SocketAddrV4::new(Host::ClientA.ipv4(), port),
+                        Host::Peer.mac(),
+                    )
+                };
+                Template::rtp(
+                    (Host::ClientA.mac(), mac),
+                    src,
+                    *dst,
+                    Media::Video.payload_len(),
+                    true,
                 )
             })
             .collect()

@@ -13,7 +13,7 @@ use xtask::lab::{Host, Lab};
 use crate::{
     cpu,
     generator::{Media, Schedule, Sender, Sent},
-    receiver::{Framing, Percentiles, Receiver, Tally},
+    receiver::{Framing, Keyed, Percentiles, Receiver, Tally},
     wire::Template,
 };
 
@@ -37,8 +37,37 @@ pub struct Path<'a> {
     /// What is in front of the probe on arrival (a relay removes the ChannelData header on
     /// its way to a peer, and frames it anew on its way to a client).
     pub framing: Framing,
+    /// Copies of each packet the path delivers: a room's subscribers, 1 elsewhere. Rates
+    /// and counts of a trial are copies (packets sent times copies).
+    pub copies: usize,
+    /// Whether the receiver tells streams apart by probe or by socket (one per subscriber).
+    pub keyed: Keyed,
+    /// The senders on CPU 0 (where the system under test is pinned too), the receiver on
+    /// CPU 1: the system gets one core, as one publisher's flow gets one NIC queue's CPU.
+    pub one_core: bool,
     /// The process under test, whose own CPU time is measured too.
     pub watch: Option<u32>,
+}
+
+/// The senders' shares of `path`'s streams at `rate_pps` packets sent in all: contiguous,
+/// each at its share of the rate; (first stream, its templates, schedule, packets).
+fn shares<'a>(
+    path: &Path<'a>,
+    rate_pps: f64,
+    timing: Timing,
+) -> Vec<(usize, &'a [Template], Schedule, u64)> {
+    let streams = path.templates.len();
+    let share = streams.div_ceil(path.senders.len().clamp(1, streams.max(1)));
+    path.templates
+        .chunks(share.max(1))
+        .enumerate()
+        .map(|(i, chunk)| {
+            let rate = rate_pps * chunk.len() as f64 / streams as f64;
+            let schedule = Schedule::new(path.media, chunk.len(), rate);
+            let total = schedule.packets(timing.warmup + timing.duration);
+            (i * share, chunk, schedule, total)
+        })
+        .collect()
 }
 
 /// How long trials last.
@@ -53,10 +82,16 @@ pub struct Timing {
 #[derive(Clone, Debug, Serialize)]
 pub struct Trial {
     pub offered_pps: f64,
+    /// Copies each packet sent should arrive as (see [`Path::copies`]).
+    pub copies: u64,
+    /// Packets sent times copies: what should have arrived.
     pub sent: u64,
     /// Sent over the time the generator took to send it.
     pub sent_pps: f64,
     pub received: u64,
+    /// Arrived too late to count (see [`crate::receiver::LATE`]): lost to a real-time
+    /// receiver, and counted in `lost`.
+    pub late: u64,
     pub lost: u64,
     pub loss: f64,
     pub reordered: u64,
@@ -77,12 +112,17 @@ pub struct Trial {
     pub misframed: u64,
     /// The generator could not keep its schedule: the offered rate was not offered.
     pub generator_limited: bool,
+    /// The sender fell behind because of what the path does with its packets: on veth a
+    /// relay's kernel work runs in the sender's softirq, and with one packet sent per
+    /// `copies` delivered, the generator's own share is too small to be the limit. Such a
+    /// trial failed: the path could not take the rate.
+    pub path_behind: bool,
 }
 
 impl Trial {
     /// Forwarded with less than [`MAX_LOSS`] loss.
     pub fn clean(&self) -> bool {
-        self.sent > 0 && self.loss < MAX_LOSS
+        self.sent > 0 && self.loss < MAX_LOSS && !self.path_behind
     }
 
     /// Busy CPUs (CPU-seconds per second) over the window.
@@ -104,24 +144,13 @@ impl Trial {
     }
 }
 
-/// Runs one trial of `path` at `rate_pps`, numbered `trial` so that stragglers of other
-/// trials are told apart.
+/// Runs one trial of `path` at `rate_pps` (copies delivered: the generator sends
+/// `rate_pps / copies`), numbered `trial` so that stragglers of other trials are told apart.
 pub fn run(path: &Path<'_>, rate_pps: f64, timing: Timing, trial: u32) -> anyhow::Result<Trial> {
     let streams = path.templates.len();
-    // Contiguous shares of the streams, each at its share of the rate.
-    let share = streams.div_ceil(path.senders.len().clamp(1, streams.max(1)));
-    let parts: Vec<(usize, &[Template], Schedule, u64)> = path
-        .templates
-        .chunks(share.max(1))
-        .enumerate()
-        .map(|(i, chunk)| {
-            let rate = rate_pps * chunk.len() as f64 / streams as f64;
-            let schedule = Schedule::new(path.media, chunk.len(), rate);
-            let total = schedule.packets(timing.warmup + timing.duration);
-            (i * share, chunk, schedule, total)
-        })
-        .collect();
-    let total = parts.iter().map(|p| p.3).sum();
+    let copies = path.copies.max(1);
+    let parts = shares(path, rate_pps / copies as f64, timing);
+    let total = parts.iter().map(|p| p.3).sum::<u64>() * copies as u64;
     path.receiver.drain()?;
     // A few ms ahead, so that the receiver is waiting before the first packet.
     let start = cpu::realtime_ns() + 5_000_000;
@@ -129,10 +158,17 @@ pub fn run(path: &Path<'_>, rate_pps: f64, timing: Timing, trial: u32) -> anyhow
         start + timing.warmup.as_nanos() as u64,
         start + (timing.warmup + timing.duration).as_nanos() as u64,
     ];
-    let mut tally = Tally::new(trial, path.framing, path.templates.len(), window, total);
+    let keys = match path.keyed {
+        Keyed::Stream => streams,
+        Keyed::Socket => path.receiver.sockets(),
+    };
+    let mut tally = Tally::new(trial, (path.framing, path.keyed), keys, window, total);
     let stop = AtomicBool::new(false);
     let sent = std::thread::scope(|scope| {
         let receiving = scope.spawn(|| {
+            if path.one_core {
+                cpu::pin_thread(1)?;
+            }
             path.lab
                 .in_netns(path.receiver_host, || path.receiver.run(&mut tally, &stop))?
                 .context("receiving")
@@ -142,6 +178,9 @@ pub fn run(path: &Path<'_>, rate_pps: f64, timing: Timing, trial: u32) -> anyhow
             .zip(path.senders)
             .map(|((first, chunk, schedule, total), sender)| {
                 scope.spawn(move || {
+                    if path.one_core {
+                        cpu::pin_thread(0)?;
+                    }
                     sender.run(
                         chunk,
                         *first as u32,
@@ -180,15 +219,19 @@ pub fn run(path: &Path<'_>, rate_pps: f64, timing: Timing, trial: u32) -> anyhow
     let [Some(open), Some(close)] = sent.window else {
         unreachable!("the sender samples both ends of the window")
     };
-    let lost = sent.packets.saturating_sub(tally.received);
+    let expected = sent.packets * copies as u64;
+    let lost = expected.saturating_sub(tally.received);
     let secs = (timing.warmup + timing.duration).as_secs_f64();
+    let behind = sent.lag_ns as f64 > MAX_LAG * secs * 1e9;
     Ok(Trial {
         offered_pps: rate_pps,
-        sent: sent.packets,
-        sent_pps: sent.packets as f64 / (sent.span_ns.max(1) as f64 / 1e9),
+        copies: copies as u64,
+        sent: expected,
+        sent_pps: expected as f64 / (sent.span_ns.max(1) as f64 / 1e9),
         received: tally.received,
+        late: tally.late,
         lost,
-        loss: lost as f64 / sent.packets.max(1) as f64,
+        loss: lost as f64 / expected.max(1) as f64,
         reordered: tally.reordered,
         // Over the planned time, or the time the generator took when it fell behind.
         delivered_pps: tally.received as f64 / secs.max(sent.span_ns as f64 / 1e9),
@@ -200,7 +243,8 @@ pub fn run(path: &Path<'_>, rate_pps: f64, timing: Timing, trial: u32) -> anyhow
         receiver_drops: tally.rcvbuf_errors,
         checksum_errors: tally.checksum_errors,
         misframed: tally.misframed,
-        generator_limited: sent.lag_ns as f64 > MAX_LAG * secs * 1e9,
+        generator_limited: behind && copies == 1,
+        path_behind: behind && copies > 1,
     })
 }
 
@@ -308,9 +352,11 @@ mod tests {
             let lost = sent - received;
             Ok(Trial {
                 offered_pps: rate,
+                copies: 1,
                 sent,
                 sent_pps: rate,
                 received,
+                late: 0,
                 lost,
                 loss: lost as f64 / sent as f64,
                 reordered: 0,
@@ -324,6 +370,7 @@ mod tests {
                 checksum_errors: 0,
                 misframed: 0,
                 generator_limited: rate > generator_max,
+                path_behind: false,
             })
         }
     }

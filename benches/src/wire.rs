@@ -1,8 +1,9 @@
 //! What the generator puts on the wire. Every payload starts with a probe: an RTP header
-//! (RFC 3550 section 5.1; the stream is the SSRC) and the generator's own sequence number,
-//! send time and trial, which the receiver reads back. Payloads travel as ChannelData
-//! (RFC 8656 section 12.4) to a relay, or with the same 4 bytes in front to the bounce and
-//! baseline paths, so that every path carries frames of one size.
+//! (RFC 3550 section 5.1; the SSRC names the stream) and the generator's own sequence
+//! number, send time and trial, which the receiver reads back. Payloads travel as
+//! ChannelData (RFC 8656 section 12.4) to a TURN relay, or with the same 4 bytes in front to
+//! the bounce and baseline paths, so that every path carries frames of one size; to a media
+//! room, and straight to its subscribers, they are bare RTP.
 //!
 //! Frames (Ethernet, IPv4, UDP) are built once per stream; each packet then patches the
 //! probe and the UDP checksum, which it updates from the template's sum (RFC 1624) instead of
@@ -28,6 +29,9 @@ const PAYLOAD_AT: usize = ETH_LEN + IPV4_LEN + UDP_LEN;
 /// RTP payload types: Opus-like audio and a dynamic video type.
 const PT_AUDIO: u8 = 111;
 const PT_VIDEO: u8 = 96;
+/// Stream `i` is SSRC `SSRC_BASE + i`: a room refuses SSRC 0 (some stacks take it for
+/// unset).
+const SSRC_BASE: u32 = 0x0001_0000;
 
 /// What the receiver reads from a probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,10 +51,15 @@ impl Probe {
         // RTP timestamp at 48 kHz for audio, 90 kHz for video: the sender's clock.
         let rate = if video { 90 } else { 48 };
         out[4..8].copy_from_slice(&((self.sent_ns / 1_000_000 * rate) as u32).to_be_bytes());
-        out[8..12].copy_from_slice(&self.stream.to_be_bytes());
+        out[8..12].copy_from_slice(&self.ssrc().to_be_bytes());
         out[12..20].copy_from_slice(&self.seq.to_be_bytes());
         out[20..28].copy_from_slice(&self.sent_ns.to_be_bytes());
         out[28..32].copy_from_slice(&self.trial.to_be_bytes());
+    }
+
+    /// The RTP SSRC of the probe's stream.
+    pub const fn ssrc(&self) -> u32 {
+        SSRC_BASE.wrapping_add(self.stream)
     }
 
     /// Reads a probe from a payload, or `None` if it is too short to hold one.
@@ -59,7 +68,7 @@ impl Probe {
         let u32_at = |i: usize| u32::from_be_bytes(p[i..i + 4].try_into().expect("4 bytes"));
         let u64_at = |i: usize| u64::from_be_bytes(p[i..i + 8].try_into().expect("8 bytes"));
         Some(Self {
-            stream: u32_at(8),
+            stream: u32_at(8).wrapping_sub(SSRC_BASE),
             seq: u64_at(12),
             sent_ns: u64_at(20),
             trial: u32_at(28),
@@ -74,6 +83,8 @@ pub struct Template {
     /// The UDP checksum's sum over the template, probe bytes zero, not yet folded.
     sum: u64,
     video: bool,
+    /// Where the probe starts in the frame.
+    probe_at: usize,
 }
 
 impl Template {
@@ -86,11 +97,35 @@ impl Template {
         payload_len: usize,
         video: bool,
     ) -> Self {
+        Self::build(macs, src, dst, Some(CHANNEL), payload_len, video)
+    }
+
+    /// A frame whose UDP payload is bare RTP: `payload_len` bytes starting with the probe,
+    /// as a camera sends to a media room.
+    pub fn rtp(
+        macs: ([u8; 6], [u8; 6]),
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        payload_len: usize,
+        video: bool,
+    ) -> Self {
+        Self::build(macs, src, dst, None, payload_len, video)
+    }
+
+    fn build(
+        macs: ([u8; 6], [u8; 6]),
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        channel: Option<u16>,
+        payload_len: usize,
+        video: bool,
+    ) -> Self {
         assert!(
             payload_len >= PROBE_LEN,
             "a payload holds at least the probe"
         );
-        let udp_len = UDP_LEN + HEADER_LEN + payload_len;
+        let header_len = if channel.is_some() { HEADER_LEN } else { 0 };
+        let udp_len = UDP_LEN + header_len + payload_len;
         let ip_len = IPV4_LEN + udp_len;
         let mut f = Vec::with_capacity(ETH_LEN + ip_len);
         f.extend_from_slice(&macs.1);
@@ -108,8 +143,10 @@ impl Template {
         f.extend_from_slice(&dst.port().to_be_bytes());
         f.extend_from_slice(&(udp_len as u16).to_be_bytes());
         f.extend_from_slice(&[0, 0]);
-        f.extend_from_slice(&CHANNEL.to_be_bytes());
-        f.extend_from_slice(&(payload_len as u16).to_be_bytes());
+        if let Some(channel) = channel {
+            f.extend_from_slice(&channel.to_be_bytes());
+            f.extend_from_slice(&(payload_len as u16).to_be_bytes());
+        }
         f.resize(ETH_LEN + ip_len, 0);
         // Pseudo-header (RFC 768): addresses, protocol, UDP length; then header and payload.
         let mut sum = sum16(&f[ETH_LEN + 12..ETH_LEN + 20]) + 17 + udp_len as u64;
@@ -118,6 +155,7 @@ impl Template {
             frame: f,
             sum,
             video,
+            probe_at: PAYLOAD_AT + header_len,
         }
     }
 
@@ -125,7 +163,7 @@ impl Template {
     pub fn fill(&self, probe: &Probe, out: &mut Vec<u8>) {
         out.clear();
         out.extend_from_slice(&self.frame);
-        let at = PAYLOAD_AT + HEADER_LEN;
+        let at = self.probe_at;
         let bytes: &mut [u8; PROBE_LEN] = (&mut out[at..at + PROBE_LEN])
             .try_into()
             .expect("probe-sized");
@@ -222,5 +260,43 @@ mod tests {
             assert_eq!(data.data.len(), 172);
             assert_eq!(Probe::read(data.data), Some(probe));
         }
+    }
+
+    /// A room's frame: bare RTP whose SSRC names the stream, checksums valid.
+    #[test]
+    fn rtp_frames_carry_the_probe_bare() {
+        let template = Template::rtp(
+            ([2, 0, 0, 0, 0, 0x11], [2, 0, 0, 0, 0, 1]),
+            addr("10.77.0.11:5004"),
+            addr("10.77.0.1:40000"),
+            1200,
+            true,
+        );
+        let probe = Probe {
+            stream: 0,
+            seq: 3,
+            sent_ns: 1_000_000_000,
+            trial: 2,
+        };
+        let mut frame = Vec::new();
+        template.fill(&probe, &mut frame);
+        assert_eq!(frame.len(), 14 + 20 + 8 + 1200);
+        let packet = etherparse::SlicedPacket::from_ethernet(&frame).unwrap();
+        let (Some(etherparse::NetSlice::Ipv4(ip)), Some(etherparse::TransportSlice::Udp(udp))) =
+            (&packet.net, &packet.transport)
+        else {
+            panic!("not UDP over IPv4")
+        };
+        let header = ip.header().to_header();
+        let udp_header = udp.to_header();
+        let want = udp_header
+            .calc_checksum_ipv4(&header, udp.payload())
+            .unwrap();
+        assert_eq!(udp_header.checksum, want);
+        let rtp = udp.payload();
+        assert_eq!((rtp[0], rtp[1]), (0x80, 96), "RTP version 2, video");
+        assert_eq!(rtp[8..12], probe.ssrc().to_be_bytes());
+        assert_ne!(probe.ssrc(), 0, "a room refuses SSRC 0");
+        assert_eq!(Probe::read(rtp), Some(probe));
     }
 }
