@@ -509,13 +509,25 @@ fn an_audio_only_subscriber_decodes_audio_throughout_and_video_again_after() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let summary = format!(
-        "decoded {} audio and {} video frames; {room}",
+        "decoded {} audio frames (the relay sent {} of the camera's {} audio packets) and {} \
+         video frames (it sent {} of {} video packets)",
         pupil.count("audio"),
-        pupil.count("video")
+        sent(&room, "mic"),
+        received(&room, "mic"),
+        pupil.count("video"),
+        sent(&room, "board"),
+        received(&room, "board"),
     );
     eprintln!("{summary}");
-    assert_eq!(sent(&room, "mic"), received(&room, "mic"), "{summary}");
-    assert!(sent(&room, "board") < received(&room, "board"), "{summary}");
+    assert_eq!(
+        sent(&room, "mic"),
+        received(&room, "mic"),
+        "{summary}\n{room}"
+    );
+    assert!(
+        sent(&room, "board") < received(&room, "board"),
+        "{summary}\n{room}"
+    );
 }
 
 /// A GStreamer publisher sending one picture as two simulcast layers (320x240 and 160x120,
