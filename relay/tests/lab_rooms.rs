@@ -6,6 +6,7 @@ mod support;
 
 use std::{
     collections::HashMap,
+    fmt::Write as _,
     net::{SocketAddr, UdpSocket},
     time::Duration,
 };
@@ -14,7 +15,10 @@ use nix::sys::signal::Signal;
 use relay::stun::ChannelData;
 use serde_json::Value;
 use support::{RoomsRelay, channel_client, exit_figures};
-use xtask::lab::{Host, Lab};
+use xtask::{
+    gstreamer::{Codec, Layer, Publisher, Stream, Subscriber, Viewer, camera, camera_from},
+    lab::{Host, Lab},
+};
 
 const SSRC: u32 = 0x1234;
 const FRAMES: usize = 90;
@@ -371,4 +375,335 @@ fn a_rooms_bitrate_limit_holds_and_the_room_beside_it_is_untouched() {
     assert!((9..=11).contains(&received[0].1), "{received:?}");
     assert_eq!(u64::from(received[0].1) + dropped, u64::from(PACKETS));
     assert_eq!(received[1], ("big", PACKETS));
+}
+
+/// The endpoint's address on the relay, from `relay room endpoint add`'s answer.
+fn local(endpoint: &Value) -> SocketAddr {
+    endpoint["local"].as_str().unwrap().parse().unwrap()
+}
+
+/// `relay room track add ROOM NAME --endpoint cam`, of simulcast source `board` when a
+/// layer is given.
+fn add_track(s: &RoomsRelay, room: &str, name: &str, ssrc: u32, kind: &str, layer: Option<&str>) {
+    let ssrc = ssrc.to_string();
+    let mut args = vec![
+        "track",
+        "add",
+        room,
+        name,
+        "--endpoint",
+        "cam",
+        "--ssrc",
+        &ssrc,
+        "--kind",
+        kind,
+    ];
+    if let Some(layer) = layer {
+        args.extend(["--source", "board", "--layer", layer]);
+    }
+    s.room(&args);
+}
+
+/// The packets `relay room show` counts as received on track `name`.
+fn received(room: &Value, name: &str) -> u64 {
+    let tracks = room["tracks"].as_array().unwrap();
+    let track = tracks.iter().find(|t| t["name"] == name).unwrap();
+    track["received"]["packets"].as_u64().unwrap()
+}
+
+/// The packets `relay room show` counts as sent under the subscription to `track` (one
+/// subscriber in these tests).
+fn sent(room: &Value, track: &str) -> u64 {
+    let subscriptions = room["subscriptions"].as_array().unwrap();
+    let sub = subscriptions.iter().find(|s| s["track"] == track).unwrap();
+    sub["sent"]["packets"].as_u64().unwrap()
+}
+
+/// A GStreamer publisher of opus audio and VP8 video (two SSRCs, one SRTP key, one socket)
+/// and a GStreamer subscriber decoding both from one port; set audio-only mid-stream, the
+/// subscriber goes on decoding audio and decodes no video, and set back, video decodes
+/// again from the camera's next keyframe. Every audio packet the relay sent was decoded.
+#[test]
+fn an_audio_only_subscriber_decodes_audio_throughout_and_video_again_after() {
+    const MIC: u32 = 17;
+    const BOARD: u32 = 18;
+    let s = RoomsRelay::new("rm-audio", &[]);
+    s.room(&["create", "lesson"]);
+    let cam = local(&s.room(&["endpoint", "add", "lesson", "cam"]));
+    let remote = "10.77.0.21:6000";
+    s.room(&["endpoint", "add", "lesson", "pupil", "--remote", remote]);
+    add_track(&s, "lesson", "mic", MIC, "audio", None);
+    add_track(&s, "lesson", "board", BOARD, "video", None);
+    s.room(&["subscribe", "lesson", "pupil", "mic"]);
+    s.room(&["subscribe", "lesson", "pupil", "board"]);
+    let streams = [
+        Stream {
+            name: "audio",
+            ssrc: MIC,
+            codec: Codec::Opus,
+        },
+        Stream {
+            name: "video",
+            ssrc: BOARD,
+            codec: Codec::Vp8,
+        },
+    ];
+    let pupil = Subscriber::start(&s.lab, Host::Peer, 6000, &streams).unwrap();
+    let layer = Layer {
+        ssrc: BOARD,
+        width: 320,
+        height: 240,
+        kbps: 300,
+    };
+    let camera = Publisher::start(&s.lab, Host::ClientA, 0, cam, Some(MIC), &[layer]).unwrap();
+    // Audio packets are 20 ms: waiting for a number of them is waiting for media time.
+    let audio_for = |packets: usize| {
+        let want = pupil.count("audio") + packets;
+        assert!(pupil.wait_for("audio", want) >= want, "audio stopped");
+    };
+    assert!(pupil.wait_for("video", 15) >= 15, "no video at first");
+    audio_for(1);
+
+    s.room(&["endpoint", "set", "lesson", "pupil", "--audio-only", "true"]);
+    // What was on its way when the relay stopped the video decodes within 200 ms.
+    audio_for(10);
+    let paused = pupil.count("video");
+    audio_for(50);
+    assert_eq!(
+        pupil.count("video"),
+        paused,
+        "video decoded while audio-only"
+    );
+
+    s.room(&[
+        "endpoint",
+        "set",
+        "lesson",
+        "pupil",
+        "--audio-only",
+        "false",
+    ]);
+    let want = paused + 15;
+    assert!(
+        pupil.wait_for("video", want) >= want,
+        "video never came back"
+    );
+    audio_for(1);
+    drop(camera);
+
+    // Every audio packet the relay sent was decoded (once the last ones are through), and
+    // it sent the pupil every audio packet the camera's track received; it held video
+    // back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let room = loop {
+        let room = s.room(&["show", "lesson"]);
+        let sent = sent(&room, "mic");
+        if pupil.count("audio") as u64 == sent {
+            break room;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sent {sent} audio packets, {} decoded",
+            pupil.count("audio")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let summary = format!(
+        "decoded {} audio frames (the relay sent {} of the camera's {} audio packets) and {} \
+         video frames (it sent {} of {} video packets)",
+        pupil.count("audio"),
+        sent(&room, "mic"),
+        received(&room, "mic"),
+        pupil.count("video"),
+        sent(&room, "board"),
+        received(&room, "board"),
+    );
+    eprintln!("{summary}");
+    assert_eq!(
+        sent(&room, "mic"),
+        received(&room, "mic"),
+        "{summary}\n{room}"
+    );
+    assert!(
+        sent(&room, "board") < received(&room, "board"),
+        "{summary}\n{room}"
+    );
+}
+
+/// A GStreamer publisher sending one picture as two simulcast layers (320x240 and 160x120,
+/// each its own vp8enc and SSRC, one socket), a GStreamer subscriber that decodes whatever
+/// SSRC it is sent: the default layer (high) first, then, switched with `relay room
+/// subscribe --layer low` mid-stream, the low layer from its next keyframe and nothing more
+/// of the high one. Each decoded frame's size tells its resolution.
+#[test]
+fn a_subscriber_switched_to_the_low_layer_decodes_it_instead_of_the_high() {
+    const HIGH: u32 = 18;
+    const LOW: u32 = 19;
+    let s = RoomsRelay::new("rm-layers", &[]);
+    s.room(&["create", "class"]);
+    let cam = local(&s.room(&["endpoint", "add", "class", "cam"]));
+    let remote = "10.77.0.21:6000";
+    s.room(&["endpoint", "add", "class", "pupil", "--remote", remote]);
+    add_track(&s, "class", "board-high", HIGH, "video", Some("high"));
+    add_track(&s, "class", "board-low", LOW, "video", Some("low"));
+    s.room(&["subscribe", "class", "pupil", "board"]);
+    let streams = [("high", HIGH), ("low", LOW)].map(|(name, ssrc)| Stream {
+        name,
+        ssrc,
+        codec: Codec::Vp8,
+    });
+    let pupil = Subscriber::start(&s.lab, Host::Peer, 6000, &streams).unwrap();
+    let layers =
+        [(HIGH, 320, 240, 500), (LOW, 160, 120, 150)].map(|(ssrc, width, height, kbps)| Layer {
+            ssrc,
+            width,
+            height,
+            kbps,
+        });
+    let camera = Publisher::start(&s.lab, Host::ClientA, 0, cam, None, &layers).unwrap();
+    assert!(pupil.wait_for("high", 15) >= 15, "no high layer at first");
+    assert_eq!(pupil.count("low"), 0, "the low layer before the switch");
+
+    let sub = s.room(&["subscribe", "class", "pupil", "board", "--layer", "low"]);
+    assert_eq!(sub["ssrc"], LOW, "{sub}");
+    // The low layer decodes from its next keyframe (within a second); by its fifth frame
+    // the last high frames sent before the switch are through.
+    assert!(pupil.wait_for("low", 5) >= 5, "the low layer never decoded");
+    let high = pupil.count("high");
+    assert!(pupil.wait_for("low", 20) >= 20, "the low layer stopped");
+    assert_eq!(pupil.count("high"), high, "the high layer after the switch");
+    drop(camera);
+    // I420: 1.5 bytes a pixel.
+    let (high, low) = (pupil.frames("high"), pupil.frames("low"));
+    eprintln!("decoded {} high and {} low frames", high.len(), low.len());
+    assert!(high.iter().all(|b| *b == 320 * 240 * 3 / 2), "{high:?}");
+    assert!(low.iter().all(|b| *b == 160 * 120 * 3 / 2), "{low:?}");
+}
+
+/// Client A's home router: what it sends to `to` leaves with the router's public address
+/// and port `public` (an address of client A's, so that answers come back to it and are
+/// translated back, as a router's WAN side does). Its datagrams to `to` are counted on
+/// their way out (`nft_packets(.., "home", "sent")`), before translation.
+fn home_router(lab: &Lab, to: SocketAddr, public: SocketAddr) {
+    let ip = public.ip();
+    lab.command(Host::ClientA, "ip")
+        .args(["addr", "add", &format!("{ip}/24"), "dev", "eth0"])
+        .status()
+        .unwrap();
+    let (relay, port) = (to.ip(), to.port());
+    lab.nft(
+        Host::ClientA,
+        &format!(
+            "table ip home {{
+                counter sent {{}}
+                chain out {{
+                    type filter hook output priority filter; policy accept;
+                    ip daddr {relay} udp dport {port} counter name sent
+                }}
+                chain nat {{
+                    type nat hook postrouting priority srcnat; policy accept;
+                    ip daddr {relay} udp dport {port} snat to {public}
+                }}
+            }}"
+        ),
+    )
+    .unwrap();
+}
+
+/// Counts, in `host`'s namespace, the UDP datagrams it sends (counter `out`) or receives
+/// (counter `in-PORT` for each of `ports`), as its kernel sees them.
+fn count_udp(lab: &Lab, host: Host, ports: &[u16]) {
+    let (mut counters, mut rules) = (String::new(), String::new());
+    for p in ports {
+        writeln!(counters, "counter in-{p} {{}}").unwrap();
+        writeln!(rules, "udp dport {p} counter name in-{p}").unwrap();
+    }
+    lab.nft(
+        host,
+        &format!(
+            "table ip count {{
+                counter out {{}}
+                {counters}
+                chain out {{
+                    type filter hook output priority filter; policy accept;
+                    meta l4proto udp counter name out
+                }}
+                chain in {{
+                    type filter hook input priority filter; policy accept;
+                    {rules}
+                }}
+            }}"
+        ),
+    )
+    .unwrap();
+}
+
+/// A GStreamer camera behind a home router's NAT (nftables in client A: source address and
+/// port rewritten) publishes to an endpoint created without a remote: the relay latches the
+/// translated address, and both GStreamer viewers decode every frame. A second sender from
+/// another address with the same SSRC afterwards reaches no one: the viewers' host receives
+/// exactly what the camera sent, and the relay counts each of the stranger's packets foreign.
+#[test]
+fn a_camera_behind_nat_is_latched_at_its_translated_address() {
+    let s = RoomsRelay::new("rm-nat", &[]);
+    s.room(&["create", "ward"]);
+    let cam = local(&s.room(&["endpoint", "add", "ward", "cam"]));
+    add_track(&s, "ward", "video", SSRC, "video", None);
+    let tvs = [6000, 6002];
+    for port in tvs {
+        let (name, remote) = (format!("tv-{port}"), format!("10.77.0.21:{port}"));
+        s.room(&["endpoint", "add", "ward", &name, "--remote", &remote]);
+        s.room(&["subscribe", "ward", &name, "video"]);
+    }
+    let public: SocketAddr = "10.77.0.111:40000".parse().unwrap();
+    home_router(&s.lab, cam, public);
+    count_udp(&s.lab, Host::Peer, &tvs);
+    count_udp(&s.lab, Host::ClientB, &[]);
+    let viewers: Vec<Viewer> = tvs
+        .iter()
+        .map(|p| Viewer::start(&s.lab, Host::Peer, *p, SSRC).unwrap())
+        .collect();
+    let relay = Host::Relay.ipv4().into();
+    camera_from(&s.lab, Host::ClientA, 5004, relay, cam.port(), SSRC, FRAMES).unwrap();
+    for v in &viewers {
+        assert_eq!(v.decoded(FRAMES), FRAMES);
+    }
+    let room = s.room(&["show", "ward"]);
+    let endpoint = &room["endpoints"][0];
+    assert_eq!(endpoint["name"], "cam", "{room}");
+    assert_eq!(endpoint["remote"], public.to_string(), "{room}");
+    assert_eq!(endpoint["latched"], true, "{room}");
+
+    camera(&s.lab, Host::ClientB, relay, cam.port(), SSRC, 30).unwrap();
+    // A packet from the camera after the stranger's: once it is through, so is anything of
+    // the stranger's that the relay would have forwarded.
+    let marker = socket(&s.lab, Host::ClientA, "10.77.0.11:5004");
+    marker.send_to(&packet(SSRC, 1), cam).unwrap();
+    let sent = s.lab.nft_packets(Host::ClientA, "home", "sent").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let received = loop {
+        let received: Vec<u64> = tvs
+            .iter()
+            .map(|p| {
+                s.lab
+                    .nft_packets(Host::Peer, "count", &format!("in-{p}"))
+                    .unwrap()
+            })
+            .collect();
+        if received.iter().all(|r| *r >= sent) || std::time::Instant::now() > deadline {
+            break received;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stranger = s.lab.nft_packets(Host::ClientB, "count", "out").unwrap();
+    let (_, log) = s.relay.stop_logged(Signal::SIGTERM);
+    let rooms = exit_figures(&log, "rooms at exit: ");
+    eprintln!(
+        "camera sent {sent}, each viewer received {received:?}, the stranger sent {stranger}; {rooms}"
+    );
+    assert_eq!(received, [sent, sent]);
+    assert!(
+        rooms.contains(&format!(" {stranger} from a foreign address")),
+        "{rooms}"
+    );
 }

@@ -206,6 +206,55 @@ impl Lab {
         bail!("nothing bound UDP port {port} in {host}")
     }
 
+    /// Loads an nftables ruleset (`nft -f -`) into `host`'s namespace: what a test puts
+    /// between a host and the lab (a home router's NAT), or counters of what a host sends
+    /// and receives, seen by its own kernel rather than by the program under test. It goes
+    /// with the namespace.
+    pub fn nft(&self, host: Host, ruleset: &str) -> anyhow::Result<()> {
+        let mut child = self
+            .command(host, "nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("nft (cargo xtask setup installs nftables)")?;
+        std::io::Write::write_all(
+            &mut child.stdin.take().context("no stdin")?,
+            ruleset.as_bytes(),
+        )?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "nft -f in {host}: {}\n{ruleset}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// The packets counted so far by the named counter `counter` of the nftables table
+    /// `ip table` in `host`'s namespace (see [`Lab::nft`]).
+    pub fn nft_packets(&self, host: Host, table: &str, counter: &str) -> anyhow::Result<u64> {
+        let out = self
+            .command(host, "nft")
+            .args(["-j", "list", "counter", "ip", table, counter])
+            .output()
+            .context("nft (cargo xtask setup installs nftables)")?;
+        if !out.status.success() {
+            bail!(
+                "nft list counter ip {table} {counter} in {host}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        json["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|item| item["counter"]["packets"].as_u64())
+            .with_context(|| format!("no counter {counter} in {json}"))
+    }
+
     fn build(&self) -> anyhow::Result<()> {
         let sw = netns_name(&self.prefix, "sw");
         ip(&["netns", "add", &sw])?;

@@ -33,9 +33,13 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     (
         "gstreamer1.0-plugins-good",
-        "vp8enc/vp8dec, rtpvp8pay/depay, udpsrc/udpsink, rtpbin",
+        "vp8enc/vp8dec, rtpvp8pay/depay, rtpopuspay/depay, udpsrc/udpsink, rtpbin, rtpssrcdemux, capssetter",
     ),
     ("gstreamer1.0-plugins-bad", "srtpenc/srtpdec"),
+    (
+        "nftables",
+        "nft: a home router's NAT in front of a lab client, packet counters",
+    ),
 ];
 
 pub(crate) fn run() -> anyhow::Result<()> {

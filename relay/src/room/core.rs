@@ -1031,17 +1031,20 @@ impl Rooms {
         match (packet, track) {
             // The publisher's media or its sender reports: to the track's subscribers.
             (_, Some(track)) => {
+                // Received, whether or not anyone receives it now (no subscriber, all
+                // audio-only, another layer chosen): the track shows what its publisher
+                // sends.
+                let bytes = data.len() as u64;
+                let t = room.tracks.get_mut(&track).expect("found above");
+                t.received.packets += 1;
+                t.received.bytes += bytes;
+                let source = t.source.clone();
                 let from = Source { local, remote };
                 let Some(route) = room.routes.get(&(from, ssrc)) else {
                     return;
                 };
                 let rtcp = matches!(packet, Packet::Rtcp { .. });
                 let to = if rtcp { &route.rtcp } else { &route.rtp };
-                let bytes = data.len() as u64;
-                let t = room.tracks.get_mut(&track).expect("found above");
-                t.received.packets += 1;
-                t.received.bytes += bytes;
-                let source = t.source.clone();
                 for d in to {
                     self.outputs.push_back(Output::Send {
                         local: d.local,

@@ -398,6 +398,34 @@ fn audio_only_pauses_every_video_subscription_at_once_and_back() {
 }
 
 #[test]
+fn a_track_counts_what_its_publisher_sends_while_nobody_receives_it() {
+    let mut h = Harness::new();
+    let (cam, ..) = surgery(&mut h);
+    for class in ["class-a", "class-b"] {
+        h.call(Request::UpdateEndpoint {
+            room: "surgery".into(),
+            endpoint: class.into(),
+            patch: EndpointPatch {
+                audio_only: Some(true),
+            },
+        })
+        .unwrap();
+    }
+    assert!(h.route(cam, "10.77.0.11:5004", CAM).is_empty());
+    h.media(cam, "10.77.0.11:5004", &rtp(CAM));
+    assert!(h.sent.is_empty());
+    let Ok(Response::Room(view)) = h.call(Request::GetRoom {
+        room: "surgery".into(),
+    }) else {
+        panic!()
+    };
+    let video = view.tracks.iter().find(|t| t.name == "video").unwrap();
+    assert_eq!(video.received.packets, 1, "{video:?}");
+    assert_eq!(video.received.bytes, rtp(CAM).len() as u64);
+    assert!(view.subscriptions.iter().all(|s| s.sent.packets == 0));
+}
+
+#[test]
 fn a_simulcast_subscriber_gets_one_layer_and_switching_changes_its_ssrc() {
     let mut h = Harness::new();
     h.room("class");
