@@ -74,7 +74,10 @@ pub struct RoomRoute {
     /// Family of the key and of every destination (the kernel does not translate).
     pub family: u8,
     /// Explicit padding, always zero.
-    pub pad: [u8; 7],
+    pub pad: [u8; 3],
+    /// Index in `POLICERS` of the publishing endpoint's limit (0: none). Where an older
+    /// layout had padding (zero), so routes it pinned read as "no endpoint limit".
+    pub endpoint_policer: u32,
 }
 
 const _: () = assert!(size_of::<RoomRoute>() == 24);

@@ -116,18 +116,22 @@ pub(crate) fn route(ctx: &XdpContext, f: &UdpFrame) -> Option<(Verdict, u32)> {
     Some((Verdict::Forwarded, forward::send(ctx, egress)))
 }
 
-/// Spends the route's room and tenant budgets for a packet of `bytes` (UDP payload) in a
-/// frame of `frame_len`; a refusal is counted on the policer and on the route.
+/// Spends the route's endpoint, room and tenant budgets for a packet of `bytes` (UDP
+/// payload) in a frame of `frame_len`: all or none (what one spent is given back when a
+/// later one refuses); a refusal is counted on the policer and on the route.
 #[inline(always)]
 fn police(route: &RoomRoute, now: u64, bytes: u64, frame_len: u64) -> bool {
-    if maps::police(
-        route.room_policer,
-        route.tenant_policer,
-        now,
-        bytes,
-        frame_len,
-    ) {
-        return true;
+    if maps::police(route.endpoint_policer, 0, now, bytes, frame_len) {
+        if maps::police(
+            route.room_policer,
+            route.tenant_policer,
+            now,
+            bytes,
+            frame_len,
+        ) {
+            return true;
+        }
+        maps::refund(route.endpoint_policer, 0, bytes);
     }
     maps::count_route_dropped(route.slot);
     false

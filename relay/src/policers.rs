@@ -131,11 +131,43 @@ impl Policers {
         true
     }
 
+    /// Whether a packet of `bytes` fits every budget of a room route, all or none spent:
+    /// what the endpoint's policer gave is given back when the room's or the tenant's
+    /// refuses (as the XDP program's room path does).
+    pub fn admit_route(&self, route: RoutePolicers, now_ns: u64, bytes: u64) -> bool {
+        if !self.admit([route.endpoint, 0], now_ns, bytes) {
+            return false;
+        }
+        if !self.admit([route.room, route.tenant], now_ns, bytes) {
+            if let Some(p) = self.get(route.endpoint) {
+                p.refund(bytes);
+            }
+            return false;
+        }
+        true
+    }
+
     /// Packets of slot `slot` the userspace data path dropped over the limit.
     pub fn dropped(&self, slot: u32) -> u64 {
         self.dropped
             .get(slot as usize)
             .map_or(0, |d| d.load(Relaxed))
+    }
+}
+
+/// The policer slots a room route spends (0: none): its publishing endpoint's
+/// `max_bitrate_bps`, its room's, its room's tenant's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RoutePolicers {
+    pub endpoint: u32,
+    pub room: u32,
+    pub tenant: u32,
+}
+
+impl RoutePolicers {
+    /// Whether the route spends any budget at all.
+    pub const fn any(self) -> bool {
+        self.endpoint != 0 || self.room != 0 || self.tenant != 0
     }
 }
 
@@ -213,6 +245,38 @@ mod tests {
         assert!(!p.admit([allocation, 0], 10 * MS, 100));
         assert_eq!(p.dropped(allocation), 1);
         assert!(p.admit([0, 0], 10 * MS, 100), "slot 0 limits nothing");
+    }
+
+    /// A room route spends its endpoint's, room's and tenant's budgets all or none.
+    #[test]
+    fn a_room_route_spends_its_three_budgets_all_or_none() {
+        let p = Policers::own();
+        let packets = |n: u64| Limit {
+            packets_per_sec: 1000,
+            bits_per_sec: 0,
+            burst_ns: n * MS,
+        };
+        let route = RoutePolicers {
+            endpoint: 3,
+            room: 4,
+            tenant: 1,
+        };
+        p.configure(route.endpoint, packets(2));
+        p.configure(route.room, packets(3));
+        p.configure(route.tenant, packets(1));
+        let t = 10 * MS;
+        assert!(p.admit_route(route, t, 100));
+        // The tenant refuses: the endpoint and the room get their share back.
+        assert!(!p.admit_route(route, t, 100));
+        assert_eq!(p.dropped(route.tenant), 1);
+        assert!(p.admit([route.endpoint, route.room], t, 100));
+        // The endpoint refuses (its 2 spent): the room and the tenant spend nothing.
+        p.configure(route.tenant, packets(5));
+        assert!(!p.admit_route(route, t, 100));
+        assert_eq!(p.dropped(route.endpoint), 1);
+        assert!(p.admit([route.room, route.tenant], t, 100));
+        assert!(!RoutePolicers::default().any());
+        assert!(p.admit_route(RoutePolicers::default(), t, 100));
     }
 
     #[test]

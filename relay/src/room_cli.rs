@@ -108,6 +108,9 @@ enum EndpointCommand {
         /// Seconds without a packet before it is removed (0: never) [default: 300].
         #[arg(long, value_name = "SECONDS")]
         idle_timeout: Option<u32>,
+        /// Bits per second it may publish in all (its tracks together).
+        #[arg(long, value_name = "BPS")]
+        max_bitrate: Option<u64>,
     },
     /// Change an endpoint.
     Set {
@@ -203,6 +206,7 @@ fn request(command: RoomCommand) -> Request {
             no_rtcp_mux,
             relatch,
             idle_timeout,
+            max_bitrate,
         }) => Request::CreateEndpoint {
             room,
             spec: EndpointSpec {
@@ -212,6 +216,7 @@ fn request(command: RoomCommand) -> Request {
                 rtcp_mux: !no_rtcp_mux,
                 relatch,
                 idle_timeout_secs: idle_timeout.unwrap_or(300),
+                max_bitrate_bps: max_bitrate,
             },
         },
         RoomCommand::Endpoint(EndpointCommand::Set {
@@ -355,6 +360,7 @@ fn endpoints(list: &[EndpointView]) -> String {
             "RELATCH",
             "AUDIO-ONLY",
             "IDLE-S",
+            "MAX-BPS",
         ],
         list.iter().map(|e| {
             vec![
@@ -370,6 +376,7 @@ fn endpoints(list: &[EndpointView]) -> String {
                 yes_no(e.relatch),
                 yes_no(e.audio_only),
                 e.idle_timeout_secs.to_string(),
+                or_dash(e.max_bitrate_bps.as_ref()),
             ]
         }),
     )

@@ -309,24 +309,29 @@ fn turn_clients_publish_and_subscribe_through_the_relays_own_turn() {
 }
 
 /// A room's `max_bitrate_bps` holds its publishers to it (a policer of its own, burst one
-/// second's worth), counted as drops on the track; a room beside it is untouched.
+/// second's worth), and an endpoint's its own media; drops are counted on the track; a room
+/// beside them is untouched.
 #[test]
-fn a_rooms_bitrate_limit_holds_and_the_room_beside_it_is_untouched() {
+fn bitrate_limits_of_a_room_and_of_an_endpoint_hold_and_the_room_beside_is_untouched() {
     const PACKETS: u16 = 100;
     let s = RoomsRelay::new("rm-limit", &[]);
     let mut receivers = Vec::new();
-    for (room, limit, port) in [("small", Some("80000"), 7000), ("big", None, 7002)] {
+    // (room, its limit, the camera's limit, port)
+    let rooms = [
+        ("small", Some("80000"), None, 7000),
+        ("big", None, None, 7002),
+        ("capped-cam", None, Some("80000"), 7004),
+    ];
+    for (room, room_limit, cam_limit, port) in rooms {
         let mut args = vec!["create", room];
-        args.extend(limit.iter().flat_map(|l| ["--max-bitrate", *l]));
+        args.extend(room_limit.iter().flat_map(|l| ["--max-bitrate", *l]));
         s.room(&args);
-        let cam = s.room(&[
-            "endpoint",
-            "add",
-            room,
-            "cam",
-            "--remote",
-            &format!("10.77.0.11:{port}"),
-        ]);
+        let remote = format!("10.77.0.11:{port}");
+        let mut args = vec!["endpoint", "add", room, "cam", "--remote", &remote];
+        args.extend(cam_limit.iter().flat_map(|l| ["--max-bitrate", *l]));
+        let cam = s.room(&args);
+        let limit: Option<u64> = cam_limit.map(|l| l.parse().unwrap());
+        assert_eq!(cam["max_bitrate_bps"].as_u64(), limit);
         let tv = format!("10.77.0.21:{port}");
         s.room(&["endpoint", "add", room, "tv", "--remote", &tv]);
         s.room(&[
@@ -349,7 +354,7 @@ fn a_rooms_bitrate_limit_holds_and_the_room_beside_it_is_untouched() {
             .unwrap();
         let cam: SocketAddr = cam["local"].as_str().unwrap().parse().unwrap();
         // 100 packets of 1,000 bytes at once: 800 kbit, ten times what a second of
-        // the small room's limit allows.
+        // an 80 kbit/s limit allows.
         for seq in 0..PACKETS {
             let mut p = packet(5, seq);
             p.resize(1000, 0);
@@ -368,12 +373,18 @@ fn a_rooms_bitrate_limit_holds_and_the_room_beside_it_is_untouched() {
             (*room, n)
         })
         .collect();
-    let small = s.room(&["show", "small"]);
-    let dropped = small["tracks"][0]["received"]["dropped"].as_u64().unwrap();
-    eprintln!("received {received:?}; the small room's track dropped {dropped}");
+    let dropped = |room| {
+        s.room(&["show", room])["tracks"][0]["received"]["dropped"]
+            .as_u64()
+            .unwrap()
+    };
+    let dropped = [dropped("small"), dropped("capped-cam")];
+    eprintln!("received {received:?}; the limited tracks dropped {dropped:?}");
     // A second's worth: 10 packets of 1,000 bytes at 80 kbit/s.
-    assert!((9..=11).contains(&received[0].1), "{received:?}");
-    assert_eq!(u64::from(received[0].1) + dropped, u64::from(PACKETS));
+    for (i, at) in [(0, 0), (2, 1)] {
+        assert!((9..=11).contains(&received[i].1), "{received:?}");
+        assert_eq!(u64::from(received[i].1) + dropped[at], u64::from(PACKETS));
+    }
     assert_eq!(received[1], ("big", PACKETS));
 }
 

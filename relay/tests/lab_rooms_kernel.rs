@@ -348,6 +348,77 @@ fn a_publisher_flooding_over_its_tenants_limit_is_held_in_the_kernel_and_another
     );
 }
 
+/// A camera's own `max_bitrate_bps` holds in the kernel: XDP spends the endpoint's
+/// policer once per packet, before TC makes its copies, drops the excess `over-limit`, and
+/// the API counts those drops on the track.
+#[test]
+fn an_endpoints_bitrate_limit_holds_in_the_kernel() {
+    const SENT: u16 = 200;
+    let _turn = turn();
+    let s = RoomsRelay::new("rk-capped", &["--interface", "eth0"]);
+    let _switch = xdp_on_switch_port(&s.lab);
+    s.room(&["create", "studio"]);
+    // Ten of these packets a second (the burst is one second's worth).
+    let bps = (10 * 8 * packet(SOLO, 0).len()).to_string();
+    let remote = "10.77.0.11:5008";
+    let cam = s.room(&[
+        "endpoint",
+        "add",
+        "studio",
+        "cam",
+        "--remote",
+        remote,
+        "--max-bitrate",
+        &bps,
+    ]);
+    let ssrc = SOLO.to_string();
+    s.room(&[
+        "track",
+        "add",
+        "studio",
+        "video",
+        "--endpoint",
+        "cam",
+        "--ssrc",
+        &ssrc,
+        "--kind",
+        "video",
+    ]);
+    let receivers: Vec<UdpSocket> = [7200_u16, 7202]
+        .iter()
+        .map(|port| {
+            let name = format!("class-{port}");
+            let to = format!("10.77.0.21:{port}");
+            s.room(&["endpoint", "add", "studio", &name, "--remote", &to]);
+            s.room(&["subscribe", "studio", &name, "video"]);
+            receiver(&s.lab, Host::Peer, &to)
+        })
+        .collect();
+    let addr: SocketAddr = cam["local"].as_str().unwrap().parse().unwrap();
+    let camera = s
+        .lab
+        .in_netns(Host::ClientA, || UdpSocket::bind(remote).unwrap())
+        .unwrap();
+    for seq in 1..=SENT {
+        camera.send_to(&packet(SOLO, seq), addr).unwrap();
+    }
+    let got: Vec<usize> = receivers.iter().map(|r| drain(r, SOLO).len()).collect();
+    let dropped = s.room(&["show", "studio"])["tracks"][0]["received"]["dropped"]
+        .as_u64()
+        .unwrap();
+    let (stdout, _) = s.relay.stop_logged(nix::sys::signal::Signal::SIGTERM);
+    let (over, _) = verdict_row(&stdout, "over-limit");
+    let summary = format!(
+        "{SENT} sent at once: the classrooms got {got:?}, {over} dropped over the limit in \
+         the kernel, {dropped} counted on the track\n{stdout}"
+    );
+    eprintln!("{summary}");
+    assert_eq!(got[0], got[1], "{summary}");
+    assert!((10..=12).contains(&got[0]), "{summary}");
+    assert_eq!(got[0] as u64 + over, u64::from(SENT), "{summary}");
+    assert_eq!(dropped, over, "{summary}");
+}
+
 /// Removes an instance's pins when dropped, so a failing test leaves none.
 struct RemovePins(String);
 

@@ -73,7 +73,7 @@ fn install(
     key: &RouteKey,
     slot: u32,
     to: &[RoomDestination],
-    policers: [u32; 2],
+    [endpoint, room, tenant]: [u32; 3],
 ) {
     for (i, d) in to.iter().enumerate() {
         dp.set_room_destination(destination_index(slot, i as u32).unwrap(), d)
@@ -85,10 +85,11 @@ fn install(
         &RoomRoute {
             destinations: to.len() as u32,
             slot,
-            room_policer: policers[0],
-            tenant_policer: policers[1],
+            room_policer: room,
+            tenant_policer: tenant,
             family: key.family,
-            pad: [0; 7],
+            pad: [0; 3],
+            endpoint_policer: endpoint,
         },
     )
     .unwrap();
@@ -133,14 +134,14 @@ fn rows(dp: &mut Dataplane, v6: bool, slot: u32) -> Vec<Row> {
         &key(v6, PUBLISHER_PORT, SSRC, KIND_RTP),
         slot,
         &one,
-        [0, 0],
+        [0, 0, 0],
     );
     install(
         dp,
         &key(v6, PUBLISHER_PORT, SSRC, KIND_RTCP),
         slot + 1,
         &one,
-        [0, 0],
+        [0, 0, 0],
     );
     let two = [
         to_subscriber(v6, Host::ClientB, SUBSCRIBER_PORT),
@@ -151,7 +152,7 @@ fn rows(dp: &mut Dataplane, v6: bool, slot: u32) -> Vec<Row> {
         &key(v6, PUBLISHER_PORT, SSRC + 1, KIND_RTP),
         slot + 2,
         &two,
-        [0, 0],
+        [0, 0, 0],
     );
 
     let p = (Host::ClientA, publisher, PUBLISHER_PORT);
@@ -371,7 +372,7 @@ fn room_routes_spend_their_policers_once_per_packet() {
             &key(false, PUBLISHER_PORT, SSRC, KIND_RTP),
             3,
             &one,
-            [0, TENANT],
+            [0, 0, TENANT],
         );
         let many: Vec<_> = (0..8)
             .map(|i| to_subscriber(false, Host::ClientB, SUBSCRIBER_PORT + 2 * i))
@@ -381,7 +382,7 @@ fn room_routes_spend_their_policers_once_per_packet() {
             &key(false, PUBLISHER_PORT, SSRC + 1, KIND_RTP),
             4,
             &many,
-            [0, TENANT],
+            [0, 0, TENANT],
         );
         // A burst of 3 packets of this size, nothing refilled while the test runs.
         dp.policers().unwrap().configure(
@@ -419,6 +420,61 @@ fn room_routes_spend_their_policers_once_per_packet() {
     });
 }
 
+/// A publishing endpoint's own limit comes first: a packet it refuses spends nothing of
+/// the tenant's budget, and one the tenant refuses gives the endpoint's spending back.
+#[test]
+fn an_endpoints_policer_is_spent_with_the_tenants_all_or_none() {
+    const TENANT: u32 = 1;
+    const ENDPOINT: u32 = 9;
+    lab_frames::on_relay("xr-endpoint", |dp, ifindex| {
+        let media = rtp(0x80, SSRC, 160);
+        let one = [to_subscriber(false, Host::ClientB, SUBSCRIBER_PORT)];
+        install(
+            dp,
+            &key(false, PUBLISHER_PORT, SSRC, KIND_RTP),
+            5,
+            &one,
+            [ENDPOINT, 0, TENANT],
+        );
+        // Bursts of 2 packets (the endpoint) and 3 (the tenant), nothing refilled while
+        // the test runs.
+        let burst = |packets: u64| relay_common::police::Limit {
+            packets_per_sec: 0,
+            bits_per_sec: 1,
+            burst_ns: packets * 8 * media.len() as u64 * 1_000_000_000,
+        };
+        let policers = dp.policers().unwrap();
+        policers.configure(ENDPOINT, burst(2));
+        policers.configure(TENANT, burst(3));
+        let frame = udp_frame(
+            (Host::ClientA, ip(Host::ClientA, false), PUBLISHER_PORT),
+            (Host::Relay, ip(Host::Relay, false), PUBLISHER_ENDPOINT),
+            None,
+            &media,
+        );
+        let run = |dp: &mut Dataplane| dp.test_run_on(&frame, ifindex).unwrap().action;
+        assert_eq!([run(dp), run(dp), run(dp)], [XDP_TX, XDP_TX, XDP_DROP]);
+        assert_eq!(dp.policed(ENDPOINT).unwrap().packets, 1);
+        assert_eq!(
+            dp.policed(TENANT).unwrap().packets,
+            0,
+            "nothing refused there"
+        );
+        // The tenant has one packet left: the endpoint's refusal spent none of it. Spent
+        // by the daemon's side (another route of the tenant), then the endpoint refills
+        // and the tenant refuses: the endpoint is given back what it spent.
+        let now = relay::clock::monotonic_now_ns;
+        let len = media.len() as u64;
+        assert!(policers.admit([0, TENANT], now(), len));
+        policers.configure(ENDPOINT, burst(2));
+        assert_eq!(run(dp), XDP_DROP);
+        assert_eq!(dp.policed(TENANT).unwrap().packets, 1);
+        assert!(policers.admit([ENDPOINT, 0], now(), len));
+        assert!(policers.admit([ENDPOINT, 0], now(), len));
+        assert_eq!(dp.route_stats(5).unwrap().dropped, 2);
+    });
+}
+
 /// The TC program leaves everything XDP did not mark alone (test runs cannot carry XDP
 /// metadata; the clones are tested on real interfaces in `lab_rooms_kernel`), and the
 /// verifier accepts it with its `bpf_loop` over up to `MAX_ROUTE_DESTINATIONS`
@@ -444,7 +500,7 @@ fn the_fanout_program_verifies_and_passes_unmarked_packets() {
         &key(v6, PUBLISHER_PORT, SSRC, KIND_RTP),
         1023,
         &many,
-        [0, 0],
+        [0, 0, 0],
     );
     let frame = udp_frame(
         (Host::ClientA, ip(Host::ClientA, v6), PUBLISHER_PORT),

@@ -109,7 +109,7 @@ impl Limits {
         Some(slot)
     }
 
-    pub(crate) fn release_room_slot(&mut self, slot: u32) {
+    pub(crate) fn release_bitrate_slot(&mut self, slot: u32) {
         self.slots.give_back(slot);
     }
 

@@ -611,7 +611,7 @@ mod tests {
                     rtp: vec![dest(a, "10.0.0.2:6000"), dest(b, "10.0.0.3:6000")],
                     rtcp: vec![dest(a, "10.0.0.2:6001"), dest(b, "10.0.0.3:6000")],
                 }),
-                policers: [0, 0],
+                policers: crate::policers::RoutePolicers::default(),
                 counts: Arc::clone(&counts),
             }),
         );
@@ -651,7 +651,7 @@ mod tests {
                 from,
                 ssrc: 0x1111,
                 route: None,
-                policers: [0, 0],
+                policers: crate::policers::RoutePolicers::default(),
                 counts,
             }),
         );

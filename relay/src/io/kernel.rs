@@ -22,6 +22,7 @@ use relay_common::{
 
 use crate::{
     dataplane::{Dataplane, KernelChannel},
+    policers::RoutePolicers,
     room::{Destination, Route, Source},
     turn::ChannelFlow,
 };
@@ -85,7 +86,7 @@ impl Kernel {
     }
 
     /// Installs the room route of `ssrc` from `from` (RTP to `route.rtp`, the publisher's
-    /// RTCP to `route.rtcp`), spending policer slots `[room, tenant]`, or with `None`
+    /// RTCP to `route.rtcp`), spending `policers`, or with `None`
     /// removes it. A route being replaced is removed first, so no packet is sent by both.
     /// What cannot be installed is left to userspace (counted).
     pub(crate) fn room_route(
@@ -93,7 +94,7 @@ impl Kernel {
         from: Source,
         ssrc: u32,
         route: Option<&Route>,
-        policers: [u32; 2],
+        policers: RoutePolicers,
     ) {
         if let Some(old) = self.room_routes.remove(&(from, ssrc)) {
             for (key, slot) in old {
@@ -138,7 +139,7 @@ impl Kernel {
         ssrc: u32,
         kind: u8,
         to: &[Destination],
-        policers: [u32; 2],
+        policers: RoutePolicers,
     ) -> Result<(RouteKey, u32), String> {
         if to.len() > MAX_ROUTE_DESTINATIONS as usize {
             return Err(format!("more than {MAX_ROUTE_DESTINATIONS} destinations"));
@@ -170,10 +171,11 @@ impl Kernel {
             let value = RoomRoute {
                 destinations: to.len() as u32,
                 slot,
-                room_policer: policers[0],
-                tenant_policer: policers[1],
+                room_policer: policers.room,
+                tenant_policer: policers.tenant,
                 family: key.family,
-                pad: [0; 7],
+                pad: [0; 3],
+                endpoint_policer: policers.endpoint,
             };
             self.dataplane.insert_room_route(&key, &value)
         })();
@@ -504,6 +506,7 @@ mod tests {
     use super::Kernel;
     use crate::{
         dataplane::Dataplane,
+        policers::RoutePolicers,
         room::{Destination, Route, Source},
     };
 
@@ -539,15 +542,20 @@ mod tests {
         let installed = |k: &Kernel| k.dataplane.room_route_keys().unwrap().len();
 
         // RTP and RTCP: two entries.
-        kernel.room_route(from, 7, Some(&route(1, 1)), [0, 0]);
+        kernel.room_route(from, 7, Some(&route(1, 1)), RoutePolicers::default());
         assert_eq!(installed(&kernel), 2);
         // A replacement removes what it replaces.
-        kernel.room_route(from, 7, Some(&route(1, 0)), [0, 0]);
+        kernel.room_route(from, 7, Some(&route(1, 0)), RoutePolicers::default());
         assert_eq!(installed(&kernel), 1);
         // No TC program attached: several destinations stay in userspace; so do more than
         // the kernel holds, and families that differ.
-        kernel.room_route(from, 8, Some(&route(2, 0)), [0, 0]);
-        kernel.room_route(from, 9, Some(&route(MAX_ROUTE_DESTINATIONS + 1, 0)), [0, 0]);
+        kernel.room_route(from, 8, Some(&route(2, 0)), RoutePolicers::default());
+        kernel.room_route(
+            from,
+            9,
+            Some(&route(MAX_ROUTE_DESTINATIONS + 1, 0)),
+            RoutePolicers::default(),
+        );
         let v6 = Route {
             rtp: vec![Destination {
                 local: addr("10.0.0.1:40002"),
@@ -555,19 +563,19 @@ mod tests {
             }],
             rtcp: Vec::new(),
         };
-        kernel.room_route(from, 10, Some(&v6), [0, 0]);
+        kernel.room_route(from, 10, Some(&v6), RoutePolicers::default());
         assert_eq!(kernel.routes_not_installed, 3);
         assert_eq!(installed(&kernel), 1);
 
         // Slots run out before the map does: the rest stays in userspace, counted.
         for ssrc in 100..100 + MAX_ROOM_ROUTES {
-            kernel.room_route(from, ssrc, Some(&route(1, 0)), [0, 0]);
+            kernel.room_route(from, ssrc, Some(&route(1, 0)), RoutePolicers::default());
         }
         assert_eq!(installed(&kernel), MAX_ROOM_ROUTES as usize);
         assert_eq!(kernel.routes_not_installed, 4);
         // Removal frees the slot for the next route.
-        kernel.room_route(from, 7, None, [0, 0]);
-        kernel.room_route(from, 11, Some(&route(1, 0)), [0, 0]);
+        kernel.room_route(from, 7, None, RoutePolicers::default());
+        kernel.room_route(from, 11, Some(&route(1, 0)), RoutePolicers::default());
         assert_eq!(installed(&kernel), MAX_ROOM_ROUTES as usize);
         assert_eq!(kernel.routes_not_installed, 4);
 
@@ -575,11 +583,11 @@ mod tests {
         // announced meanwhile takes a free one, never one an adopted route still sends
         // by), and those the core did not announce go then.
         for ssrc in 100..100 + MAX_ROOM_ROUTES - 10 {
-            kernel.room_route(from, ssrc, None, [0, 0]);
+            kernel.room_route(from, ssrc, None, RoutePolicers::default());
         }
         assert_eq!(installed(&kernel), 10);
         let mut successor = Kernel::new(kernel.dataplane);
-        successor.room_route(from, 11, Some(&route(1, 0)), [0, 0]);
+        successor.room_route(from, 11, Some(&route(1, 0)), RoutePolicers::default());
         let mut slots = successor.dataplane.room_route_slots().unwrap();
         slots.sort_unstable();
         slots.dedup();

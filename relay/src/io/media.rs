@@ -15,7 +15,7 @@ use std::{
 use super::datapath::{Io, SocketId};
 use crate::{
     clock::monotonic_now_ns,
-    policers::Policers,
+    policers::{Policers, RoutePolicers},
     room::{Route, Source},
     rtp::{self, Packet},
 };
@@ -41,13 +41,13 @@ pub(crate) enum RoomCommand {
     RemoveEndpoint {
         addr: SocketAddr,
     },
-    /// A room route (see [`crate::room::Output::Route`]), spending policer slots
-    /// `[room, tenant]`, counted in `counts`.
+    /// A room route (see [`crate::room::Output::Route`]), spending `policers`, counted in
+    /// `counts`.
     Route {
         from: Source,
         ssrc: u32,
         route: Option<Route>,
-        policers: [u32; 2],
+        policers: RoutePolicers,
         counts: Arc<RouteCounts>,
     },
     SendFromEndpoint {
@@ -60,8 +60,7 @@ pub(crate) enum RoomCommand {
 struct Entry {
     rtp: Vec<(SocketId, SocketAddr)>,
     rtcp: Vec<(SocketId, SocketAddr)>,
-    /// Policer slots `[room, tenant]` (0: none).
-    policers: [u32; 2],
+    policers: RoutePolicers,
     counts: Arc<RouteCounts>,
 }
 
@@ -93,7 +92,7 @@ impl Media {
         from: Source,
         ssrc: u32,
         route: Option<Route>,
-        policers: [u32; 2],
+        policers: RoutePolicers,
         counts: Arc<RouteCounts>,
     ) {
         let key = (from.local, from.remote);
@@ -144,7 +143,8 @@ impl Media {
             return Ok(false);
         };
         let bytes = data.len() as u64;
-        if entry.policers != [0, 0] && !policers.admit(entry.policers, monotonic_now_ns(), bytes) {
+        if entry.policers.any() && !policers.admit_route(entry.policers, monotonic_now_ns(), bytes)
+        {
             entry.counts.dropped.fetch_add(1, Relaxed);
             return Err(());
         }

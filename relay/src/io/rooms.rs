@@ -19,9 +19,12 @@ use super::{
     kernel::Kernel,
     media::{RoomCommand, RouteCounts},
 };
-use crate::room::{
-    Destination, Output, Rooms, RouteCounters, Source,
-    api::{ApiError, Call, Counters, Request, Response},
+use crate::{
+    policers::RoutePolicers,
+    room::{
+        Destination, Output, Rooms, RouteCounters, Source,
+        api::{ApiError, Call, Counters, Request, Response},
+    },
 };
 
 /// A route as the data path holds it, and what it counted.
@@ -76,9 +79,12 @@ pub(crate) struct RoomPlane {
     state: State,
     /// Policer slot of each room with a `max_bitrate_bps`.
     room_slots: HashMap<String, u32>,
-    /// Calls creating a room with a bitrate limit (its name and slot), or deleting a room,
-    /// until answered.
+    /// Policer slot of each endpoint with a `max_bitrate_bps`, by each of its ports.
+    endpoint_slots: HashMap<SocketAddr, u32>,
+    /// Calls creating a room with a bitrate limit (its name and slot), creating an
+    /// endpoint with one (its slot), or deleting a room, until answered.
     creating: HashMap<u64, (String, u32)>,
+    creating_endpoint: HashMap<u64, u32>,
     deleting: HashMap<u64, String>,
 }
 
@@ -137,6 +143,16 @@ impl RoomPlane {
                 }
             }
         }
+        let mut endpoint_slots = HashMap::new();
+        for (ports, bps) in core.endpoint_bitrate_limits() {
+            match limits.bitrate_slot(bps) {
+                Some(slot) => endpoint_slots.extend(ports.into_iter().map(|p| (p, slot))),
+                None => log::warn!(
+                    "endpoint at {}: no policer slot left: its bitrate is not limited",
+                    ports[0]
+                ),
+            }
+        }
         let tenant_slots = limits.tenant_slots();
         Self {
             core,
@@ -147,7 +163,9 @@ impl RoomPlane {
             tenant_slots,
             state,
             room_slots,
+            endpoint_slots,
             creating: HashMap::new(),
+            creating_endpoint: HashMap::new(),
             deleting: HashMap::new(),
         }
     }
@@ -174,8 +192,8 @@ impl RoomPlane {
             .save(Instant::now(), |file| core.snapshot().write_atomic(file));
     }
 
-    /// A control API call. A room with a bitrate limit needs a policer slot first: without
-    /// one it is refused (507) before the core hears of it.
+    /// A control API call. A room or an endpoint with a bitrate limit needs a policer slot
+    /// first: without one it is refused (507) before the core hears of it.
     pub(crate) fn on_call(
         &mut self,
         now: Instant,
@@ -198,6 +216,19 @@ impl RoomPlane {
                         return;
                     };
                     self.creating.insert(call, (spec.name.clone(), slot));
+                }
+            }
+            Request::CreateEndpoint { spec, .. } => {
+                if let Some(bps) = spec.max_bitrate_bps.filter(|b| *b > 0) {
+                    let Some(slot) = limits.bitrate_slot(bps) else {
+                        let _ = reply.send(Err(ApiError::new(
+                            507,
+                            Some("max_bitrate_bps"),
+                            "no policer slot left to enforce it",
+                        )));
+                        return;
+                    };
+                    self.creating_endpoint.insert(call, slot);
                 }
             }
             Request::DeleteRoom { room } => {
@@ -272,6 +303,12 @@ impl RoomPlane {
                 }
                 Output::Release { addr } => {
                     endpoint(addr, false);
+                    if let Some(slot) = self.endpoint_slots.remove(&addr) {
+                        // An endpoint's RTP and RTCP ports share its slot.
+                        if !self.endpoint_slots.values().any(|s| *s == slot) {
+                            limits.release_bitrate_slot(slot);
+                        }
+                    }
                     self.totals.retain(|(from, _), _| from.local != addr);
                     RoomCommand::RemoveEndpoint { addr }
                 }
@@ -296,10 +333,11 @@ impl RoomPlane {
                         );
                     }
                     let tenant = tenant.and_then(|t| self.tenant_slots.get(t).copied());
-                    let policers = [
-                        self.room_slots.get(&room).copied().unwrap_or(0),
-                        tenant.unwrap_or(0),
-                    ];
+                    let policers = RoutePolicers {
+                        endpoint: self.endpoint_slots.get(&from.local).copied().unwrap_or(0),
+                        room: self.room_slots.get(&room).copied().unwrap_or(0),
+                        tenant: tenant.unwrap_or(0),
+                    };
                     // The kernel's entry goes (or is replaced) before the data path's: a
                     // packet the kernel no longer has goes up, where the data path or the
                     // core forwards it.
@@ -324,19 +362,7 @@ impl RoomPlane {
                     data,
                 },
                 Output::Reply { call, result } => {
-                    if let Some((room, slot)) = self.creating.remove(&call) {
-                        if result.is_ok() {
-                            self.room_slots.insert(room, slot);
-                        } else {
-                            limits.release_room_slot(slot);
-                        }
-                    }
-                    if let Some(room) = self.deleting.remove(&call) {
-                        if let Some(slot) = self.room_slots.remove(&room).filter(|_| result.is_ok())
-                        {
-                            limits.release_room_slot(slot);
-                        }
-                    }
+                    self.settle_slots(call, &result, limits);
                     if let Some(reply) = self.replies.remove(&call) {
                         // The HTTP side may have given up (a timeout): nothing to do.
                         let _ = reply.send(result);
@@ -348,6 +374,38 @@ impl RoomPlane {
             sent += 1;
         }
         sent
+    }
+
+    /// The policer slots taken for call `call` (a room or an endpoint with a limit) become
+    /// theirs if it succeeded and go back if not; a deleted room's goes back.
+    fn settle_slots(
+        &mut self,
+        call: u64,
+        result: &Result<Response, ApiError>,
+        limits: &mut Limits,
+    ) {
+        if let Some(slot) = self.creating_endpoint.remove(&call) {
+            match result {
+                Ok(Response::Endpoint(view)) => self.endpoint_slots.extend(
+                    std::iter::once(view.local)
+                        .chain(view.local_rtcp)
+                        .map(|p| (p, slot)),
+                ),
+                _ => limits.release_bitrate_slot(slot),
+            }
+        }
+        if let Some((room, slot)) = self.creating.remove(&call) {
+            if result.is_ok() {
+                self.room_slots.insert(room, slot);
+            } else {
+                limits.release_bitrate_slot(slot);
+            }
+        }
+        if let Some(room) = self.deleting.remove(&call) {
+            if let Some(slot) = self.room_slots.remove(&room).filter(|_| result.is_ok()) {
+                limits.release_bitrate_slot(slot);
+            }
+        }
     }
 
     /// Folds what a route being replaced counted (in userspace and in the kernel) into the

@@ -49,6 +49,10 @@ pub struct EndpointSpec {
     /// Seconds without a packet after which the endpoint is removed (0: never).
     #[serde(default = "default_idle")]
     pub idle_timeout_secs: u32,
+    /// Bits per second this endpoint may publish (all its tracks together), on top of its
+    /// room's and its tenant's limits.
+    #[serde(default)]
+    pub max_bitrate_bps: Option<u64>,
 }
 
 const fn yes() -> bool {
@@ -178,6 +182,7 @@ pub struct EndpointView {
     pub relatch: bool,
     pub audio_only: bool,
     pub idle_timeout_secs: u32,
+    pub max_bitrate_bps: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

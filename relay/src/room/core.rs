@@ -165,6 +165,7 @@ struct Endpoint {
     relatch: bool,
     audio_only: bool,
     idle_timeout: Duration,
+    max_bitrate_bps: Option<u64>,
     last_seen: Instant,
     /// Opaque RTCP sent on to each publisher, when last.
     opaque_rtcp_at: HashMap<String, Instant>,
@@ -535,6 +536,9 @@ impl Rooms {
                 ),
             ));
         }
+        if spec.max_bitrate_bps == Some(0) {
+            return Err(ApiError::bad("max_bitrate_bps", "must be at least 1"));
+        }
         if let Some(remote) = spec.remote {
             if remote.port() == 0 || remote.ip().is_unspecified() {
                 return Err(ApiError::bad(
@@ -652,6 +656,7 @@ impl Rooms {
                     relatch: p.spec.relatch,
                     audio_only: false,
                     idle_timeout: Duration::from_secs(u64::from(p.spec.idle_timeout_secs)),
+                    max_bitrate_bps: p.spec.max_bitrate_bps,
                     last_seen: now,
                     opaque_rtcp_at: HashMap::new(),
                 };
@@ -1225,6 +1230,7 @@ impl Rooms {
                         relatch: e.relatch,
                         audio_only: e.audio_only,
                         idle_timeout_secs: e.idle_timeout.as_secs(),
+                        max_bitrate_bps: e.max_bitrate_bps,
                     })
                     .collect(),
                 tracks: r
@@ -1299,6 +1305,7 @@ impl Rooms {
                         relatch: e.relatch,
                         audio_only: e.audio_only,
                         idle_timeout: Duration::from_secs(e.idle_timeout_secs),
+                        max_bitrate_bps: e.max_bitrate_bps,
                         last_seen: now,
                         opaque_rtcp_at: HashMap::new(),
                     },
@@ -1340,6 +1347,18 @@ impl Rooms {
             log::info!("rooms: took up {} saved rooms", snapshot.rooms.len());
         }
         rooms
+    }
+
+    /// Endpoints with a `max_bitrate_bps`: their ports (RTP, and RTCP when apart), and
+    /// that limit, for their policers.
+    pub fn endpoint_bitrate_limits(&self) -> impl Iterator<Item = (Vec<SocketAddr>, u64)> {
+        self.named
+            .values()
+            .flat_map(|r| r.endpoints.values())
+            .filter_map(|e| {
+                let addrs = std::iter::once(e.local).chain(e.local_rtcp).collect();
+                Some((addrs, e.max_bitrate_bps?))
+            })
     }
 
     /// Rooms with a `max_bitrate_bps`, and that limit, for their policers.
@@ -1413,6 +1432,7 @@ fn endpoint_view(name: &str, e: &Endpoint) -> EndpointView {
         relatch: e.relatch,
         audio_only: e.audio_only,
         idle_timeout_secs: u32::try_from(e.idle_timeout.as_secs()).unwrap_or(u32::MAX),
+        max_bitrate_bps: e.max_bitrate_bps,
     }
 }
 

@@ -43,6 +43,9 @@ pub(super) struct SavedEndpoint {
     pub(super) relatch: bool,
     pub(super) audio_only: bool,
     pub(super) idle_timeout_secs: u64,
+    /// Absent from files written before endpoints had limits.
+    #[serde(default)]
+    pub(super) max_bitrate_bps: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

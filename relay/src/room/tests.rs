@@ -180,6 +180,7 @@ fn spec(name: &str, remote: Option<&str>) -> EndpointSpec {
         rtcp_mux: true,
         relatch: false,
         idle_timeout_secs: 0,
+        max_bitrate_bps: None,
     }
 }
 
@@ -622,6 +623,17 @@ fn bad_requests_name_the_field_and_change_nothing() {
             "remote",
         ),
         (
+            Request::CreateEndpoint {
+                room: "surgery".into(),
+                spec: EndpointSpec {
+                    max_bitrate_bps: Some(0),
+                    ..spec("z", None)
+                },
+            },
+            400,
+            "max_bitrate_bps",
+        ),
+        (
             Request::CreateTrack {
                 room: "surgery".into(),
                 spec: TrackSpec {
@@ -789,7 +801,13 @@ fn rooms_are_taken_up_after_a_restart() {
     let mut h = Harness::new();
     let (cam, a, _) = surgery(&mut h);
     h.room("ward");
-    let phone = h.endpoint("ward", "phone", None);
+    let phone = h.endpoint_with(
+        "ward",
+        EndpointSpec {
+            max_bitrate_bps: Some(64_000),
+            ..spec("phone", None)
+        },
+    );
     h.endpoint("ward", "cart", Some("10.77.0.21:7000"));
     h.track("ward", "voice", "phone", MIC, MediaKind::Audio);
     h.subscribe("ward", "cart", "voice", None);
@@ -827,6 +845,9 @@ fn rooms_are_taken_up_after_a_restart() {
     );
     assert!(h.drain().is_empty());
     assert!(h.open.contains(&cam) && h.open.contains(&phone));
+    // The phone's own limit comes back with it, for its policer.
+    let limits: Vec<_> = h.rooms.endpoint_bitrate_limits().collect();
+    assert_eq!(limits, [(vec![phone], 64_000)]);
     let after = views(&mut h);
     assert_eq!(after[1], before[1]);
     let mut expected = before[0].clone();

@@ -236,6 +236,7 @@ fn handle(rooms: &mut BTreeMap<String, RoomView>, request: Request) -> Result<Re
                 relatch: spec.relatch,
                 audio_only: false,
                 idle_timeout_secs: spec.idle_timeout_secs,
+                max_bitrate_bps: spec.max_bitrate_bps,
             };
             room.endpoints.push(view.clone());
             Response::Endpoint(view)
