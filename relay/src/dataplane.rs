@@ -66,7 +66,9 @@ const PINNED_MAPS: [&str; 11] = [
 ];
 /// Version of the maps' layout (the keys and values in relay-common). A daemon adopts only
 /// maps of its own layout: after an upgrade that changes it, the new program starts on new
-/// maps (and the daemon installs its flows there again).
+/// maps (and the daemon installs its flows there again). A field that takes over padding
+/// that was always zero, where zero means what the old layout did (`RoomRoute`'s
+/// `endpoint_policer`: none), keeps the layout: old maps stay valid both ways.
 const LAYOUT: u32 = 4;
 
 /// Where an instance's data plane is pinned: `/sys/fs/bpf/relay/<instance>`, holding
