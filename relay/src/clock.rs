@@ -55,3 +55,12 @@ mod tests {
         assert!(earlier.abs_diff(1_000_000_000) < 1_000_000, "{earlier}");
     }
 }
+
+/// Unix time in milliseconds of `ns` on CLOCK_MONOTONIC (a time ahead reads as now): for
+/// showing when something the kernel or the data path stamped happened.
+pub fn unix_ms_of_monotonic(ns: u64) -> u64 {
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    unix_ms.saturating_sub(monotonic_now_ns().saturating_sub(ns) / 1_000_000)
+}

@@ -14,7 +14,7 @@ use std::{
 use nix::sys::signal::Signal;
 use relay::stun::ChannelData;
 use serde_json::Value;
-use support::{RoomsRelay, channel_client, exit_figures};
+use support::{RoomsRelay, channel_client, exit_figures, last_packet_is_recent};
 use xtask::{
     gstreamer::{Codec, Layer, Publisher, Stream, Subscriber, Viewer, camera, camera_from},
     lab::{Host, Lab},
@@ -46,8 +46,13 @@ fn a_surgery_camera_reaches_eight_classrooms_and_every_frame_decodes() {
         .collect();
     assert_eq!(endpoints["cam"]["latched"], true);
     let received = room["tracks"][0]["received"]["packets"].as_u64().unwrap();
+    assert!(
+        last_packet_is_recent(&room["tracks"][0]["received"]),
+        "{room}"
+    );
     for sub in room["subscriptions"].as_array().unwrap() {
         assert_eq!(sub["sent"]["packets"].as_u64(), Some(received), "{sub}");
+        assert!(last_packet_is_recent(&sub["sent"]), "{sub}");
     }
 }
 

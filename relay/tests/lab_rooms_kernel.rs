@@ -15,7 +15,9 @@ use std::{
 };
 
 use nix::sys::socket::{setsockopt, sockopt};
-use support::{RoomsRelay, TempDir, exit_figures, verdict_row, xdp_on_switch_port};
+use support::{
+    RoomsRelay, TempDir, exit_figures, last_packet_is_recent, verdict_row, xdp_on_switch_port,
+};
 use xtask::lab::{Host, Lab};
 
 /// The tests of this file take turns: each loads the machine's two cores (up to 64
@@ -216,6 +218,10 @@ fn fanout(s: RoomsRelay, v6: bool) {
         .map(|t| t["received"]["packets"].as_u64().unwrap())
         .sum();
     assert!(received > 2 * packets, "{view}");
+    // And when the kernel last forwarded one.
+    for t in view["tracks"].as_array().unwrap() {
+        assert!(last_packet_is_recent(&t["received"]), "{view}");
+    }
 }
 
 /// The surgery camera of `lab_rooms` (its address given), its copies made in TC: every

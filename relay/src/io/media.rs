@@ -26,8 +26,10 @@ use crate::{
 pub(crate) struct RouteCounts {
     pub(crate) packets: AtomicU64,
     pub(crate) bytes: AtomicU64,
-    /// Dropped over the room's or its tenant's rate limit.
+    /// Dropped over the endpoint's, the room's or the tenant's rate limit.
     pub(crate) dropped: AtomicU64,
+    /// CLOCK_MONOTONIC ns of the last packet forwarded (0: none yet).
+    pub(crate) last_ns: AtomicU64,
 }
 
 /// From the control task's room plane to the data path.
@@ -143,8 +145,8 @@ impl Media {
             return Ok(false);
         };
         let bytes = data.len() as u64;
-        if entry.policers.any() && !policers.admit_route(entry.policers, monotonic_now_ns(), bytes)
-        {
+        let now = monotonic_now_ns();
+        if entry.policers.any() && !policers.admit_route(entry.policers, now, bytes) {
             entry.counts.dropped.fetch_add(1, Relaxed);
             return Err(());
         }
@@ -154,6 +156,7 @@ impl Media {
         }
         entry.counts.packets.fetch_add(1, Relaxed);
         entry.counts.bytes.fetch_add(bytes, Relaxed);
+        entry.counts.last_ns.store(now, Relaxed);
         Ok(true)
     }
 }

@@ -11,6 +11,7 @@ use std::{
     time::Instant,
 };
 
+use relay_common::room::RouteStats;
 use tokio::sync::oneshot;
 
 use super::{
@@ -50,12 +51,7 @@ impl Live {
 fn refresh(routes: &mut HashMap<(Source, u32), Live>, kernel: Option<&Kernel>) {
     let Some(kernel) = kernel else { return };
     for ((from, ssrc), live) in routes {
-        let k = kernel.room_route_stats(*from, *ssrc);
-        live.kernel = Counters {
-            packets: k.packets,
-            bytes: k.bytes,
-            dropped: k.dropped,
-        };
+        live.kernel = kernel_counters(&kernel.room_route_stats(*from, *ssrc));
     }
 }
 
@@ -99,13 +95,27 @@ fn snapshot(counts: &RouteCounts) -> Counters {
         packets: counts.packets.load(Relaxed),
         bytes: counts.bytes.load(Relaxed),
         dropped: counts.dropped.load(Relaxed),
+        last_packet_unix_ms: unix_ms(counts.last_ns.load(Relaxed)),
     }
 }
 
+/// What the kernel counted for a route.
+fn kernel_counters(k: &RouteStats) -> Counters {
+    Counters {
+        packets: k.packets,
+        bytes: k.bytes,
+        dropped: k.dropped,
+        last_packet_unix_ms: unix_ms(k.last_seen_ns),
+    }
+}
+
+/// A CLOCK_MONOTONIC stamp (0: never) as Unix milliseconds.
+fn unix_ms(monotonic_ns: u64) -> Option<u64> {
+    (monotonic_ns > 0).then(|| crate::clock::unix_ms_of_monotonic(monotonic_ns))
+}
+
 fn add(a: &mut Counters, b: Counters) {
-    a.packets += b.packets;
-    a.bytes += b.bytes;
-    a.dropped += b.dropped;
+    *a = a.plus(b);
 }
 
 impl RouteCounters for Counted<'_> {
@@ -415,12 +425,7 @@ impl RoomPlane {
             return;
         };
         if let Some(kernel) = kernel {
-            let k = kernel.room_route_stats(from, ssrc);
-            live.kernel = Counters {
-                packets: k.packets,
-                bytes: k.bytes,
-                dropped: k.dropped,
-            };
+            live.kernel = kernel_counters(&kernel.room_route_stats(from, ssrc));
         }
         let counted = live.counted();
         let totals = self.totals.entry((from, ssrc)).or_default();

@@ -163,6 +163,24 @@ pub struct Counters {
     pub bytes: u64,
     /// Dropped over a rate limit.
     pub dropped: u64,
+    /// When the route table (the kernel's or the data path's) last forwarded a packet
+    /// counted here: Unix time in milliseconds; none before the first. A stream that
+    /// stopped shows here while its counts stand still.
+    #[serde(default)]
+    pub last_packet_unix_ms: Option<u64>,
+}
+
+impl Counters {
+    /// Both counted together: the sums, and the later last packet.
+    #[must_use]
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            packets: self.packets + other.packets,
+            bytes: self.bytes + other.bytes,
+            dropped: self.dropped + other.dropped,
+            last_packet_unix_ms: self.last_packet_unix_ms.max(other.last_packet_unix_ms),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1436,21 +1436,13 @@ fn endpoint_view(name: &str, e: &Endpoint) -> EndpointView {
     }
 }
 
-fn add(a: Counters, b: Counters) -> Counters {
-    Counters {
-        packets: a.packets + b.packets,
-        bytes: a.bytes + b.bytes,
-        dropped: a.dropped + b.dropped,
-    }
-}
-
 fn track_view(name: &str, t: &Track, room: &Room, counters: &dyn RouteCounters) -> TrackView {
     let publisher = &room.endpoints[&t.endpoint];
     let received = publisher
         .sources()
         .into_iter()
         .map(|from| counters.counters(from, t.ssrc).0)
-        .fold(t.received, add);
+        .fold(t.received, Counters::plus);
     TrackView {
         name: name.to_owned(),
         endpoint: t.endpoint.clone(),
@@ -1486,7 +1478,7 @@ fn subscription_view(
         .flatten()
         .filter(|(d, _)| mine.contains(&Some(*d)))
         .map(|(_, c)| c)
-        .fold(sub.sent, add);
+        .fold(sub.sent, Counters::plus);
     SubscriptionView {
         endpoint: endpoint.to_owned(),
         track: key.to_owned(),

@@ -172,6 +172,7 @@ const RECEIVED: Counters = Counters {
     packets: 1200,
     bytes: 1_440_000,
     dropped: 3,
+    last_packet_unix_ms: Some(1_764_633_600_000),
 };
 
 #[expect(

@@ -469,3 +469,15 @@ impl RoomsRelay {
         (decoded, self.room(&["show", "surgery"]))
     }
 }
+
+/// Whether the API's `counters` say a packet was forwarded within the last 30 seconds
+/// (`last_packet_unix_ms`).
+pub(crate) fn last_packet_is_recent(counters: &serde_json::Value) -> bool {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    counters["last_packet_unix_ms"]
+        .as_u64()
+        .is_some_and(|at| at <= now_ms + 1_000 && now_ms - at < 30_000)
+}
