@@ -28,6 +28,15 @@ pub fn monotonic_ns(at: Instant) -> u64 {
     }
 }
 
+/// Unix time in milliseconds of `ns` on CLOCK_MONOTONIC (a time ahead reads as now): for
+/// showing when something the kernel or the data path stamped happened.
+pub fn unix_ms_of_monotonic(ns: u64) -> u64 {
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    unix_ms.saturating_sub(monotonic_now_ns().saturating_sub(ns) / 1_000_000)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -54,13 +63,23 @@ mod tests {
             monotonic_ns(now) - monotonic_ns(now.checked_sub(Duration::from_secs(1)).unwrap());
         assert!(earlier.abs_diff(1_000_000_000) < 1_000_000, "{earlier}");
     }
-}
 
-/// Unix time in milliseconds of `ns` on CLOCK_MONOTONIC (a time ahead reads as now): for
-/// showing when something the kernel or the data path stamped happened.
-pub fn unix_ms_of_monotonic(ns: u64) -> u64 {
-    let unix_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    unix_ms.saturating_sub(monotonic_now_ns().saturating_sub(ns) / 1_000_000)
+    #[test]
+    fn monotonic_stamps_read_as_unix_time() {
+        let unix_now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let two_seconds_ago = monotonic_now_ns() - 2_000_000_000;
+        let at = unix_ms_of_monotonic(two_seconds_ago);
+        assert!(
+            (unix_now_ms - at).abs_diff(2_000) < 100,
+            "{at} vs {unix_now_ms}"
+        );
+        let ahead = unix_ms_of_monotonic(monotonic_now_ns() + 5_000_000_000);
+        assert!(
+            ahead.abs_diff(unix_now_ms) < 100,
+            "a stamp ahead reads as now"
+        );
+    }
 }
