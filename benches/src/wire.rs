@@ -220,8 +220,26 @@ mod tests {
         assert_eq!(Probe::read(&bytes[..PROBE_LEN - 1]), None);
     }
 
-    /// The frame parses as what it claims, and both checksums verify as a receiver checks
-    /// them (etherparse is independent of the code above).
+    /// The UDP payload of `frame` (Ethernet, IPv4, UDP), both checksums verified as a
+    /// receiver verifies them (etherparse is independent of the code above).
+    fn checked_udp_payload(frame: &[u8]) -> Vec<u8> {
+        let packet = etherparse::SlicedPacket::from_ethernet(frame).unwrap();
+        let (Some(etherparse::NetSlice::Ipv4(ip)), Some(etherparse::TransportSlice::Udp(udp))) =
+            (&packet.net, &packet.transport)
+        else {
+            panic!("not UDP over IPv4")
+        };
+        let header = ip.header().to_header();
+        assert_eq!(header.header_checksum, header.calc_header_checksum());
+        let udp_header = udp.to_header();
+        let want = udp_header
+            .calc_checksum_ipv4(&header, udp.payload())
+            .unwrap();
+        assert_eq!(udp_header.checksum, want, "UDP checksum");
+        udp.payload().to_vec()
+    }
+
+    /// The frame parses as what it claims, and both checksums verify.
     #[test]
     fn frames_carry_channel_data_with_valid_checksums() {
         let template = Template::new(
@@ -241,21 +259,8 @@ mod tests {
             };
             template.fill(&probe, &mut frame);
             assert_eq!(frame.len(), 14 + 20 + 8 + 4 + 172);
-            let packet = etherparse::SlicedPacket::from_ethernet(&frame).unwrap();
-            let Some(etherparse::NetSlice::Ipv4(ip)) = &packet.net else {
-                panic!("not IPv4")
-            };
-            let header = ip.header().to_header();
-            assert_eq!(header.header_checksum, header.calc_header_checksum());
-            let Some(etherparse::TransportSlice::Udp(udp)) = &packet.transport else {
-                panic!("not UDP")
-            };
-            let udp_header = udp.to_header();
-            let want = udp_header
-                .calc_checksum_ipv4(&header, udp.payload())
-                .unwrap();
-            assert_eq!(udp_header.checksum, want, "seq {seq}");
-            let data = relay::stun::channel_data::ChannelData::decode(udp.payload()).unwrap();
+            let payload = checked_udp_payload(&frame);
+            let data = relay::stun::channel_data::ChannelData::decode(&payload).unwrap();
             assert_eq!(data.channel, CHANNEL);
             assert_eq!(data.data.len(), 172);
             assert_eq!(Probe::read(data.data), Some(probe));
@@ -281,22 +286,10 @@ mod tests {
         let mut frame = Vec::new();
         template.fill(&probe, &mut frame);
         assert_eq!(frame.len(), 14 + 20 + 8 + 1200);
-        let packet = etherparse::SlicedPacket::from_ethernet(&frame).unwrap();
-        let (Some(etherparse::NetSlice::Ipv4(ip)), Some(etherparse::TransportSlice::Udp(udp))) =
-            (&packet.net, &packet.transport)
-        else {
-            panic!("not UDP over IPv4")
-        };
-        let header = ip.header().to_header();
-        let udp_header = udp.to_header();
-        let want = udp_header
-            .calc_checksum_ipv4(&header, udp.payload())
-            .unwrap();
-        assert_eq!(udp_header.checksum, want);
-        let rtp = udp.payload();
+        let rtp = checked_udp_payload(&frame);
         assert_eq!((rtp[0], rtp[1]), (0x80, 96), "RTP version 2, video");
         assert_eq!(rtp[8..12], probe.ssrc().to_be_bytes());
         assert_ne!(probe.ssrc(), 0, "a room refuses SSRC 0");
-        assert_eq!(Probe::read(rtp), Some(probe));
+        assert_eq!(Probe::read(&rtp), Some(probe));
     }
 }
