@@ -178,6 +178,11 @@ pub struct Settings {
     /// its owner only.
     #[arg(long, value_name = "FILE")]
     pub api_token_file: Option<PathBuf>,
+    /// Address of a listener for `/metrics`, `/healthz` and `/readyz` alone (no token,
+    /// no API), e.g. 0.0.0.0:9090 for Prometheus and Kubernetes probes [default: none;
+    /// the control API's listener serves them too].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Tenants and their shared limits: in the TOML file only, as `[[tenant]]` tables.
     #[arg(skip)]
     #[serde(default)]
@@ -254,6 +259,8 @@ pub struct RunConfig {
     pub detach_on_exit: bool,
     /// The control API, when `api-listen` is set ([`crate::http::start`] serves it).
     pub api: Option<ApiConfig>,
+    /// A listener of its own for metrics and health probes.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -327,6 +334,7 @@ impl Settings {
             detach_on_exit: self.detach_on_exit.or(file.detach_on_exit),
             api_listen: self.api_listen.or(file.api_listen),
             api_token_file: self.api_token_file.or(file.api_token_file),
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
             tenant: vec(self.tenant, file.tenant),
         }
     }
@@ -589,6 +597,7 @@ impl Settings {
             instance,
             detach_on_exit: self.detach_on_exit.unwrap_or(false),
             api,
+            metrics_listen: self.metrics_listen,
         })
     }
 }

@@ -438,6 +438,26 @@ impl Dataplane {
         Ok(out)
     }
 
+    /// The verdict counters of the data plane pinned at `pins`, read from the pinned map
+    /// itself: no daemon needed (one scraping metrics, or none at all while it restarts).
+    /// `None` when nothing is pinned there.
+    pub fn pinned_verdict_counters(pins: &Pins) -> Result<Option<VerdictCounters>, DataplaneError> {
+        let path = pins.maps().join(VERDICTS_MAP);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let data = aya::maps::MapData::from_pin(&path).map_err(pinning(&path))?;
+        let array = PerCpuArray::<_, Counters>::try_from(aya::maps::Map::PerCpuArray(data))?;
+        let mut out = VerdictCounters::default();
+        for v in Verdict::ALL {
+            out.0[v.index() as usize] = array
+                .get(&v.index(), 0)?
+                .iter()
+                .fold(Counters::default(), |a, c| a.add(*c));
+        }
+        Ok(Some(out))
+    }
+
     /// Installs (or replaces) a flow of the fast path.
     pub fn insert_flow(
         &mut self,

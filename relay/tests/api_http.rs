@@ -33,6 +33,47 @@ fn every_request_needs_the_token() {
     assert_eq!(answer.json, serde_json::json!([]));
 }
 
+/// Metrics and health probes need no token; the API beside them still does.
+#[test]
+fn probes_answer_without_the_token() {
+    let api = FakeApi::start();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let get = |path: &str, accept: Option<&str>| {
+        let mut request = agent.get(format!("{}{path}", api.url()));
+        if let Some(accept) = accept {
+            request = request.header("Accept", accept);
+        }
+        let mut response = request.call().unwrap();
+        let media = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = response.body_mut().read_to_string().unwrap();
+        (response.status().as_u16(), media, body)
+    };
+    assert_eq!(get("/healthz", None).0, 200);
+    let (status, _, body) = get("/readyz", None);
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "not ready\n"),
+        "nothing said ready"
+    );
+    let (status, media, body) = get("/metrics", None);
+    assert_eq!(status, 200);
+    assert_eq!(media.as_deref(), Some(relay::metrics::PROMETHEUS_TEXT));
+    assert!(body.contains("\nrelay_ready 0\n"), "{body}");
+    let (_, media, body) = get(
+        "/metrics",
+        Some("application/openmetrics-text; version=1.0.0"),
+    );
+    assert_eq!(media.as_deref(), Some(relay::metrics::OPENMETRICS_TEXT));
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    assert_eq!(send(&api, "GET", "/v1/rooms", None, None).status, 401);
+}
+
 #[test]
 fn errors_are_json_with_their_status_and_field() {
     let api = FakeApi::start();

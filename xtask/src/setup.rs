@@ -40,6 +40,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "nftables",
         "nft: a home router's NAT in front of a lab client, packet counters",
     ),
+    (
+        "prometheus",
+        "promtool: checks the relay's metrics exposition as Prometheus reads it",
+    ),
 ];
 
 pub(crate) fn run() -> anyhow::Result<()> {

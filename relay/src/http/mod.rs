@@ -5,6 +5,7 @@
 //! what `relay room` speaks. Both read one table of operations, [`Operation`].
 
 mod client;
+pub mod probes;
 mod server;
 
 use std::{collections::HashMap, fmt::Write as _, net::SocketAddr, sync::Arc};

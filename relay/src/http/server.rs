@@ -39,6 +39,7 @@ struct Shared {
 pub async fn start(
     config: ApiConfig,
     calls: mpsc::Sender<Call>,
+    probes: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(SocketAddr, JoinHandle<std::io::Result<()>>)> {
     let listener = TcpListener::bind(config.listen)
@@ -52,19 +53,22 @@ pub async fn start(
         );
     }
     log::info!("control API on http://{local}");
-    let server = tokio::spawn(serve(listener, config.token, calls, shutdown));
+    let server = tokio::spawn(serve(listener, config.token, calls, probes, shutdown));
     Ok((local, server))
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, handing each request to the
-/// room core over `calls`.
+/// room core over `calls`; `probes` (metrics and health, no token) beside it.
 pub async fn serve(
     listener: TcpListener,
     token: Token,
     calls: mpsc::Sender<Call>,
+    probes: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(token, calls))
+    // Merged after the token's layer, which covers only the API's own routes (and the
+    // 404 and 405 answers).
+    axum::serve(listener, router(token, calls).merge(probes))
         .with_graceful_shutdown(shutdown)
         .await
 }

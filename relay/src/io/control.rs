@@ -238,13 +238,13 @@ impl Control {
 
     /// Runs until `shutdown` resolves or every event sender is gone; `calls` are the
     /// control API's requests (none without the API). Logs `ready` once what a previous
-    /// run saved is served again.
+    /// run saved is served again, and says so in `live` (readiness, counts) for metrics.
     pub(crate) async fn run(
         mut self,
         mut events: EventReceiver<Event>,
         mut calls: Option<tokio::sync::mpsc::Receiver<Call>>,
         shutdown: impl Future<Output = ()>,
-        ready: &str,
+        (ready, live): (&str, &crate::metrics::Live),
     ) -> Option<Dataplane> {
         tokio::pin!(shutdown);
         // A restored server asks first for its sockets and announces its flows: then the
@@ -261,6 +261,9 @@ impl Control {
             }
         }
         // Serving: restored allocations and rooms have their sockets again.
+        self.publish(live);
+        // Ready before the line says so: whoever waits for the line finds /readyz 200.
+        live.ready.store(true, std::sync::atomic::Ordering::Relaxed);
         log::info!("{ready}");
         loop {
             let deadline = self.server.poll_timeout();
@@ -293,7 +296,10 @@ impl Control {
                 () = &mut shutdown => break,
             }
             self.carry_out();
+            self.publish(live);
         }
+        live.ready
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         // The state as it is when the daemon stops, for the next one.
         let now = Instant::now();
         self.state
@@ -317,6 +323,13 @@ impl Control {
             .report(self.kernel.as_ref().map(|k| &k.dataplane));
         // The data plane goes back to the caller, its flows still installed.
         self.kernel.map(|k| k.dataplane)
+    }
+
+    /// The TURN server's and the rooms' figures, for metrics.
+    fn publish(&self, live: &crate::metrics::Live) {
+        let core = &self.rooms.core;
+        live.control
+            .set(&self.server.stats(), &core.stats(), core.counts());
     }
 
     fn on_event(&mut self, event: Event) {

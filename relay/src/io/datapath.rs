@@ -167,6 +167,8 @@ pub(crate) struct Datapath {
     policers: Arc<Policers>,
     scratch: Vec<u8>,
     pub(crate) stats: Stats,
+    /// Where [`Datapath::publish`] copies the counts, when metrics are served.
+    pub(crate) live: Option<Arc<crate::metrics::Live>>,
 }
 
 impl std::fmt::Display for Stats {
@@ -204,6 +206,27 @@ impl Datapath {
             policers,
             scratch: Vec::with_capacity(2048),
             stats: Stats::default(),
+            live: None,
+        }
+    }
+
+    /// Copies its counts where a metrics scrape reads them, with the backend's own
+    /// `send_errors` and `truncated`: after each batch, a few stores.
+    pub(crate) fn publish(&self, send_errors: u64, truncated: u64) {
+        let Some(live) = &self.live else { return };
+        let (s, l) = (&self.stats, &live.datapath);
+        for (to, from) in [
+            (&l.channel_to_peer, s.fast_to_peer),
+            (&l.channel_to_client, s.fast_to_client),
+            (&l.room_forwarded, s.media_forwarded),
+            (&l.handed_up, s.up),
+            (&l.over_limit, s.over_limit),
+            (&l.unpermitted, s.unpermitted),
+            (&l.control_full, s.control_full),
+            (&l.send_errors, send_errors),
+            (&l.truncated, truncated),
+        ] {
+            to.store(from, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

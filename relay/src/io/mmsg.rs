@@ -158,6 +158,7 @@ impl Mmsg {
                 }
             }
             self.flush();
+            dp.publish(self.send_errors, self.truncated);
         }
     }
 

@@ -66,6 +66,13 @@ pub async fn serve(
     });
     let mut limits = control::Limits::new(Arc::clone(&policers), run.turn.tenants.clone());
     let mut dp = datapath::Datapath::new(events_tx.clone(), policers);
+    // What metrics scrapes read; the XDP verdicts from the pinned data plane.
+    let live = crate::metrics::Live::new(
+        dataplane
+            .as_ref()
+            .map(|_| crate::dataplane::Pins::new(&run.instance)),
+    );
+    dp.live = Some(Arc::clone(&live));
     let backend = match run.io {
         IoBackend::Mmsg => Err(None),
         IoBackend::Uring | IoBackend::Auto => uring::Uring::new().map_err(Some),
@@ -107,24 +114,10 @@ pub async fn serve(
 
     let streams = listen_streams(&run, &events_tx).await?;
     drop(events_tx);
-    // The control API, up before the ready line; it stops after the control task.
-    let mut api = match run.api.clone() {
-        Some(config) => Some(Api::start(config).await?),
-        None => None,
-    };
+    let (mut api, metrics) = start_http(&run, &live).await?;
     // Before the ready line: a restored relay says so first.
     let server = start_server(run.turn.clone(), &run.state_file)?;
-    let ready = format!(
-        "TURN on UDP {:?}, TCP {:?}, TLS {:?}; relaying from {:?} ports {}-{}; realm {:?} ({:?} backend)",
-        run.udp,
-        run.tcp,
-        run.tls,
-        run.turn.relay_ips,
-        run.turn.min_port,
-        run.turn.max_port,
-        run.turn.realm,
-        backend_name
-    );
+    let ready = ready_line(&run, backend_name);
 
     let kernel = dataplane.map(kernel::Kernel::new);
     let rooms_file = crate::room::RoomsSnapshot::file(&run.state_file);
@@ -139,11 +132,14 @@ pub async fn serve(
             events_rx,
             api.as_mut().and_then(|a| a.calls.take()),
             shutdown,
-            &ready,
+            (&ready, &live),
         )
         .await;
     if let Some(api) = api {
         api.stop().await;
+    }
+    if let Some(metrics) = metrics {
+        metrics.stop().await;
     }
     let stats = thread
         .join()
@@ -151,6 +147,21 @@ pub async fn serve(
     log::info!("UDP data path at exit: {stats}");
     log::info!("TCP/TLS streams at exit: {streams}");
     Ok(dataplane)
+}
+
+/// What the relay logs once it serves (tests and scripts wait for its start).
+fn ready_line(run: &RunConfig, backend: Backend) -> String {
+    format!(
+        "TURN on UDP {:?}, TCP {:?}, TLS {:?}; relaying from {:?} ports {}-{}; realm {:?} ({:?} backend)",
+        run.udp,
+        run.tcp,
+        run.tls,
+        run.turn.relay_ips,
+        run.turn.min_port,
+        run.turn.max_port,
+        run.turn.realm,
+        backend
+    )
 }
 
 /// The TCP and TLS listeners, each serving its connections on its own task; one set of
@@ -206,13 +217,13 @@ struct Api {
 }
 
 impl Api {
-    async fn start(config: crate::http::ApiConfig) -> anyhow::Result<Self> {
+    async fn start(config: crate::http::ApiConfig, probes: axum::Router) -> anyhow::Result<Self> {
         let (calls_tx, calls) = tokio::sync::mpsc::channel(API_QUEUE);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let stopped = async {
             let _ = stopped.await;
         };
-        let (_, server) = crate::http::start(config, calls_tx, stopped).await?;
+        let (_, server) = crate::http::start(config, calls_tx, probes, stopped).await?;
         Ok(Self {
             calls: Some(calls),
             stop,
@@ -225,6 +236,51 @@ impl Api {
         let _ = self.stop.send(());
         if let Ok(Err(e)) = self.server.await {
             log::warn!("control API: {e}");
+        }
+    }
+}
+
+/// The control API and the probes, up before the ready line (`/readyz` says 503 until
+/// then); they stop after the control task.
+async fn start_http(
+    run: &RunConfig,
+    live: &Arc<crate::metrics::Live>,
+) -> anyhow::Result<(Option<Api>, Option<Probes>)> {
+    let probes = crate::http::probes::router(Arc::clone(live));
+    let api = match run.api.clone() {
+        Some(config) => Some(Api::start(config, probes).await?),
+        None => None,
+    };
+    let metrics = match run.metrics_listen {
+        Some(listen) => Some(Probes::start(listen, Arc::clone(live)).await?),
+        None => None,
+    };
+    Ok((api, metrics))
+}
+
+/// The metrics and health listener of `--metrics-listen`.
+struct Probes {
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Probes {
+    async fn start(
+        listen: std::net::SocketAddr,
+        live: Arc<crate::metrics::Live>,
+    ) -> anyhow::Result<Self> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let (_, server) = crate::http::probes::start(listen, live, stopped).await?;
+        Ok(Self { stop, server })
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        if let Ok(Err(e)) = self.server.await {
+            log::warn!("metrics listener: {e}");
         }
     }
 }

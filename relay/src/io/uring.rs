@@ -364,6 +364,7 @@ impl Uring {
                 }
             }
             self.bufs.publish();
+            dp.publish(self.io.send_errors, self.io.truncated);
             if let Err(e) = self.submit_queued() {
                 log::error!("io_uring submit: {e}");
                 return;

@@ -1349,6 +1349,15 @@ impl Rooms {
         rooms
     }
 
+    /// How many rooms, endpoints and subscriptions there are.
+    pub fn counts(&self) -> [usize; 3] {
+        self.named
+            .values()
+            .fold([self.named.len(), 0, 0], |[r, e, s], room| {
+                [r, e + room.endpoints.len(), s + room.subscriptions.len()]
+            })
+    }
+
     /// Endpoints with a `max_bitrate_bps`: their ports (RTP, and RTCP when apart), and
     /// that limit, for their policers.
     pub fn endpoint_bitrate_limits(&self) -> impl Iterator<Item = (Vec<SocketAddr>, u64)> {

@@ -56,7 +56,9 @@ impl FakeApi {
                     listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                     token: Token::new(TOKEN).unwrap(),
                 };
-                let (addr, server) = relay::http::start(config, calls, async {
+                // The probes over counts nothing has written: not ready.
+                let probes = relay::http::probes::router(relay::metrics::Live::new(None));
+                let (addr, server) = relay::http::start(config, calls, probes, async {
                     let _ = stop_rx.await;
                 })
                 .await

@@ -1,0 +1,430 @@
+//! What a running relay shows Prometheus and Kubernetes: live counts that each plane keeps
+//! (the UDP data path, the control task), the XDP program's verdicts read from its pinned
+//! map at scrape time, the process's own figures, and whether the relay is ready.
+//!
+//! Encoded by the `prometheus-client` crate, in the Prometheus text format 0.0.4 by
+//! default and in OpenMetrics when the scraper asks for it (`Accept`). Names follow
+//! Prometheus's conventions: a `relay_` prefix, base units, `_total` on counters, and
+//! labels from small fixed sets (no per-user or per-address label).
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::DescriptorEncoder,
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+use relay_common::Verdict;
+
+use crate::dataplane::{Dataplane, Pins};
+
+/// The UDP data path's counts, published by its thread after each batch it handles (it
+/// keeps plain counters of its own and copies them here: a few stores per batch).
+#[derive(Debug, Default)]
+pub struct DatapathCounts {
+    pub channel_to_peer: AtomicU64,
+    pub channel_to_client: AtomicU64,
+    pub room_forwarded: AtomicU64,
+    pub handed_up: AtomicU64,
+    pub over_limit: AtomicU64,
+    pub unpermitted: AtomicU64,
+    pub control_full: AtomicU64,
+    pub send_errors: AtomicU64,
+    pub truncated: AtomicU64,
+}
+
+/// The control task's counts, set after each turn.
+#[derive(Debug, Default)]
+pub struct ControlCounts {
+    pub allocations: AtomicU64,
+    pub rooms: AtomicU64,
+    pub room_endpoints: AtomicU64,
+    pub room_subscriptions: AtomicU64,
+    /// What the TURN server dropped or refused (`turn::Stats`).
+    pub turn_malformed: AtomicU64,
+    pub turn_unpermitted: AtomicU64,
+    pub turn_unauthorized: AtomicU64,
+    pub turn_over_cap: AtomicU64,
+    pub turn_withheld: AtomicU64,
+    /// What the room core dropped (`room::Stats`).
+    pub room_malformed: AtomicU64,
+    pub room_foreign: AtomicU64,
+    pub room_unknown_ssrc: AtomicU64,
+}
+
+impl ControlCounts {
+    /// Takes the TURN server's and the room core's figures.
+    pub fn set(&self, turn: &crate::turn::Stats, rooms: &crate::room::Stats, counts: [usize; 3]) {
+        for (to, from) in [
+            (&self.allocations, turn.allocations as u64),
+            (&self.rooms, counts[0] as u64),
+            (&self.room_endpoints, counts[1] as u64),
+            (&self.room_subscriptions, counts[2] as u64),
+            (&self.turn_malformed, turn.malformed),
+            (&self.turn_unpermitted, turn.unpermitted),
+            (&self.turn_unauthorized, turn.unauthorized),
+            (&self.turn_over_cap, turn.over_cap),
+            (&self.turn_withheld, turn.withheld),
+            (&self.room_malformed, rooms.malformed),
+            (&self.room_foreign, rooms.foreign),
+            (&self.room_unknown_ssrc, rooms.unknown_ssrc),
+        ] {
+            to.store(from, Relaxed);
+        }
+    }
+}
+
+/// Everything a scrape reads, shared by the planes that write it.
+#[derive(Debug, Default)]
+pub struct Live {
+    pub datapath: DatapathCounts,
+    pub control: ControlCounts,
+    /// Set once the relay serves (its ready line), cleared when it starts to stop.
+    pub ready: AtomicBool,
+    /// Where the data plane is pinned, when the relay runs one.
+    pub pins: Option<Pins>,
+}
+
+impl Live {
+    pub fn new(pins: Option<Pins>) -> Arc<Self> {
+        Arc::new(Self {
+            pins,
+            ..Self::default()
+        })
+    }
+}
+
+/// The scrape: a registry whose one collector reads [`Live`] when asked.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+}
+
+/// The media types of the two formats.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+impl Metrics {
+    pub fn new(live: Arc<Live>) -> Self {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(LiveCollector(live)));
+        Self { registry }
+    }
+
+    /// The exposition, in OpenMetrics if `accept` (an `Accept` header) asks for it, in the
+    /// Prometheus text format otherwise; with its media type.
+    pub fn encode(&self, accept: Option<&str>) -> (String, &'static str) {
+        let openmetrics = accept.is_some_and(|a| a.contains("application/openmetrics-text"));
+        let mut out = String::new();
+        // Writing into a String cannot fail; a collector's error would be a bug here.
+        let encoded = if openmetrics {
+            prometheus_client::encoding::text::encode(&mut out, &self.registry)
+        } else {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        };
+        if let Err(e) = encoded {
+            log::warn!("metrics: encoding failed: {e}");
+        }
+        (
+            out,
+            if openmetrics {
+                OPENMETRICS_TEXT
+            } else {
+                PROMETHEUS_TEXT
+            },
+        )
+    }
+}
+
+#[derive(Debug)]
+struct LiveCollector(Arc<Live>);
+
+/// One metric family: `name` with `help`, one value per label set.
+fn family<M: prometheus_client::encoding::EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (Vec<(&'static str, String)>, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut values = values.into_iter().peekable();
+    let Some((_, first)) = values.peek() else {
+        return Ok(());
+    };
+    let mut metric = encoder.encode_descriptor(name, help, None, first.metric_type())?;
+    for (labels, value) in values {
+        value.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn counter(v: &AtomicU64) -> ConstCounter<u64> {
+    ConstCounter::new(v.load(Relaxed))
+}
+
+fn label(key: &'static str, value: &str) -> Vec<(&'static str, String)> {
+    vec![(key, value.to_owned())]
+}
+
+impl Collector for LiveCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let live = &self.0;
+        datapath(&mut encoder, &live.datapath)?;
+        control(&mut encoder, &live.control)?;
+        family(
+            &mut encoder,
+            "relay_ready",
+            "1 once the relay serves (what /readyz answers), 0 before and while it stops.",
+            [(
+                Vec::new(),
+                ConstGauge::new(i64::from(live.ready.load(Relaxed))),
+            )],
+        )?;
+        if let Some(pins) = &live.pins {
+            xdp(&mut encoder, pins)?;
+        }
+        process(&mut encoder)
+    }
+}
+
+fn datapath(encoder: &mut DescriptorEncoder, d: &DatapathCounts) -> Result<(), std::fmt::Error> {
+    family(
+        encoder,
+        "relay_user_forwarded_packets",
+        "Datagrams the userspace data path forwarded by its tables, by what they were.",
+        [
+            (
+                label("kind", "channel_to_peer"),
+                counter(&d.channel_to_peer),
+            ),
+            (
+                label("kind", "channel_to_client"),
+                counter(&d.channel_to_client),
+            ),
+            (label("kind", "room"), counter(&d.room_forwarded)),
+        ],
+    )?;
+    family(
+        encoder,
+        "relay_user_handed_up_packets",
+        "Datagrams the userspace data path handed to the TURN server or the room core.",
+        [(Vec::new(), counter(&d.handed_up))],
+    )?;
+    family(
+        encoder,
+        "relay_user_dropped_packets",
+        "Datagrams the userspace data path dropped, by reason.",
+        [
+            (label("reason", "over_limit"), counter(&d.over_limit)),
+            (label("reason", "unpermitted"), counter(&d.unpermitted)),
+            (
+                label("reason", "control_queue_full"),
+                counter(&d.control_full),
+            ),
+            (label("reason", "send_error"), counter(&d.send_errors)),
+            (label("reason", "truncated"), counter(&d.truncated)),
+        ],
+    )
+}
+
+fn control(encoder: &mut DescriptorEncoder, c: &ControlCounts) -> Result<(), std::fmt::Error> {
+    for (name, help, value) in [
+        (
+            "relay_turn_allocations",
+            "TURN allocations held.",
+            &c.allocations,
+        ),
+        ("relay_rooms", "Media rooms.", &c.rooms),
+        (
+            "relay_room_endpoints",
+            "Endpoints of all rooms.",
+            &c.room_endpoints,
+        ),
+        (
+            "relay_room_subscriptions",
+            "Subscriptions of all rooms.",
+            &c.room_subscriptions,
+        ),
+    ] {
+        let gauge = ConstGauge::new(i64::try_from(value.load(Relaxed)).unwrap_or(i64::MAX));
+        family(encoder, name, help, [(Vec::new(), gauge)])?;
+    }
+    family(
+        encoder,
+        "relay_turn_dropped_packets",
+        "Datagrams the TURN server dropped, by reason.",
+        [
+            (label("reason", "malformed"), counter(&c.turn_malformed)),
+            (label("reason", "unpermitted"), counter(&c.turn_unpermitted)),
+        ],
+    )?;
+    family(
+        encoder,
+        "relay_turn_refused_requests",
+        "Requests the TURN server refused, by reason (credentials: 401, 438, 441; over_cap: 508 over an allocation's permission or channel cap).",
+        [
+            (
+                label("reason", "credentials"),
+                counter(&c.turn_unauthorized),
+            ),
+            (label("reason", "over_cap"), counter(&c.turn_over_cap)),
+        ],
+    )?;
+    family(
+        encoder,
+        "relay_turn_withheld_answers",
+        "Answers to unauthenticated requests not sent, over their source prefix's rate.",
+        [(Vec::new(), counter(&c.turn_withheld))],
+    )?;
+    family(
+        encoder,
+        "relay_room_dropped_packets",
+        "Packets the room core dropped, by reason.",
+        [
+            (label("reason", "malformed"), counter(&c.room_malformed)),
+            (label("reason", "foreign"), counter(&c.room_foreign)),
+            (
+                label("reason", "unknown_ssrc"),
+                counter(&c.room_unknown_ssrc),
+            ),
+        ],
+    )
+}
+
+/// The XDP program's verdicts, read from its pinned map (nothing when none is pinned).
+fn xdp(encoder: &mut DescriptorEncoder, pins: &Pins) -> Result<(), std::fmt::Error> {
+    let Some(verdicts) = Dataplane::pinned_verdict_counters(pins).ok().flatten() else {
+        return Ok(());
+    };
+    let verdicts = &verdicts;
+    let by_verdict = |f: fn(relay_common::Counters) -> u64| {
+        Verdict::ALL.into_iter().map(move |v| {
+            (
+                label("verdict", v.name()),
+                ConstCounter::new(f(verdicts.get(v))),
+            )
+        })
+    };
+    family(
+        encoder,
+        "relay_xdp_packets",
+        "Packets the XDP program saw, by its verdict (forwarded, fan-out, pass, drop reasons).",
+        by_verdict(|c| c.packets),
+    )?;
+    family(
+        encoder,
+        "relay_xdp_bytes",
+        "Bytes of the packets the XDP program saw, by its verdict.",
+        by_verdict(|c| c.bytes),
+    )
+}
+
+/// The process's CPU time and resident memory (the names every Prometheus client uses).
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "CPU clock ticks: far below 2^52"
+)]
+fn process(encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Ok(());
+    };
+    // After the command's closing parenthesis: state is field 3; utime 14, stime 15, rss 24.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return Ok(());
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+    // SAFETY: sysconf with valid names only reads configuration.
+    let (ticks, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if let (Some(utime), Some(stime), Some(rss)) = (field(14), field(15), field(24)) {
+        let cpu = (utime + stime) as f64 / ticks.max(1) as f64;
+        family(
+            encoder,
+            "process_cpu_seconds",
+            "User and system CPU time the process spent.",
+            [(Vec::new(), ConstCounter::new(cpu))],
+        )?;
+        family(
+            encoder,
+            "process_resident_memory_bytes",
+            "Resident memory of the process.",
+            [(
+                Vec::new(),
+                ConstGauge::new(
+                    i64::try_from(rss * page.max(1).unsigned_abs()).unwrap_or(i64::MAX),
+                ),
+            )],
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(text: &str) -> Vec<&str> {
+        text.lines().collect()
+    }
+
+    #[test]
+    fn both_formats_carry_the_live_counts() {
+        let live = Live::new(None);
+        live.datapath.channel_to_peer.store(7, Relaxed);
+        live.datapath.unpermitted.store(3, Relaxed);
+        live.control.rooms.store(2, Relaxed);
+        live.ready.store(true, Relaxed);
+        let metrics = Metrics::new(Arc::clone(&live));
+        let (text, media) = metrics.encode(None);
+        assert_eq!(media, PROMETHEUS_TEXT);
+        let l = lines(&text);
+        assert!(
+            l.contains(&"# TYPE relay_user_forwarded_packets_total counter"),
+            "{text}"
+        );
+        assert!(
+            l.contains(&"relay_user_forwarded_packets_total{kind=\"channel_to_peer\"} 7"),
+            "{text}"
+        );
+        assert!(
+            l.contains(&"relay_user_dropped_packets_total{reason=\"unpermitted\"} 3"),
+            "{text}"
+        );
+        assert!(l.contains(&"relay_rooms 2"), "{text}");
+        assert!(l.contains(&"relay_ready 1"), "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
+        let (om, media) = metrics.encode(Some(
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        ));
+        assert_eq!(media, OPENMETRICS_TEXT);
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        assert!(
+            lines(&om).contains(&"# TYPE relay_user_forwarded_packets counter"),
+            "{om}"
+        );
+        // Counts move as the planes write them.
+        live.datapath.channel_to_peer.store(8, Relaxed);
+        assert!(
+            metrics
+                .encode(None)
+                .0
+                .contains("{kind=\"channel_to_peer\"} 8")
+        );
+    }
+
+    #[test]
+    fn without_a_pinned_data_plane_there_are_no_xdp_families() {
+        let metrics = Metrics::new(Live::new(Some(Pins::new("no-such-instance-here"))));
+        let (text, _) = metrics.encode(None);
+        assert!(!text.contains("relay_xdp_"), "{text}");
+        assert!(text.contains("process_resident_memory_bytes"), "{text}");
+    }
+}

@@ -1,0 +1,160 @@
+//! Metrics and health probes of the `relay` binary in the lab, scraped over HTTP from
+//! another host (`--metrics-listen`): `/readyz` once the relay serves, counters that move
+//! as real traffic moves on the XDP path and on the userspace one, and an exposition that
+//! Prometheus's own `promtool check metrics` accepts. Needs root and promtool (`cargo
+//! xtask setup` installs Debian's `prometheus` package).
+
+mod support;
+
+use std::{
+    io::Write as _,
+    net::{SocketAddr, UdpSocket},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use relay::stun::ChannelData;
+use support::{RunningRelay, channel_client, xdp_on_switch_port};
+use xtask::lab::{Host, Lab};
+
+const PROBES: &str = "10.77.0.1:9090";
+const CHANNEL: u16 = 0x4000;
+const PACKETS: u16 = 100;
+
+/// `GET path` on the probes' listener from client A: status and body.
+fn get(lab: &Lab, path: &str) -> (u16, String) {
+    lab.in_netns(Host::ClientA, || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        let mut response = agent.get(format!("http://{PROBES}{path}")).call().unwrap();
+        let body = response.body_mut().read_to_string().unwrap();
+        (response.status().as_u16(), body)
+    })
+    .unwrap()
+}
+
+/// The value of the sample `series` (name and labels, as exposed), if there is one.
+fn value(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| {
+        let (name, v) = l.rsplit_once(' ')?;
+        (name == series).then(|| v.parse().ok())?
+    })
+}
+
+/// `promtool check metrics` over `exposition`: its exit status and what it said.
+fn promtool(exposition: &str) -> (bool, String) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (`cargo xtask setup` installs Debian's prometheus package)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), said)
+}
+
+/// A channel from client A to a socket on the peer host; `PACKETS` ChannelData messages
+/// through it, all received.
+fn stream_through_a_channel(lab: &Lab) {
+    let peer = lab
+        .in_netns(Host::Peer, || UdpSocket::bind("10.77.0.21:4000").unwrap())
+        .unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let to: SocketAddr = "10.77.0.21:4000".parse().unwrap();
+    let client = channel_client(lab, Host::ClientA, ("alice", "wonderland"), CHANNEL, to);
+    let mut buf = [0; 2048];
+    for i in 0..PACKETS {
+        let data = i.to_be_bytes();
+        let frame = ChannelData {
+            channel: CHANNEL,
+            data: &data,
+        }
+        .encode(false);
+        client.socket().send_to(&frame, client.server()).unwrap();
+        let n = peer.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &data, "packet {i}");
+    }
+}
+
+/// With XDP: ready, the kernel's `forwarded` count moves by what went through a channel,
+/// the allocation is counted, and promtool accepts the exposition in both formats'
+/// default (0.0.4).
+#[test]
+fn counters_move_with_traffic_in_the_kernel_and_promtool_accepts_them() {
+    let lab = Lab::up("mt-xdp").unwrap();
+    let _switch = xdp_on_switch_port(&lab);
+    let relay = RunningRelay::in_lab(
+        &lab,
+        &[
+            "--interface",
+            "eth0",
+            "--allowed-peer-ip",
+            "10.77.0.21",
+            "--metrics-listen",
+            PROBES,
+        ],
+    );
+    assert_eq!(get(&lab, "/healthz").0, 200);
+    assert_eq!(get(&lab, "/readyz"), (200, "ready\n".to_owned()));
+    let forwarded = "relay_xdp_packets_total{verdict=\"forwarded\"}";
+    let (_, before) = get(&lab, "/metrics");
+    let was = value(&before, forwarded).expect("the kernel's verdicts are exposed");
+    stream_through_a_channel(&lab);
+    let (status, after) = get(&lab, "/metrics");
+    assert_eq!(status, 200);
+    let now = value(&after, forwarded).unwrap();
+    eprintln!("forwarded in XDP: {was} before, {now} after {PACKETS} packets");
+    assert!(now - was >= f64::from(PACKETS) * 0.99, "{after}");
+    assert_eq!(
+        value(&after, "relay_turn_allocations"),
+        Some(1.0),
+        "{after}"
+    );
+    assert!(
+        value(&after, "relay_user_handed_up_packets_total").unwrap() > 0.0,
+        "the Allocate and ChannelBind went up to the server: {after}"
+    );
+    assert_eq!(value(&after, "relay_ready"), Some(1.0));
+    let (ok, said) = promtool(&after);
+    assert!(ok, "promtool check metrics: {said}\n{after}");
+    drop(relay);
+}
+
+/// Without XDP the same stream is forwarded by the userspace data path's flow table, and
+/// its count moves; there is no kernel family to show.
+#[test]
+fn counters_move_with_traffic_in_userspace() {
+    let lab = Lab::up("mt-user").unwrap();
+    let _relay = RunningRelay::in_lab(
+        &lab,
+        &[
+            "--no-xdp",
+            "--allowed-peer-ip",
+            "10.77.0.21",
+            "--metrics-listen",
+            PROBES,
+        ],
+    );
+    let series = "relay_user_forwarded_packets_total{kind=\"channel_to_peer\"}";
+    stream_through_a_channel(&lab);
+    let (_, after) = get(&lab, "/metrics");
+    let forwarded = value(&after, series).unwrap();
+    eprintln!("forwarded by the userspace flow table: {forwarded} of {PACKETS}");
+    // The first packets may go through the server before the channel's flow is up.
+    assert!(forwarded >= f64::from(PACKETS) * 0.9, "{after}");
+    assert!(!after.contains("relay_xdp_"), "{after}");
+    let (ok, said) = promtool(&after);
+    assert!(ok, "promtool check metrics: {said}\n{after}");
+}
