@@ -67,9 +67,10 @@ impl Journal {
         }
     }
 
-    /// The journal's file in a state directory.
+    /// The journal's file in a state directory: in a folder of its own, as the relay's
+    /// instances own the `NAME.json` files there.
     pub fn file(state_dir: &Path) -> PathBuf {
-        state_dir.join("tune.json")
+        state_dir.join("tune/journal.json")
     }
 
     /// The journal in `state_dir`, if there is one.
@@ -101,7 +102,8 @@ impl Journal {
     pub fn save(&self, state_dir: &Path) -> Result<(), Error> {
         let file = Self::file(state_dir);
         let context = || format!("writing {}", file.display());
-        std::fs::create_dir_all(state_dir).map_err(|e| Error::io(&context(), e))?;
+        let dir = file.parent().unwrap_or(state_dir);
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(&context(), e))?;
         let json = serde_json::to_vec_pretty(self).map_err(|e| Error::Journal {
             path: file.clone(),
             problem: e.to_string(),

@@ -4,6 +4,15 @@ use std::fmt::Write as _;
 
 use crate::{Applied, Finding, Plan, Reverted, Status, Verified, plan::Action};
 
+/// A value as a cell: an empty list is shown, not left blank.
+fn cell(value: &str) -> String {
+    if value.is_empty() {
+        "(none)".to_owned()
+    } else {
+        value.to_owned()
+    }
+}
+
 /// Columns padded to their widest cell; the last column is not padded.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
@@ -62,7 +71,7 @@ pub fn plan(plan: &Plan) -> String {
             };
             vec![
                 s.setting.to_string(),
-                s.current.clone().unwrap_or_else(|| "-".to_owned()),
+                s.current.as_deref().map_or_else(|| "-".to_owned(), cell),
                 s.proposed.clone(),
                 action.to_owned(),
                 if s.reboot { "yes" } else { "no" }.to_owned(),
@@ -87,7 +96,7 @@ pub fn applied(applied: &Applied) -> String {
         let rows: Vec<Vec<String>> = applied
             .changed
             .iter()
-            .map(|c| vec![c.setting.to_string(), c.before.clone(), c.after.clone()])
+            .map(|c| vec![c.setting.to_string(), cell(&c.before), cell(&c.after)])
             .collect();
         format!(
             "profile {}: changed\n{}",
@@ -108,8 +117,10 @@ pub fn verified(verified: &Verified) -> String {
         .map(|c| {
             vec![
                 c.what.clone(),
-                c.expected.clone(),
-                c.current.clone().unwrap_or_else(|| "absent".to_owned()),
+                cell(&c.expected),
+                c.current
+                    .as_deref()
+                    .map_or_else(|| "absent".to_owned(), cell),
                 if c.drifted { "drift" } else { "ok" }.to_owned(),
             ]
         })
@@ -124,7 +135,13 @@ pub fn verified(verified: &Verified) -> String {
 pub fn reverted(reverted: &Reverted) -> String {
     let mut out = format!("profile {} reverted\n", reverted.profile);
     for c in &reverted.restored {
-        let _ = writeln!(out, "{} = {} (was {})", c.setting, c.before, c.after);
+        let _ = writeln!(
+            out,
+            "{} = {} (was {})",
+            c.setting,
+            cell(&c.before),
+            cell(&c.after)
+        );
     }
     for f in &reverted.files {
         let _ = writeln!(out, "restored {}", f.display());

@@ -453,7 +453,7 @@ fn apply_verify_revert_puts_back_every_value_and_file() {
         "ACTION==\"add\", SUBSYSTEM==\"net\", ATTR{address}==\"02:00:00:00:00:01\", \
              ATTR{queues/rx-0/rps_cpus}=\"f\""
     ));
-    let journal = std::fs::metadata(fake.state().join("tune.json")).unwrap();
+    let journal = std::fs::metadata(fake.state().join("tune/journal.json")).unwrap();
     assert_eq!(journal.permissions().mode() & 0o777, 0o600);
 
     let verified = crate::verify(&host, &fake.state()).unwrap();
