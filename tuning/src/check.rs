@@ -98,8 +98,32 @@ fn io(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
 fn nic(host: &Host, interface: &str, out: &mut Vec<Finding>) -> Result<(), Error> {
     let ethtool = host.ethtool();
     let cpus = host.online_cpus().map_err(io("the online CPUs"))?.len();
-    let driver = ethtool.driver(interface).map_err(io("the driver"))?;
-    out.push(if NATIVE_XDP.contains(&driver.as_str()) {
+    out.push(xdp(ethtool.driver(interface).map_err(io("the driver"))?));
+    out.push(channels(host, interface, cpus)?);
+    out.push(rings(host, interface)?);
+    irqs(host, interface, cpus, out)?;
+    steering(host, interface, cpus, out)?;
+    let gro = ethtool.gro(interface).map_err(io("GRO"))?;
+    out.push(finding(
+        "gro",
+        if gro { "on" } else { "off" },
+        if gro { Status::Ok } else { Status::Info },
+        "coalesces TCP/TLS clients' segments (and UDP for sockets that ask); XDP runs before it",
+    ));
+    Ok(())
+}
+
+fn xdp(driver: Option<String>) -> Finding {
+    let Some(driver) = driver else {
+        return finding(
+            "xdp",
+            "generic (no driver information)",
+            Status::Warn,
+            "the interface names no driver (like lo): `relay run --interface` attaches in \
+             generic mode, which runs after the skb is built",
+        );
+    };
+    if NATIVE_XDP.contains(&driver.as_str()) {
         let mut reason = "the driver runs XDP natively: media is forwarded before the kernel \
                           allocates an skb"
             .to_owned();
@@ -121,20 +145,7 @@ fn nic(host: &Host, interface: &str, out: &mut Vec<Finding>) -> Result<(), Error
                  packet; still correct)"
             ),
         )
-    });
-
-    out.push(channels(host, interface, cpus)?);
-    out.push(rings(host, interface)?);
-    irqs(host, interface, cpus, out)?;
-    steering(host, interface, cpus, out)?;
-    let gro = ethtool.gro(interface).map_err(io("GRO"))?;
-    out.push(finding(
-        "gro",
-        if gro { "on" } else { "off" },
-        if gro { Status::Ok } else { Status::Info },
-        "coalesces TCP/TLS clients' segments (and UDP for sockets that ask); XDP runs before it",
-    ));
-    Ok(())
+    }
 }
 
 fn channels(host: &Host, interface: &str, cpus: usize) -> Result<Finding, Error> {

@@ -30,7 +30,8 @@ pub struct Channels {
 /// What `relay tune` reads and changes through ethtool. `Ok(None)`: the driver has no such
 /// setting (veth has no rings), which is not an error.
 pub trait Ethtool {
-    fn driver(&self, interface: &str) -> io::Result<String>;
+    /// The driver's name; `None` if it does not say (`lo`).
+    fn driver(&self, interface: &str) -> io::Result<Option<String>>;
     fn rings(&self, interface: &str) -> io::Result<Option<Rings>>;
     fn set_rings(&self, interface: &str, rings: Rings) -> io::Result<()>;
     fn channels(&self, interface: &str) -> io::Result<Option<Channels>>;
@@ -148,7 +149,7 @@ fn unsupported<T>(result: io::Result<()>, value: T) -> io::Result<Option<T>> {
 }
 
 impl Ethtool for Ioctl {
-    fn driver(&self, interface: &str) -> io::Result<String> {
+    fn driver(&self, interface: &str) -> io::Result<Option<String>> {
         let mut info = DrvInfo {
             cmd: ETHTOOL_GDRVINFO,
             driver: [0; 32],
@@ -163,9 +164,11 @@ impl Ethtool for Ioctl {
             eedump_len: 0,
             regdump_len: 0,
         };
-        Self::call(interface, &mut info)?;
-        let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
-        Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+        let result = Self::call(interface, &mut info);
+        Ok(unsupported(result, ())?.map(|()| {
+            let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+            String::from_utf8_lossy(&info.driver[..end]).into_owned()
+        }))
     }
 
     fn rings(&self, interface: &str) -> io::Result<Option<Rings>> {

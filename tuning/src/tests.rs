@@ -54,8 +54,8 @@ impl FakeEthtool {
 }
 
 impl Ethtool for FakeEthtool {
-    fn driver(&self, interface: &str) -> io::Result<String> {
-        Ok(self.nic(interface)?.driver)
+    fn driver(&self, interface: &str) -> io::Result<Option<String>> {
+        Ok(Some(self.nic(interface)?.driver))
     }
     fn rings(&self, interface: &str) -> io::Result<Option<Rings>> {
         Ok(self.nic(interface)?.rings)

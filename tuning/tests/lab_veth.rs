@@ -27,7 +27,10 @@ impl Namespace {
     fn new() -> Self {
         let name = format!("tune-{}", std::process::id());
         // A namespace left by a killed earlier run of this pid: start clean.
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
         ip(&["netns", "add", &name]);
         Self(name)
     }
