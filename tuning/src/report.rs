@@ -107,6 +107,16 @@ pub fn applied(applied: &Applied) -> String {
     for f in &applied.files {
         let _ = writeln!(out, "persisted in {}", f.display());
     }
+    for step in &applied.plan.steps {
+        let why = match step.action {
+            Action::ReadOnly => {
+                "read-only in this network namespace (host-wide): apply from the host's"
+            }
+            Action::Absent => "this kernel or network namespace has no such setting",
+            Action::Keep | Action::Change => continue,
+        };
+        let _ = writeln!(out, "not applied: {} ({why})", step.setting);
+    }
     out
 }
 

@@ -572,3 +572,69 @@ fn without_root_apply_and_revert_change_nothing() {
     crate::revert(&fake.host(true), &fake.state()).unwrap();
     assert_eq!(fake.snapshot(), before);
 }
+
+#[test]
+fn a_file_that_cannot_be_written_leaves_nothing_applied() {
+    let fake = Fake::new();
+    let host = fake.host(true);
+    // A folder where the udev rule's temporary file goes: the last file cannot be written
+    // (as root, permissions would not stop it; a read-only /etc would).
+    std::fs::create_dir_all(
+        fake.dir
+            .path()
+            .join("etc/udev/rules.d/90-relay-tune.rules.tmp"),
+    )
+    .unwrap();
+    fake.ethtool
+        .nics
+        .lock()
+        .unwrap()
+        .get_mut("eth0")
+        .unwrap()
+        .channels = None;
+    let before = fake.snapshot();
+    let e = crate::apply(&host, &fake.state(), Profile::Edge4c8g, &eth0()).unwrap_err();
+    let message = e.to_string();
+    assert!(
+        message.starts_with("cannot persist the settings: writing ")
+            && message.ends_with(
+                "etc/udev/rules.d/90-relay-tune.rules: Is a directory (os error 21); nothing \
+                 is applied (the 9 setting(s) changed were put back)"
+            ),
+        "{message}"
+    );
+    assert_eq!(
+        fake.snapshot(),
+        before,
+        "values back, sysctl.d and .link removed"
+    );
+}
+
+#[test]
+fn a_revert_the_nic_refuses_keeps_what_is_left_for_another_try() {
+    let fake = Fake::new();
+    let host = fake.host(true);
+    let before = fake.snapshot();
+    crate::apply(&host, &fake.state(), Profile::Edge4c8g, &eth0()).unwrap();
+    *fake.ethtool.refuse_rings_above.lock().unwrap() = Some(100);
+    let e = crate::revert(&host, &fake.state()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "revert could not put everything back: eth0 ring tx = 512: Invalid argument (os error \
+         22); eth0 ring rx = 512: Invalid argument (os error 22). What is left stays in the \
+         journal: fix the cause and run `relay tune revert` again"
+    );
+    let journal = crate::journal::Journal::load(&fake.state())
+        .unwrap()
+        .unwrap();
+    let left: Vec<String> = journal
+        .changes
+        .iter()
+        .map(|c| c.setting.to_string())
+        .collect();
+    assert_eq!(left, ["eth0 ring rx", "eth0 ring tx"]);
+    assert!(journal.files.is_empty(), "the files are restored already");
+    *fake.ethtool.refuse_rings_above.lock().unwrap() = None;
+    crate::revert(&host, &fake.state()).unwrap();
+    assert_eq!(fake.snapshot(), before);
+}
