@@ -1,6 +1,6 @@
 //! The files that make the settings survive a reboot, the system's way: sysctls in
 //! `sysctl.d`, NIC rings, channels and GRO in a systemd `.link` file (applied by udev when the
-//! NIC appears), RPS masks in a udev rule (`.link` files have no RPS key before systemd 256).
+//! NIC appears), RPS masks in a udev rule (a sysfs attribute per queue, which any udev writes).
 
 use std::{fmt::Write as _, path::PathBuf};
 
@@ -84,7 +84,7 @@ pub fn files(host: &Host, profile: &str, held: &[Held]) -> Result<Vec<File>, Err
         }
         if !link.is_empty() {
             // The first .link file that matches a NIC is the only one udev applies, so this
-            // one also carries the naming and MAC policy of Debian's 99-default.link.
+            // one also carries the naming and MAC policy of systemd's own 99-default.link.
             out.push(File {
                 path: host
                     .etc()
