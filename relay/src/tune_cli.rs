@@ -29,24 +29,27 @@ struct RelayArgs {
     /// The NIC media arrives on; without it only sysctls are checked and tuned.
     #[arg(long, short = 'i', value_name = "IF")]
     interface: Option<String>,
-    /// The room endpoints' ports (`--media-min-port`-`--media-max-port`).
-    #[arg(long, value_name = "FIRST-LAST", default_value = "40000-44999")]
-    media_ports: Ports,
-    /// The relayed ports (`--min-port`-`--max-port`).
-    #[arg(long, value_name = "FIRST-LAST", default_value = "49152-65535")]
-    relay_ports: Ports,
-    /// The STUN/TURN port (`--listening-port`).
-    #[arg(long, value_name = "PORT", default_value_t = 3478)]
-    listening_port: u16,
+    /// The room endpoints' ports (`--media-min-port`-`--media-max-port`) [default:
+    /// 40000-44999].
+    #[arg(long, value_name = "FIRST-LAST")]
+    media_ports: Option<Ports>,
+    /// The relayed ports (`--min-port`-`--max-port`) [default: 49152-65535].
+    #[arg(long, value_name = "FIRST-LAST")]
+    relay_ports: Option<Ports>,
+    /// The STUN/TURN port (`--listening-port`) [default: 3478].
+    #[arg(long, value_name = "PORT")]
+    listening_port: Option<u16>,
 }
 
 impl RelayArgs {
+    /// The options, `relay run`'s defaults (kept in `tuning::Options`) where none is given.
     fn options(self) -> Options {
+        let defaults = Options::default();
         Options {
             interface: self.interface,
-            media_ports: self.media_ports,
-            relay_ports: self.relay_ports,
-            listening_port: self.listening_port,
+            media_ports: self.media_ports.unwrap_or(defaults.media_ports),
+            relay_ports: self.relay_ports.unwrap_or(defaults.relay_ports),
+            listening_port: self.listening_port.unwrap_or(defaults.listening_port),
         }
     }
 }
@@ -60,6 +63,8 @@ enum TuneCommand {
     /// Show what `apply --profile P` would change: current and proposed values, why, and
     /// whether it needs a reboot.
     Plan {
+        /// edge-4c8g (an edge box running Relay), k3s-node (Relay among pods; the NIC left
+        /// to the CNI) or latency (edge-4c8g with busy polling)
         #[arg(long, value_name = "PROFILE")]
         profile: Profile,
         #[command(flatten)]
@@ -68,6 +73,8 @@ enum TuneCommand {
     /// Set a profile's values, all or nothing, and persist them (sysctl.d, a systemd .link
     /// file, a udev rule). Idempotent.
     Apply {
+        /// edge-4c8g (an edge box running Relay), k3s-node (Relay among pods; the NIC left
+        /// to the CNI) or latency (edge-4c8g with busy polling)
         #[arg(long, value_name = "PROFILE")]
         profile: Profile,
         #[command(flatten)]
@@ -84,48 +91,40 @@ pub(crate) fn run(args: TuneArgs) -> Result<bool, tuning::Error> {
     let host = Host::system().with_etc(&args.etc);
     let state = &args.state_dir;
     let json = args.json;
-    let show = |text: String, value: &dyn erased::Json| {
-        if json {
-            println!("{}", value.to_json());
-        } else {
-            print!("{text}");
-        }
-    };
     match args.command {
         TuneCommand::Check(relay) => {
             let findings = tuning::check(&host, &relay.options())?;
-            show(tuning::report::findings(&findings), &findings);
+            show(json, &tuning::report::findings(&findings), &findings);
         }
         TuneCommand::Plan { profile, relay } => {
             let plan = tuning::plan(&host, profile, &relay.options())?;
-            show(tuning::report::plan(&plan), &plan);
+            show(json, &tuning::report::plan(&plan), &plan);
         }
         TuneCommand::Apply { profile, relay } => {
             let applied = tuning::apply(&host, state, profile, &relay.options())?;
-            show(tuning::report::applied(&applied), &applied);
+            show(json, &tuning::report::applied(&applied), &applied);
         }
         TuneCommand::Verify => {
             let verified = tuning::verify(&host, state)?;
-            show(tuning::report::verified(&verified), &verified);
+            show(json, &tuning::report::verified(&verified), &verified);
             return Ok(verified.drifted().next().is_none());
         }
         TuneCommand::Revert => {
             let reverted = tuning::revert(&host, state)?;
-            show(tuning::report::reverted(&reverted), &reverted);
+            show(json, &tuning::report::reverted(&reverted), &reverted);
         }
     }
     Ok(true)
 }
 
-mod erased {
-    /// Any of the reports, as JSON (serde's `Serialize` is not object safe).
-    pub(super) trait Json {
-        fn to_json(&self) -> String;
-    }
-
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> String {
-            serde_json::to_string_pretty(self).expect("reports serialize")
-        }
+/// Prints a report as a table, or as JSON with `--json`.
+fn show(json: bool, table: &str, report: &impl serde::Serialize) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).expect("reports serialize")
+        );
+    } else {
+        print!("{table}");
     }
 }

@@ -73,7 +73,6 @@ const NATIVE_XDP: &[&str] = &[
     "octeontx2-nicvf",
     "tsnep",
     "bonding",
-    "ixgbevf",
     "idpf",
 ];
 
@@ -281,13 +280,17 @@ fn irqs(host: &Host, interface: &str, cpus: usize, out: &mut Vec<Finding>) -> Re
         let mut value = String::new();
         let mut cpus_used = Vec::new();
         for irq in &vectors {
-            let list = host
+            // Where the IRQ does run; older kernels only say where it may.
+            let effective = host
                 .read(&format!("proc/irq/{irq}/effective_affinity_list"))
-                .map_err(io("IRQ affinity"))?
-                .or(host
+                .map_err(io("IRQ affinity"))?;
+            let list = match effective {
+                Some(list) => list,
+                None => host
                     .read(&format!("proc/irq/{irq}/smp_affinity_list"))
-                    .map_err(io("IRQ affinity"))?)
-                .unwrap_or_else(|| "?".into());
+                    .map_err(io("IRQ affinity"))?
+                    .unwrap_or_else(|| "?".into()),
+            };
             let _ = write!(
                 value,
                 "{}{irq}:{list}",

@@ -139,11 +139,11 @@ impl Ioctl {
     }
 }
 
-/// `EOPNOTSUPP`: the driver has no such setting.
-fn unsupported<T>(result: io::Result<()>, value: T) -> io::Result<Option<T>> {
+/// `false` for `EOPNOTSUPP`: the driver has no such setting.
+fn supported(result: io::Result<()>) -> io::Result<bool> {
     match result {
-        Ok(()) => Ok(Some(value)),
-        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(None),
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -164,11 +164,13 @@ impl Ethtool for Ioctl {
             eedump_len: 0,
             regdump_len: 0,
         };
-        let result = Self::call(interface, &mut info);
-        Ok(unsupported(result, ())?.map(|()| {
-            let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
-            String::from_utf8_lossy(&info.driver[..end]).into_owned()
-        }))
+        if !supported(Self::call(interface, &mut info))? {
+            return Ok(None);
+        }
+        let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+        Ok(Some(
+            String::from_utf8_lossy(&info.driver[..end]).into_owned(),
+        ))
     }
 
     fn rings(&self, interface: &str) -> io::Result<Option<Rings>> {
@@ -176,15 +178,15 @@ impl Ethtool for Ioctl {
             cmd: ETHTOOL_GRINGPARAM,
             ..RingParam::default()
         };
-        let result = Self::call(interface, &mut param);
-        unsupported(result, ()).map(|some| {
-            some.map(|()| Rings {
-                rx: param.rx_pending,
-                tx: param.tx_pending,
-                rx_max: param.rx_max_pending,
-                tx_max: param.tx_max_pending,
-            })
-        })
+        if !supported(Self::call(interface, &mut param))? {
+            return Ok(None);
+        }
+        Ok(Some(Rings {
+            rx: param.rx_pending,
+            tx: param.tx_pending,
+            rx_max: param.rx_max_pending,
+            tx_max: param.tx_max_pending,
+        }))
     }
 
     fn set_rings(&self, interface: &str, rings: Rings) -> io::Result<()> {
@@ -205,17 +207,17 @@ impl Ethtool for Ioctl {
             cmd: ETHTOOL_GCHANNELS,
             ..ChannelParam::default()
         };
-        let result = Self::call(interface, &mut param);
-        unsupported(result, ()).map(|some| {
-            some.map(|()| Channels {
-                rx: param.rx_count,
-                tx: param.tx_count,
-                combined: param.combined_count,
-                rx_max: param.max_rx,
-                tx_max: param.max_tx,
-                combined_max: param.max_combined,
-            })
-        })
+        if !supported(Self::call(interface, &mut param))? {
+            return Ok(None);
+        }
+        Ok(Some(Channels {
+            rx: param.rx_count,
+            tx: param.tx_count,
+            combined: param.combined_count,
+            rx_max: param.max_rx,
+            tx_max: param.max_tx,
+            combined_max: param.max_combined,
+        }))
     }
 
     fn set_channels(&self, interface: &str, channels: Channels) -> io::Result<()> {

@@ -242,14 +242,17 @@ fn nic_targets(host: &Host, interface: &str, targets: &mut Vec<Target>) -> Resul
         "TCP/TLS clients' segments and UDP to sockets that ask for it are coalesced: \
          fewer trips up the stack; XDP runs before GRO and is not affected",
     ));
-    // One queue per CPU spreads the work by RSS already; with fewer, RPS spreads it.
-    let rx_queues = host
-        .list(&format!("sys/class/net/{interface}/queues"))
-        .map_err(|e| io("its queues", e))?
-        .iter()
-        .filter(|q| q.starts_with("rx-"))
-        .count();
-    let rx_queues = queues.unwrap_or(u32::try_from(rx_queues).unwrap_or(u32::MAX));
+    // One queue per CPU spreads the work by RSS already; with fewer, RPS spreads it. The
+    // queues after the channel change, or those there are if the channels cannot change.
+    let rx_queues = if let Some(queues) = queues {
+        queues
+    } else {
+        let listed = host
+            .list(&format!("sys/class/net/{interface}/queues"))
+            .map_err(|e| io("its queues", e))?;
+        let rx = listed.iter().filter(|q| q.starts_with("rx-")).count();
+        u32::try_from(rx).unwrap_or(u32::MAX)
+    };
     if rx_queues < ncpus {
         for queue in 0..rx_queues {
             targets.push(target(
