@@ -13,7 +13,7 @@ use std::{
 use crate::{
     Error, Host, Options, Profile, Status,
     ethtool::{Channels, Ethtool, Rings},
-    plan::Action,
+    plan::{Action, Plan, Step},
 };
 
 #[derive(Clone, Debug)]
@@ -207,6 +207,14 @@ fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, String>) {
     }
 }
 
+/// The step of `plan` that sets `name` (as `plan` prints it).
+fn step<'a>(plan: &'a Plan, name: &str) -> &'a Step {
+    plan.steps
+        .iter()
+        .find(|s| s.setting.to_string() == name)
+        .unwrap_or_else(|| panic!("no {name} in {plan:#?}"))
+}
+
 fn eth0() -> Options {
     Options {
         interface: Some("eth0".into()),
@@ -335,31 +343,19 @@ fn plans_of_the_three_profiles() {
 
     let latency = crate::plan(&host, Profile::Latency, &eth0()).unwrap();
     for key in ["net.core.busy_read", "net.core.busy_poll"] {
-        let step = latency
-            .steps
-            .iter()
-            .find(|s| s.setting.to_string() == key)
-            .unwrap();
+        let busy = step(&latency, key);
         assert_eq!(
-            (step.proposed.as_str(), step.action),
+            (busy.proposed.as_str(), busy.action),
             ("50", Action::Change)
         );
     }
 
     // A single-queue NIC: RPS over all four CPUs instead of more queues.
     fake.ethtool
-        .nics
-        .lock()
-        .unwrap()
-        .get_mut("eth0")
-        .unwrap()
-        .channels = None;
-    let edge = crate::plan(&host, Profile::Edge4c8g, &eth0()).unwrap();
-    let rps = edge
-        .steps
-        .iter()
-        .find(|s| s.setting.to_string() == "eth0 rx-0 rps_cpus")
+        .update("eth0", |nic| nic.channels = None)
         .unwrap();
+    let edge = crate::plan(&host, Profile::Edge4c8g, &eth0()).unwrap();
+    let rps = step(&edge, "eth0 rx-0 rps_cpus");
     assert_eq!(
         (rps.current.as_deref(), rps.proposed.as_str()),
         (Some("0"), "f")
@@ -372,20 +368,10 @@ fn a_host_wide_sysctl_read_only_here_is_not_applied() {
     let path = fake.dir.path().join("root/proc/sys/net/core/rmem_max");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
     let plan = crate::plan(&fake.host(true), Profile::K3sNode, &Options::default()).unwrap();
-    let step = plan
-        .steps
-        .iter()
-        .find(|s| s.setting.to_string() == "net.core.rmem_max")
-        .unwrap();
-    assert_eq!(step.action, Action::ReadOnly);
+    assert_eq!(step(&plan, "net.core.rmem_max").action, Action::ReadOnly);
     std::fs::remove_file(fake.dir.path().join("root/proc/sys/net/core/busy_read")).unwrap();
     let plan = crate::plan(&fake.host(true), Profile::Latency, &Options::default()).unwrap();
-    let step = plan
-        .steps
-        .iter()
-        .find(|s| s.setting.to_string() == "net.core.busy_read")
-        .unwrap();
-    assert_eq!(step.action, Action::Absent);
+    assert_eq!(step(&plan, "net.core.busy_read").action, Action::Absent);
     crate::apply(
         &fake.host(true),
         &fake.state(),
@@ -403,12 +389,8 @@ fn apply_verify_revert_puts_back_every_value_and_file() {
     // A file of the operator's where apply writes: revert must bring it back as it was.
     fake.put("etc/sysctl.d/90-relay-tune.conf", "# mine");
     fake.ethtool
-        .nics
-        .lock()
-        .unwrap()
-        .get_mut("eth0")
-        .unwrap()
-        .channels = None;
+        .update("eth0", |nic| nic.channels = None)
+        .unwrap();
     let before = fake.snapshot();
 
     let applied = crate::apply(&host, &fake.state(), Profile::Latency, &eth0()).unwrap();
@@ -586,12 +568,8 @@ fn a_file_that_cannot_be_written_leaves_nothing_applied() {
     )
     .unwrap();
     fake.ethtool
-        .nics
-        .lock()
-        .unwrap()
-        .get_mut("eth0")
-        .unwrap()
-        .channels = None;
+        .update("eth0", |nic| nic.channels = None)
+        .unwrap();
     let before = fake.snapshot();
     let e = crate::apply(&host, &fake.state(), Profile::Edge4c8g, &eth0()).unwrap_err();
     let message = e.to_string();
