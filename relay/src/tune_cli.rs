@@ -1,17 +1,23 @@
 //! `relay tune ...`: the host's network settings for a media relay, through the `tuning`
 //! crate. Prints tables, or the same facts as JSON with `--json`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use anyhow::bail;
 use clap::{Args, Subcommand};
+use relay::config::Settings;
 use tuning::{Host, Options, Ports, Profile};
 
 #[derive(Args)]
 pub(crate) struct TuneArgs {
+    /// The relay's configuration (`relay run --config`): its interface, ports and state
+    /// directory are taken from it where no flag gives them.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Where `apply` keeps the values it replaced (in `tune/journal.json`), for `verify` and
-    /// `revert`: the relay's state directory.
-    #[arg(long, global = true, value_name = "DIR", default_value = relay::config::DEFAULT_STATE_DIR)]
-    state_dir: PathBuf,
+    /// `revert`: the relay's state directory [default: /var/lib/relay].
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// Where the persisted settings go (`sysctl.d/`, `systemd/network/`, `udev/rules.d/`),
     /// and where a tuned profile is looked for.
     #[arg(long, global = true, value_name = "DIR", default_value = "/etc")]
@@ -23,7 +29,8 @@ pub(crate) struct TuneArgs {
     command: TuneCommand,
 }
 
-/// What the profiles need to know of the relay; the defaults are `relay run`'s.
+/// What the profiles need to know of the relay: flags, else the relay's configuration, else
+/// `relay run`'s defaults.
 #[derive(Args)]
 struct RelayArgs {
     /// The NIC media arrives on; without it only sysctls are checked and tuned.
@@ -42,16 +49,51 @@ struct RelayArgs {
 }
 
 impl RelayArgs {
-    /// The options, `relay run`'s defaults (kept in `tuning::Options`) where none is given.
-    fn options(self) -> Options {
+    /// The options from the flags, else from `relay` (the relay's configuration), else
+    /// `relay run`'s defaults (kept in `tuning::Options`).
+    fn options(self, relay: &Settings) -> anyhow::Result<Options> {
         let defaults = Options::default();
-        Options {
-            interface: self.interface,
-            media_ports: self.media_ports.unwrap_or(defaults.media_ports),
-            relay_ports: self.relay_ports.unwrap_or(defaults.relay_ports),
-            listening_port: self.listening_port.unwrap_or(defaults.listening_port),
-        }
+        let ports = |first: Option<u16>, last: Option<u16>, default: Ports| Ports {
+            first: first.unwrap_or(default.first),
+            last: last.unwrap_or(default.last),
+        };
+        let interface = match (self.interface, relay.interface.as_slice()) {
+            (Some(flag), _) => Some(flag),
+            (None, []) => None,
+            (None, [one]) => Some(one.clone()),
+            (None, several) => bail!(
+                "the relay's configuration names several interfaces ({}): tune one at a time \
+                 with --interface",
+                several.join(", ")
+            ),
+        };
+        Ok(Options {
+            interface,
+            media_ports: self.media_ports.unwrap_or(ports(
+                relay.media_min_port,
+                relay.media_max_port,
+                defaults.media_ports,
+            )),
+            relay_ports: self.relay_ports.unwrap_or(ports(
+                relay.min_port,
+                relay.max_port,
+                defaults.relay_ports,
+            )),
+            listening_port: self
+                .listening_port
+                .or(relay.listening_port)
+                .unwrap_or(defaults.listening_port),
+        })
     }
+}
+
+/// The relay's configuration in `file`, or nothing set without one.
+fn relay_settings(file: Option<&Path>) -> anyhow::Result<Settings> {
+    let settings = Settings {
+        config: file.map(Path::to_path_buf),
+        ..Settings::default()
+    };
+    Ok(settings.load()?)
 }
 
 #[derive(Subcommand)]
@@ -87,21 +129,32 @@ enum TuneCommand {
 }
 
 /// Runs the command; `Ok(false)`: it ran but found drift (exit status 1).
-pub(crate) fn run(args: TuneArgs) -> Result<bool, tuning::Error> {
+pub(crate) fn run(args: TuneArgs) -> anyhow::Result<bool> {
+    let relay = relay_settings(args.config.as_deref())?;
     let host = Host::system().with_etc(&args.etc);
-    let state = &args.state_dir;
+    let state = args
+        .state_dir
+        .or(relay.state_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(relay::config::DEFAULT_STATE_DIR));
+    let state = &state;
     let json = args.json;
     match args.command {
-        TuneCommand::Check(relay) => {
-            let findings = tuning::check(&host, &relay.options())?;
+        TuneCommand::Check(relay_args) => {
+            let findings = tuning::check(&host, &relay_args.options(&relay)?)?;
             show(json, &tuning::report::findings(&findings), &findings);
         }
-        TuneCommand::Plan { profile, relay } => {
-            let plan = tuning::plan(&host, profile, &relay.options())?;
+        TuneCommand::Plan {
+            profile,
+            relay: relay_args,
+        } => {
+            let plan = tuning::plan(&host, profile, &relay_args.options(&relay)?)?;
             show(json, &tuning::report::plan(&plan), &plan);
         }
-        TuneCommand::Apply { profile, relay } => {
-            let applied = tuning::apply(&host, state, profile, &relay.options())?;
+        TuneCommand::Apply {
+            profile,
+            relay: relay_args,
+        } => {
+            let applied = tuning::apply(&host, state, profile, &relay_args.options(&relay)?)?;
             show(json, &tuning::report::applied(&applied), &applied);
         }
         TuneCommand::Verify => {

@@ -248,3 +248,78 @@ fn check_reports_every_item_as_json() {
         assert!(items.contains(&item), "{item} missing from {items:?}");
     }
 }
+
+#[test]
+fn the_relays_configuration_gives_interface_ports_and_state_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relay.toml");
+    let state = dir.path().join("relay-state");
+    std::fs::write(
+        &config,
+        format!(
+            "interface = \"lo\"\nmedia-min-port = 30000\nmedia-max-port = 30999\n\
+             max-port = 60000\nlistening-port = 3479\nstate-dir = {:?}\n",
+            state.display().to_string()
+        ),
+    )
+    .unwrap();
+    let tune = |args: &[&str]| {
+        Command::new(RELAY)
+            .args(["tune", "--config", config.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = tune(&["plan", "--profile", "edge-4c8g", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        plan["options"],
+        serde_json::json!({
+            "interface": "lo",
+            "media_ports": {"first": 30000, "last": 30999},
+            "relay_ports": {"first": 49152, "last": 60000},
+            "listening_port": 3479,
+        })
+    );
+    // A flag wins over the file.
+    let out = tune(&[
+        "plan",
+        "--profile",
+        "k3s-node",
+        "--json",
+        "--media-ports",
+        "31000-31999",
+    ]);
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["options"]["media_ports"]["first"], 31000);
+    let out = tune(&["verify"]);
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "error: nothing applied: {}/tune/journal.json does not exist (wrong --state-dir?)\n",
+            state.display()
+        )
+    );
+
+    std::fs::write(&config, "interface = [\"lo\", \"eth9\"]\n").unwrap();
+    let out = tune(&["check"]);
+    assert_eq!(
+        text(&out.stderr),
+        "error: the relay's configuration names several interfaces (lo, eth9): tune one at a \
+         time with --interface\n"
+    );
+    std::fs::write(&config, "lisening-port = 1\n").unwrap();
+    let out = tune(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with("error: config: "),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("unknown field `lisening-port`"),
+        "{}",
+        text(&out.stderr)
+    );
+}
