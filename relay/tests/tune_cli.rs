@@ -1,9 +1,17 @@
 //! `relay tune` end to end through the binary: its output, exit codes and messages. The
 //! settings themselves are tested in `tuning` (fake trees and a veth lab); here a veth in a
-//! network namespace of its own (`tune-cli-PID`, removed even when the test fails) is tuned
+//! network namespace of its own (`tune-TEST-PID`, removed even when the test fails) is tuned
 //! and put back the way an operator would, with `ip netns exec`.
 
-use std::process::{Command, Output, Stdio};
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, Output, Stdio},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
 
 use serde_json::Value;
 
@@ -18,9 +26,10 @@ impl Drop for Namespace {
 }
 
 impl Namespace {
-    /// A namespace with the veth pair tv0/tv1, both up.
-    fn with_veth() -> Self {
-        let name = format!("tune-cli-{}", std::process::id());
+    /// A namespace `tune-TEST-PID` (one per test: they run in parallel) with the veth pair
+    /// tv0/tv1, both up.
+    fn with_veth(test: &str) -> Self {
+        let name = format!("tune-{test}-{}", std::process::id());
         let _ = Command::new("ip")
             .args(["netns", "del", &name])
             .stderr(Stdio::null())
@@ -74,7 +83,7 @@ fn currents(plan: &Output) -> Vec<(String, Value)> {
 
 #[test]
 fn apply_verify_revert_in_a_namespace() {
-    let ns = Namespace::with_veth();
+    let ns = Namespace::with_veth("cli");
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let etc = dir.path().join("etc");
@@ -322,4 +331,79 @@ fn the_relays_configuration_gives_interface_ports_and_state_directory() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// `relay attach` running in the namespace; killed and waited for when dropped.
+struct Attached(Child);
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_value_the_kernel_refuses_leaves_nothing_applied() {
+    let ns = Namespace::with_veth("refused");
+    // An XDP program on tv1: veth then refuses more tx queues on tv0 than tv1 has rx queues
+    // (one), so the profile's channel change fails half way through the plan.
+    let mut attach = Attached(
+        Command::new("ip")
+            .args(["netns", "exec", &ns.0, RELAY, "attach", "-i", "tv1"])
+            .args(["--xdp-mode", "native"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = attach.0.stderr.take().unwrap();
+    let mut log = String::new();
+    for line in BufReader::new(stderr).lines() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("counting on tv1") {
+            break;
+        }
+    }
+    assert!(log.contains("counting on tv1"), "relay attach: {log}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (state, etc) = (dir.path().join("state"), dir.path().join("etc"));
+    let dirs = [
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--etc",
+        etc.to_str().unwrap(),
+    ];
+    let plan = |ns: &Namespace| {
+        let mut args = vec!["plan", "--profile", "edge-4c8g", "-i", "tv0", "--json"];
+        args.extend(dirs);
+        ns.tune(&args)
+    };
+    let before = plan(&ns);
+    let mut args = vec!["apply", "--profile", "edge-4c8g", "-i", "tv0"];
+    args.extend(dirs);
+    let out = ns.tune(&args);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("error: the kernel refused tv0 channels tx = ")
+            && stderr.ends_with(
+                ": Invalid argument (os error 22); nothing is applied (the 2 setting(s) \
+                 changed before it were put back)\n"
+            ),
+        "{stderr}"
+    );
+    assert_eq!(
+        currents(&plan(&ns)),
+        currents(&before),
+        "every value as it was"
+    );
+    assert!(!state.join("tune/journal.json").exists());
+    assert!(!etc.exists(), "no file persisted");
+
+    kill(Pid::from_raw(attach.0.id().cast_signed()), Signal::SIGINT).unwrap();
+    assert!(attach.0.wait().unwrap().success());
 }
