@@ -37,43 +37,20 @@ fn finding(
     }
 }
 
-/// Drivers with native (driver-mode) XDP in mainline Linux: the program runs on the DMA
-/// buffer before an skb exists. Any other driver gets generic mode.
+/// Drivers (as ethtool names them) with native (driver-mode) XDP in mainline Linux: the
+/// program runs on the DMA buffer before an skb exists. Any other driver gets generic mode.
+#[rustfmt::skip]
 const NATIVE_XDP: &[&str] = &[
-    "i40e",
-    "ice",
-    "ixgbe",
-    "ixgbevf",
-    "igb",
-    "igc",
-    "mlx4_en",
-    "mlx5_core",
-    "bnxt_en",
-    "nfp",
-    "qede",
-    "ena",
-    "virtio_net",
-    "veth",
-    "tun",
-    "thunder-nicvf",
-    "sfc",
-    "dpaa2-eth",
-    "stmmac",
-    "mvneta",
-    "mvpp2",
-    "enetc",
-    "fec",
-    "hv_netvsc",
-    "gve",
-    "atlantic",
-    "netsec",
-    "lan966x-switch",
-    "am65-cpsw-nuss",
-    "cpsw",
-    "octeontx2-nicvf",
-    "tsnep",
-    "bonding",
-    "idpf",
+    // Intel, Mellanox/NVIDIA, Broadcom, Netronome, QLogic, Solarflare, Aquantia.
+    "i40e", "ice", "idpf", "ixgbe", "ixgbevf", "igb", "igc", "mlx4_en", "mlx5_core", "bnxt_en",
+    "nfp", "qede", "sfc", "atlantic",
+    // Clouds and hypervisors.
+    "ena", "gve", "hv_netvsc", "virtio_net",
+    // Virtual and aggregate devices.
+    "veth", "tun", "bonding",
+    // SoC NICs of ARM edge boxes.
+    "mvneta", "mvpp2", "fec", "fsl_enetc", "fsl_dpaa2_eth", "nicvf", "rvu_nicpf", "rvu_nicvf",
+    "netsec", "am65-cpsw-nuss", "lan966x-switch", "tsnep",
 ];
 
 /// Every finding for `host`; NIC findings need `options.interface`.
@@ -139,9 +116,9 @@ fn xdp(driver: Option<String>) -> Finding {
             format!("generic ({driver})"),
             Status::Warn,
             format!(
-                "{driver} is not a driver with native XDP: `relay run --interface` attaches in \
-                 generic mode, which runs after the skb is built (several times slower per \
-                 packet; still correct)"
+                "{driver} is not among the drivers known to run XDP natively: `relay run \
+                 --interface` attaches in generic mode, which runs after the kernel has built \
+                 the skb (correct, but without the saving native mode brings)"
             ),
         )
     }
