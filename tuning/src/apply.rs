@@ -65,61 +65,29 @@ pub fn apply(
     }
     journal.save(state_dir)?;
 
-    let mut done: Vec<&Change> = Vec::new();
-    for change in &changed {
-        if let Err(failure) = set(host, &change.setting, &change.after) {
-            let (setting, value) = (change.setting.to_string(), change.after.clone());
-            // The failed one too: a driver that rounded the value has changed it.
-            let before_it = done.len();
-            done.push(change);
-            return Err(undo(host, state_dir, previous.as_ref(), &done, &[], |_| {
-                let rolled_back = before_it;
-                match failure {
-                    SetFailure::Refused(source) => Error::Refused {
-                        setting,
-                        value,
-                        source,
-                        rolled_back,
-                    },
-                    SetFailure::ReadBack(actual) => Error::NotTaken {
-                        setting,
-                        value,
-                        actual,
-                        rolled_back,
-                    },
-                }
-            }));
-        }
-        done.push(change);
-    }
-    // Each file as it was before this run, for a rollback (the journal holds the earliest).
-    let mut written: Vec<Written> = Vec::new();
-    for file in &files {
-        let result = read_file(&file.path).and_then(|before| {
-            written.push(Written {
-                path: file.path.clone(),
-                content: file.content.clone(),
-                before,
-            });
-            write_file(&file.path, &file.content)
-                .map_err(|e| Error::io(&format!("writing {}", file.path.display()), e))
-        });
-        if let Err(e) = result {
-            let path = file.path.clone();
-            return Err(undo(
-                host,
-                state_dir,
-                previous.as_ref(),
-                &done,
-                &written,
-                |rolled_back| Error::Persist {
-                    path,
-                    source: Box::new(e),
-                    rolled_back,
-                },
-            ));
-        }
-    }
+    let mut undo = Undo {
+        host,
+        state_dir,
+        previous: previous.as_ref(),
+        values: Vec::new(),
+        files: Vec::new(),
+    };
+    set_values(&mut undo, &changed)?;
+    // A file an earlier apply wrote that this one does not (the host changed since: a NIC
+    // that now has a queue per CPU needs no RPS rule) is put back as it was before.
+    let stale = journal
+        .files
+        .iter()
+        .filter(|w| !files.iter().any(|f| f.path == w.path))
+        .map(|w| (&w.path, w.before.as_deref()));
+    let wanted = files
+        .iter()
+        .map(|f| (&f.path, Some(f.content.as_str())))
+        .chain(stale);
+    put_files(&mut undo, wanted)?;
+    journal
+        .files
+        .retain(|w| files.iter().any(|f| f.path == w.path));
     for w in &mut journal.files {
         if let Some(file) = files.iter().find(|f| f.path == w.path) {
             w.content.clone_from(&file.content);
@@ -192,44 +160,102 @@ fn set(host: &Host, setting: &Setting, value: &str) -> Result<(), SetFailure> {
     }
 }
 
-/// Puts back what a failed apply changed and the journal as it was; the error says how many
-/// settings went back, or, if some could not, that the journal stays for `revert`.
-fn undo(
-    host: &Host,
-    state_dir: &Path,
-    previous: Option<&Journal>,
-    done: &[&Change],
-    written: &[Written],
-    error: impl FnOnce(usize) -> Error,
-) -> Error {
-    let mut stuck = Vec::new();
-    for change in done.iter().rev() {
-        if let Err(e) = change.setting.write(host, &change.before) {
-            stuck.push(format!("{}: {e}", change.setting));
+/// What this run of `apply` changed so far, to put back if a later step fails.
+struct Undo<'a> {
+    host: &'a Host,
+    state_dir: &'a Path,
+    /// The journal before this run (`None`: there was none).
+    previous: Option<&'a Journal>,
+    values: Vec<&'a Change>,
+    /// Each file touched and its content before (`None`: it did not exist).
+    files: Vec<(PathBuf, Option<String>)>,
+}
+
+impl Undo<'_> {
+    /// Puts back the values and files and the journal as it was; the error says how many
+    /// settings went back, or, if some could not, that the journal stays for `revert`.
+    fn run(&self, error: impl FnOnce(usize) -> Error) -> Error {
+        let mut stuck = Vec::new();
+        for change in self.values.iter().rev() {
+            if let Err(e) = change.setting.write(self.host, &change.before) {
+                stuck.push(format!("{}: {e}", change.setting));
+            }
         }
-    }
-    for file in written.iter().rev() {
-        if let Err(e) = restore_file(file) {
-            stuck.push(format!("{}: {e}", file.path.display()));
+        for (path, before) in self.files.iter().rev() {
+            if let Err(e) = put_file(path, before.as_deref()) {
+                stuck.push(format!("{}: {e}", path.display()));
+            }
         }
-    }
-    if !stuck.is_empty() {
-        return Error::RollbackIncomplete {
-            cause: Box::new(error(done.len() - stuck.len())),
-            stuck,
+        let rolled_back = self.values.len().saturating_sub(stuck.len());
+        if !stuck.is_empty() {
+            return Error::RollbackIncomplete {
+                cause: Box::new(error(rolled_back)),
+                stuck,
+            };
+        }
+        let restored = match self.previous {
+            Some(journal) => journal.save(self.state_dir),
+            None => Journal::remove(self.state_dir),
         };
+        match restored {
+            Ok(()) => error(rolled_back),
+            Err(e) => Error::RollbackIncomplete {
+                cause: Box::new(error(rolled_back)),
+                stuck: vec![e.to_string()],
+            },
+        }
     }
-    let restored = match previous {
-        Some(journal) => journal.save(state_dir),
-        None => Journal::remove(state_dir),
-    };
-    match restored {
-        Ok(()) => error(done.len()),
-        Err(e) => Error::RollbackIncomplete {
-            cause: Box::new(error(done.len())),
-            stuck: vec![e.to_string()],
-        },
+}
+
+/// Sets each value and reads it back; on the first failure puts everything back.
+fn set_values<'a>(undo: &mut Undo<'a>, changed: &'a [Change]) -> Result<(), Error> {
+    for change in changed {
+        let Err(failure) = set(undo.host, &change.setting, &change.after) else {
+            undo.values.push(change);
+            continue;
+        };
+        let rolled_back = undo.values.len();
+        // The failed one too: a driver that rounded the value has changed it.
+        undo.values.push(change);
+        let (setting, value) = (change.setting.to_string(), change.after.clone());
+        return Err(undo.run(|_| match failure {
+            SetFailure::Refused(source) => Error::Refused {
+                setting,
+                value,
+                source,
+                rolled_back,
+            },
+            SetFailure::ReadBack(actual) => Error::NotTaken {
+                setting,
+                value,
+                actual,
+                rolled_back,
+            },
+        }));
     }
+    Ok(())
+}
+
+/// Gives each path its content (`None`: removed); on the first failure puts everything back.
+fn put_files<'p>(
+    undo: &mut Undo<'_>,
+    wanted: impl Iterator<Item = (&'p PathBuf, Option<&'p str>)>,
+) -> Result<(), Error> {
+    for (path, content) in wanted {
+        let result = read_file(path).and_then(|before| {
+            undo.files.push((path.clone(), before));
+            put_file(path, content)
+                .map_err(|e| Error::io(&format!("writing {}", path.display()), e))
+        });
+        if let Err(e) = result {
+            return Err(undo.run(|rolled_back| Error::Persist {
+                path: path.clone(),
+                source: Box::new(e),
+                rolled_back,
+            }));
+        }
+    }
+    Ok(())
 }
 
 /// One value `verify` checked.
@@ -333,7 +359,7 @@ pub fn revert(host: &Host, state_dir: &Path) -> Result<Reverted, Error> {
     let mut files = Vec::new();
     let mut files_left = Vec::new();
     for file in &journal.files {
-        match restore_file(file) {
+        match put_file(&file.path, file.before.as_deref()) {
             Ok(()) => files.push(file.path.clone()),
             Err(e) => {
                 stuck.push(format!("{}: {e}", file.path.display()));
@@ -386,11 +412,11 @@ fn write_file(path: &Path, content: &str) -> io::Result<()> {
     write_atomically(path, content.as_bytes(), 0o644)
 }
 
-/// Puts a persisted file back as it was before `apply`: removed, or its old content.
-fn restore_file(file: &Written) -> io::Result<()> {
-    match &file.before {
-        Some(content) => write_file(&file.path, content),
-        None => match std::fs::remove_file(&file.path) {
+/// Makes `path` hold `content`, or not exist.
+fn put_file(path: &Path, content: Option<&str>) -> io::Result<()> {
+    match content {
+        Some(content) => write_file(path, content),
+        None => match std::fs::remove_file(path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         },

@@ -616,3 +616,47 @@ fn a_revert_the_nic_refuses_keeps_what_is_left_for_another_try() {
     crate::revert(&host, &fake.state()).unwrap();
     assert_eq!(fake.snapshot(), before);
 }
+
+#[test]
+fn a_file_apply_no_longer_needs_is_put_back() {
+    let fake = Fake::new();
+    let host = fake.host(true);
+    fake.ethtool
+        .update("eth0", |nic| nic.channels = None)
+        .unwrap();
+    let before = fake.snapshot();
+    crate::apply(&host, &fake.state(), Profile::Edge4c8g, &eth0()).unwrap();
+    let rules = fake.dir.path().join("etc/udev/rules.d/90-relay-tune.rules");
+    assert!(rules.exists());
+    // A driver update gives the NIC queues: a queue per CPU, so no RPS and no udev rule.
+    fake.ethtool
+        .update("eth0", |nic| {
+            nic.channels = Some(Channels {
+                combined: 1,
+                combined_max: 8,
+                ..Channels::default()
+            });
+        })
+        .unwrap();
+    let again = crate::apply(&host, &fake.state(), Profile::Edge4c8g, &eth0()).unwrap();
+    let changed: Vec<String> = again
+        .changed
+        .iter()
+        .map(|c| c.setting.to_string())
+        .collect();
+    assert_eq!(changed, ["eth0 channels combined"]);
+    assert!(!rules.exists(), "the rule is gone");
+    assert_eq!(
+        crate::verify(&host, &fake.state())
+            .unwrap()
+            .drifted()
+            .count(),
+        0
+    );
+    crate::revert(&host, &fake.state()).unwrap();
+    assert_eq!(
+        fake.snapshot().0,
+        before.0,
+        "every file as it was, the RPS mask included"
+    );
+}
