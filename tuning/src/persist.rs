@@ -39,11 +39,9 @@ pub fn files(host: &Host, profile: &str, held: &[Held]) -> Result<Vec<File>, Err
         });
     }
 
-    let interfaces: Vec<&str> = {
-        let mut names: Vec<&str> = held.iter().filter_map(|h| h.setting.interface()).collect();
-        names.dedup();
-        names
-    };
+    let mut interfaces: Vec<&str> = held.iter().filter_map(|h| h.setting.interface()).collect();
+    interfaces.sort_unstable();
+    interfaces.dedup();
     let mut rules = header.clone();
     for interface in interfaces {
         let mac = host
