@@ -604,9 +604,12 @@ impl Settings {
 
 /// Where `relay run --instance NAME --state-dir DIR` keeps its allocation state (and what
 /// `relay down` removes).
+/// Where a relay keeps what it must find again after a restart (`--state-dir`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/relay";
+
 pub fn state_file(state_dir: Option<&Path>, instance: &str) -> PathBuf {
     state_dir
-        .unwrap_or(Path::new("/var/lib/relay"))
+        .unwrap_or(Path::new(DEFAULT_STATE_DIR))
         .join(format!("{instance}.json"))
 }
 

@@ -1,6 +1,7 @@
 //! The `relay` command.
 
 mod room_cli;
+mod tune_cli;
 
 use std::{
     net::IpAddr,
@@ -54,6 +55,9 @@ enum Command {
     /// Rooms, endpoints, tracks and subscriptions, through the control API of a running
     /// relay (`relay run --api-listen`).
     Room(room_cli::RoomArgs),
+    /// The host's network settings for a media relay: check, plan, apply, verify and revert
+    /// a profile (edge-4c8g, k3s-node, latency).
+    Tune(tune_cli::TuneArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +70,14 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Tune(args) => match tune_cli::run(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        },
         Command::Run(settings) => run(*settings),
         Command::Attach {
             interface,
