@@ -48,7 +48,8 @@ pub async fn serve(
 ) -> anyhow::Result<Option<crate::dataplane::Dataplane>> {
     let mut listeners = Vec::new();
     for addr in &run.udp {
-        let socket = bind_listener(*addr)
+        let socket = bind_listener_after_predecessor(*addr, PREDECESSOR_GRACE)
+            .await
             .with_context(|| format!("listening-port: cannot bind UDP {addr}"))?;
         listeners.push(socket);
     }
@@ -333,6 +334,36 @@ fn msghdr(name: *mut libc::c_void, namelen: u32, iov: *mut libc::iovec) -> libc:
     hdr
 }
 
+/// How long a relay waits at start for its listening port to be let go.
+const PREDECESSOR_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// [`bind_listener`], waiting up to `grace` ([`PREDECESSOR_GRACE`]) while the port is in use: a
+/// predecessor killed a moment ago (`kill -9`, a crash, systemd restarting it) still holds
+/// its sockets until the kernel has torn down its io_uring instance, after its process is
+/// gone. They go all at once, so the listener free means the relayed and room ports it
+/// takes up next are free too.
+async fn bind_listener_after_predecessor(
+    addr: std::net::SocketAddr,
+    grace: std::time::Duration,
+) -> std::io::Result<UdpSocket> {
+    let deadline = Instant::now() + grace;
+    let mut said = false;
+    loop {
+        match bind_listener(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                if !std::mem::replace(&mut said, true) {
+                    log::info!(
+                        "UDP {addr} is in use: waiting up to {grace:?} for a predecessor's \
+                         sockets to be released"
+                    );
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
 fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<UdpSocket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
@@ -348,4 +379,32 @@ fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<UdpSocket> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::UdpSocket, time::Duration};
+
+    use super::bind_listener_after_predecessor;
+
+    /// A port still held when the relay starts is waited for until it is let go, and
+    /// refused as before once the grace has passed.
+    #[tokio::test]
+    async fn a_listener_waits_for_its_predecessors_port() {
+        let held = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        let refused = bind_listener_after_predecessor(addr, Duration::from_millis(100)).await;
+        assert_eq!(
+            refused.unwrap_err().kind(),
+            std::io::ErrorKind::AddrInUse,
+            "still held after the grace"
+        );
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(held);
+        });
+        let bound = bind_listener_after_predecessor(addr, Duration::from_secs(5)).await;
+        assert_eq!(bound.unwrap().local_addr().unwrap(), addr);
+        release.await.unwrap();
+    }
 }
