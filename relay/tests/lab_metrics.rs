@@ -1,9 +1,11 @@
 //! Metrics and health probes of the `relay` binary in the lab, scraped over HTTP from
 //! another host (`--metrics-listen`): `/readyz` once the relay serves, counters that move
-//! as real traffic moves on the XDP path and on the userspace one, and an exposition that
-//! Prometheus's own `promtool check metrics` accepts. Needs root and promtool (`cargo
+//! as real traffic moves on the XDP path and on the userspace one, an exposition that
+//! Prometheus's own `promtool check metrics` accepts, and every metric the shipped
+//! dashboard and alert rules name in it. Needs root and promtool (`cargo
 //! xtask setup` installs Debian's `prometheus` package).
 
+mod monitoring_support;
 mod support;
 
 use std::{
@@ -129,6 +131,9 @@ fn counters_move_with_traffic_in_the_kernel_and_promtool_accepts_them() {
     assert_eq!(value(&after, "relay_ready"), Some(1.0));
     let (ok, said) = promtool(&after);
     assert!(ok, "promtool check metrics: {said}\n{after}");
+    // The shipped dashboard and alerts name only metrics this exposition has.
+    let missing = monitoring_support::missing_from(&after);
+    assert!(missing.is_empty(), "{missing:?}\n{after}");
     drop(relay);
 }
 
