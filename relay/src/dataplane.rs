@@ -438,26 +438,6 @@ impl Dataplane {
         Ok(out)
     }
 
-    /// The verdict counters of the data plane pinned at `pins`, read from the pinned map
-    /// itself: no daemon needed (one scraping metrics, or none at all while it restarts).
-    /// `None` when nothing is pinned there.
-    pub fn pinned_verdict_counters(pins: &Pins) -> Result<Option<VerdictCounters>, DataplaneError> {
-        let path = pins.maps().join(VERDICTS_MAP);
-        if !path.exists() {
-            return Ok(None);
-        }
-        let data = aya::maps::MapData::from_pin(&path).map_err(pinning(&path))?;
-        let array = PerCpuArray::<_, Counters>::try_from(aya::maps::Map::PerCpuArray(data))?;
-        let mut out = VerdictCounters::default();
-        for v in Verdict::ALL {
-            out.0[v.index() as usize] = array
-                .get(&v.index(), 0)?
-                .iter()
-                .fold(Counters::default(), |a, c| a.add(*c));
-        }
-        Ok(Some(out))
-    }
-
     /// Installs (or replaces) a flow of the fast path.
     pub fn insert_flow(
         &mut self,
@@ -871,6 +851,57 @@ fn restore_sysctl(change: &SysctlChange) -> String {
         },
         Err(e) => format!("nothing to restore for {} ({e})", change.key),
     }
+}
+
+/// The counter arrays of a data plane read from its pins, with no daemon needed: a metrics
+/// scrape, or a view of the kernel while the daemon is down or restarting.
+pub struct PinnedCounters {
+    verdicts: PerCpuArray<aya::maps::MapData, Counters>,
+    policed: PerCpuArray<aya::maps::MapData, Counters>,
+}
+
+impl PinnedCounters {
+    /// The arrays pinned at `pins`; `None` when nothing is pinned there.
+    pub fn open(pins: &Pins) -> Result<Option<Self>, DataplaneError> {
+        let open = |name: &str| -> Result<Option<PerCpuArray<_, Counters>>, DataplaneError> {
+            let path = pins.maps().join(name);
+            if !path.exists() {
+                return Ok(None);
+            }
+            let data = aya::maps::MapData::from_pin(&path).map_err(pinning(&path))?;
+            Ok(Some(PerCpuArray::try_from(aya::maps::Map::PerCpuArray(
+                data,
+            ))?))
+        };
+        let (Some(verdicts), Some(policed)) = (open(VERDICTS_MAP)?, open(POLICED_MAP)?) else {
+            return Ok(None);
+        };
+        Ok(Some(Self { verdicts, policed }))
+    }
+
+    /// Every verdict's packets and bytes, summed over CPUs.
+    pub fn verdicts(&self) -> Result<VerdictCounters, DataplaneError> {
+        let mut out = VerdictCounters::default();
+        for v in Verdict::ALL {
+            out.0[v.index() as usize] = sum(&self.verdicts, v.index())?;
+        }
+        Ok(out)
+    }
+
+    /// What policer `slot` refused in the kernel.
+    pub fn policed(&self, slot: u32) -> Result<Counters, DataplaneError> {
+        sum(&self.policed, slot)
+    }
+}
+
+fn sum(
+    array: &PerCpuArray<aya::maps::MapData, Counters>,
+    index: u32,
+) -> Result<Counters, DataplaneError> {
+    Ok(array
+        .get(&index, 0)?
+        .iter()
+        .fold(Counters::default(), |a, c| a.add(*c)))
 }
 
 /// Maps any error of pinning, adopting or attaching through `path` to `DataplaneError::Pin`.

@@ -15,12 +15,15 @@ use std::sync::{
 use prometheus_client::{
     collector::Collector,
     encoding::DescriptorEncoder,
-    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
 use relay_common::Verdict;
 
-use crate::dataplane::{Dataplane, Pins};
+use crate::{
+    dataplane::{PinnedCounters, Pins},
+    policers::Policers,
+};
 
 /// The UDP data path's counts, published by its thread after each batch it handles (it
 /// keeps plain counters of its own and copies them here: a few stores per batch).
@@ -87,6 +90,11 @@ pub struct Live {
     pub ready: AtomicBool,
     /// Where the data plane is pinned, when the relay runs one.
     pub pins: Option<Pins>,
+    /// The tenants of the configuration: name, policer slot, limit.
+    pub tenants: Vec<(String, u32, relay_common::police::Limit)>,
+    /// The policers userspace spends (the kernel's, mapped, with XDP), for what the data
+    /// path refused per tenant.
+    pub policers: Option<Arc<Policers>>,
 }
 
 impl Live {
@@ -143,7 +151,8 @@ impl Metrics {
 #[derive(Debug)]
 struct LiveCollector(Arc<Live>);
 
-/// One metric family: `name` with `help`, one value per label set.
+/// One metric family: `name` with `help`, one value per label set (at least one: its type
+/// is the values').
 fn family<M: prometheus_client::encoding::EncodeMetric>(
     encoder: &mut DescriptorEncoder,
     name: &str,
@@ -151,10 +160,20 @@ fn family<M: prometheus_client::encoding::EncodeMetric>(
     values: impl IntoIterator<Item = (Vec<(&'static str, String)>, M)>,
 ) -> Result<(), std::fmt::Error> {
     let mut values = values.into_iter().peekable();
-    let Some((_, first)) = values.peek() else {
+    let Some(metric_type) = values.peek().map(|(_, m)| m.metric_type()) else {
         return Ok(());
     };
-    let mut metric = encoder.encode_descriptor(name, help, None, first.metric_type())?;
+    typed_family(encoder, (name, help, metric_type), values)
+}
+
+/// [`family`] of a given type, described even with no value (no tenant configured: the
+/// family is there, empty).
+fn typed_family<M: prometheus_client::encoding::EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    (name, help, metric_type): (&str, &str, MetricType),
+    values: impl IntoIterator<Item = (Vec<(&'static str, String)>, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, metric_type)?;
     for (labels, value) in values {
         value.encode(metric.encode_family(&labels)?)?;
     }
@@ -183,9 +202,14 @@ impl Collector for LiveCollector {
                 ConstGauge::new(i64::from(live.ready.load(Relaxed))),
             )],
         )?;
-        if let Some(pins) = &live.pins {
-            xdp(&mut encoder, pins)?;
+        let pinned = live
+            .pins
+            .as_ref()
+            .and_then(|p| PinnedCounters::open(p).ok().flatten());
+        if let Some(pinned) = &pinned {
+            xdp(&mut encoder, pinned)?;
         }
+        tenants(&mut encoder, live, pinned.as_ref())?;
         process(&mut encoder)
     }
 }
@@ -294,9 +318,69 @@ fn control(encoder: &mut DescriptorEncoder, c: &ControlCounts) -> Result<(), std
     )
 }
 
-/// The XDP program's verdicts, read from its pinned map (nothing when none is pinned).
-fn xdp(encoder: &mut DescriptorEncoder, pins: &Pins) -> Result<(), std::fmt::Error> {
-    let Some(verdicts) = Dataplane::pinned_verdict_counters(pins).ok().flatten() else {
+/// Each tenant's limit, and the packets its policer refused, in the kernel and in
+/// userspace (tenant names come from the configuration: a small, fixed label set).
+fn tenants(
+    encoder: &mut DescriptorEncoder,
+    live: &Live,
+    pinned: Option<&PinnedCounters>,
+) -> Result<(), std::fmt::Error> {
+    let refused = live.tenants.iter().flat_map(|(name, slot, _)| {
+        let kernel = pinned
+            .and_then(|p| p.policed(*slot).ok())
+            .map(|c| (tenant_path(name, "xdp"), ConstCounter::new(c.packets)));
+        let user = live.policers.as_ref().map(|p| {
+            (
+                tenant_path(name, "user"),
+                ConstCounter::new(p.dropped(*slot)),
+            )
+        });
+        kernel.into_iter().chain(user)
+    });
+    typed_family(
+        encoder,
+        (
+            "relay_tenant_policed_packets",
+            "Packets over a tenant's limit, dropped, by tenant and by where (xdp, user).",
+            MetricType::Counter,
+        ),
+        refused,
+    )?;
+    let limit = |f: fn(&relay_common::police::Limit) -> u64| {
+        live.tenants.iter().map(move |(name, _, l)| {
+            (
+                label("tenant", name),
+                ConstGauge::new(i64::try_from(f(l)).unwrap_or(i64::MAX)),
+            )
+        })
+    };
+    typed_family(
+        encoder,
+        (
+            "relay_tenant_limit_packets_per_second",
+            "A tenant's packet rate limit (0: none).",
+            MetricType::Gauge,
+        ),
+        limit(|l| l.packets_per_sec),
+    )?;
+    typed_family(
+        encoder,
+        (
+            "relay_tenant_limit_bits_per_second",
+            "A tenant's bit rate limit (0: none).",
+            MetricType::Gauge,
+        ),
+        limit(|l| l.bits_per_sec),
+    )
+}
+
+fn tenant_path(tenant: &str, path: &str) -> Vec<(&'static str, String)> {
+    vec![("tenant", tenant.to_owned()), ("path", path.to_owned())]
+}
+
+/// The XDP program's verdicts, read from its pinned map.
+fn xdp(encoder: &mut DescriptorEncoder, pinned: &PinnedCounters) -> Result<(), std::fmt::Error> {
+    let Ok(verdicts) = pinned.verdicts() else {
         return Ok(());
     };
     let verdicts = &verdicts;
@@ -401,6 +485,15 @@ mod tests {
         assert!(l.contains(&"relay_rooms 2"), "{text}");
         assert!(l.contains(&"relay_ready 1"), "{text}");
         assert!(!text.contains("# EOF"), "{text}");
+        // No tenant configured: the family is described, empty.
+        assert!(
+            l.contains(&"# TYPE relay_tenant_policed_packets_total counter"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("relay_tenant_policed_packets_total{"),
+            "{text}"
+        );
         let (om, media) = metrics.encode(Some(
             "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
         ));
@@ -417,6 +510,39 @@ mod tests {
                 .encode(None)
                 .0
                 .contains("{kind=\"channel_to_peer\"} 8")
+        );
+    }
+
+    #[test]
+    fn tenants_show_their_limits_and_what_userspace_refused() {
+        let policers = Arc::new(Policers::own());
+        let limit = relay_common::police::Limit {
+            packets_per_sec: 1000,
+            bits_per_sec: 0,
+            burst_ns: 1_000_000,
+        };
+        policers.configure(1, limit);
+        // One packet fits the 1 ms burst; the second is refused and counted.
+        assert!(policers.admit([0, 1], 10_000_000, 100));
+        assert!(!policers.admit([0, 1], 10_000_000, 100));
+        let live = Arc::new(Live {
+            tenants: vec![("north".to_owned(), 1, limit)],
+            policers: Some(policers),
+            ..Live::default()
+        });
+        let (text, _) = Metrics::new(live).encode(None);
+        let l = lines(&text);
+        assert!(
+            l.contains(&"relay_tenant_policed_packets_total{tenant=\"north\",path=\"user\"} 1"),
+            "{text}"
+        );
+        assert!(
+            l.contains(&"relay_tenant_limit_packets_per_second{tenant=\"north\"} 1000"),
+            "{text}"
+        );
+        assert!(
+            l.contains(&"relay_tenant_limit_bits_per_second{tenant=\"north\"} 0"),
+            "{text}"
         );
     }
 

@@ -52,6 +52,12 @@ pub struct Policers {
     dropped: Box<[AtomicU64]>,
 }
 
+impl std::fmt::Debug for Policers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policers").finish_non_exhaustive()
+    }
+}
+
 impl Policers {
     /// A table of the daemon's own, for a relay without XDP.
     pub fn own() -> Self {

@@ -16,12 +16,21 @@ use std::{
 };
 
 use relay::stun::ChannelData;
-use support::{RunningRelay, channel_client, xdp_on_switch_port};
+use support::{RunningRelay, TempDir, channel_client, xdp_on_switch_port};
 use xtask::lab::{Host, Lab};
 
 const PROBES: &str = "10.77.0.1:9090";
 const CHANNEL: u16 = 0x4000;
 const PACKETS: u16 = 100;
+/// A relay with XDP whose probes listen on `PROBES`, relaying to the peer host.
+const WITH_XDP: &[&str] = &[
+    "--interface",
+    "eth0",
+    "--allowed-peer-ip",
+    "10.77.0.21",
+    "--metrics-listen",
+    PROBES,
+];
 
 /// `GET path` on the probes' listener from client A: status and body.
 fn get(lab: &Lab, path: &str) -> (u16, String) {
@@ -70,24 +79,35 @@ fn promtool(exposition: &str) -> (bool, String) {
 /// A channel from client A to a socket on the peer host; `PACKETS` ChannelData messages
 /// through it, all received.
 fn stream_through_a_channel(lab: &Lab) {
+    let (client, peer) = alice_to_the_peer(lab);
+    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0; 2048];
+    for i in 0..PACKETS {
+        send_on_channel(&client, i);
+        let n = peer.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &i.to_be_bytes(), "packet {i}");
+    }
+}
+
+/// Alice's allocation on client A with `CHANNEL` bound to a socket on the peer host.
+fn alice_to_the_peer(lab: &Lab) -> (relay::turn::client::Client, UdpSocket) {
     let peer = lab
         .in_netns(Host::Peer, || UdpSocket::bind("10.77.0.21:4000").unwrap())
         .unwrap();
-    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let to: SocketAddr = "10.77.0.21:4000".parse().unwrap();
     let client = channel_client(lab, Host::ClientA, ("alice", "wonderland"), CHANNEL, to);
-    let mut buf = [0; 2048];
-    for i in 0..PACKETS {
-        let data = i.to_be_bytes();
-        let frame = ChannelData {
-            channel: CHANNEL,
-            data: &data,
-        }
-        .encode(false);
-        client.socket().send_to(&frame, client.server()).unwrap();
-        let n = peer.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], &data, "packet {i}");
+    (client, peer)
+}
+
+/// ChannelData carrying `i` on `CHANNEL`.
+fn send_on_channel(client: &relay::turn::client::Client, i: u16) {
+    let data = i.to_be_bytes();
+    let frame = ChannelData {
+        channel: CHANNEL,
+        data: &data,
     }
+    .encode(false);
+    client.socket().send_to(&frame, client.server()).unwrap();
 }
 
 /// With XDP: ready, the kernel's `forwarded` count moves by what went through a channel,
@@ -97,17 +117,7 @@ fn stream_through_a_channel(lab: &Lab) {
 fn counters_move_with_traffic_in_the_kernel_and_promtool_accepts_them() {
     let lab = Lab::up("mt-xdp").unwrap();
     let _switch = xdp_on_switch_port(&lab);
-    let relay = RunningRelay::in_lab(
-        &lab,
-        &[
-            "--interface",
-            "eth0",
-            "--allowed-peer-ip",
-            "10.77.0.21",
-            "--metrics-listen",
-            PROBES,
-        ],
-    );
+    let relay = RunningRelay::in_lab(&lab, WITH_XDP);
     assert_eq!(get(&lab, "/healthz").0, 200);
     assert_eq!(get(&lab, "/readyz"), (200, "ready\n".to_owned()));
     let forwarded = "relay_xdp_packets_total{verdict=\"forwarded\"}";
@@ -162,4 +172,47 @@ fn counters_move_with_traffic_in_userspace() {
     assert!(!after.contains("relay_xdp_"), "{after}");
     let (ok, said) = promtool(&after);
     assert!(ok, "promtool check metrics: {said}\n{after}");
+}
+
+/// A tenant's limit and what XDP refused over it, by tenant: a client of tenant "north"
+/// (100 packets a second, 100 ms burst) sends 300 at once through its channel.
+#[test]
+fn a_tenants_refusals_in_the_kernel_are_counted_by_tenant() {
+    let lab = Lab::up("mt-tenant").unwrap();
+    let _switch = xdp_on_switch_port(&lab);
+    let dir = TempDir::new("mt-tenant");
+    let config = dir.0.join("relay.toml");
+    std::fs::write(
+        &config,
+        "[[tenant]]\nname = \"north\"\nusers = [\"alice\"]\npackets-per-second = 100\nburst-ms = 100\n",
+    )
+    .unwrap();
+    let mut args = vec!["--config", config.to_str().unwrap()];
+    args.extend(WITH_XDP);
+    let _relay = RunningRelay::in_lab(&lab, &args);
+    let (client, _peer) = alice_to_the_peer(&lab);
+    for i in 0..300_u16 {
+        send_on_channel(&client, i);
+    }
+    let (_, text) = get(&lab, "/metrics");
+    let refused = value(
+        &text,
+        "relay_tenant_policed_packets_total{tenant=\"north\",path=\"xdp\"}",
+    )
+    .expect("the tenant's kernel refusals are exposed");
+    let over = value(&text, "relay_xdp_packets_total{verdict=\"over-limit\"}").unwrap();
+    eprintln!("300 sent at once: {refused} refused over north's limit in XDP");
+    // The burst lets about 10 through; the rest is refused, in the kernel.
+    assert!(refused >= 250.0, "{text}");
+    assert!(
+        (refused - over).abs() < f64::EPSILON,
+        "the verdict counts them too: {text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "relay_tenant_limit_packets_per_second{tenant=\"north\"}"
+        ),
+        Some(100.0)
+    );
 }

@@ -66,13 +66,18 @@ pub async fn serve(
         None => crate::policers::Policers::own(),
     });
     let mut limits = control::Limits::new(Arc::clone(&policers), run.turn.tenants.clone());
-    let mut dp = datapath::Datapath::new(events_tx.clone(), policers);
-    // What metrics scrapes read; the XDP verdicts from the pinned data plane.
-    let live = crate::metrics::Live::new(
-        dataplane
+    // What metrics scrapes read; the kernel's counters from the pinned data plane.
+    let live = Arc::new(crate::metrics::Live {
+        pins: dataplane
             .as_ref()
             .map(|_| crate::dataplane::Pins::new(&run.instance)),
-    );
+        tenants: (run.turn.tenants.iter().zip(limits.tenant_slots()))
+            .map(|(t, slot)| (t.name.clone(), slot, t.limit))
+            .collect(),
+        policers: Some(Arc::clone(&policers)),
+        ..crate::metrics::Live::default()
+    });
+    let mut dp = datapath::Datapath::new(events_tx.clone(), policers);
     dp.live = Some(Arc::clone(&live));
     let backend = match run.io {
         IoBackend::Mmsg => Err(None),
