@@ -58,6 +58,16 @@ enum Command {
     /// The host's network settings for a media relay: check, plan, apply, verify and revert
     /// a profile (edge-4c8g, k3s-node, latency).
     Tune(tune_cli::TuneArgs),
+    /// What an instance's data plane counted, read from its pins: works while the daemon
+    /// is down or restarting (run it in the same network namespace and mounts as `relay
+    /// run`).
+    Stats {
+        #[arg(long, default_value = "default", value_name = "NAME")]
+        instance: String,
+        /// One JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -87,7 +97,54 @@ fn main() -> anyhow::Result<()> {
             instance,
             state_dir,
         } => down(&instance, state_dir.as_deref()),
+        Command::Stats { instance, json } => stats(&instance, json),
     }
+}
+
+/// `relay stats`: the pinned data plane's verdict counters, whether a daemon runs or not.
+fn stats(instance: &str, json: bool) -> anyhow::Result<()> {
+    relay::config::check_instance(instance)?;
+    let pins = Pins::new(instance);
+    let Some(counters) = relay::dataplane::PinnedCounters::open(&pins)? else {
+        anyhow::bail!(
+            "no data plane pinned at {} (is `relay run --instance {instance} --interface ...` \
+             running, or was it, in this network namespace and mounts?)",
+            pins.dir().display()
+        );
+    };
+    let verdicts = counters.verdicts()?;
+    let interfaces = pins.interfaces();
+    if json {
+        let by_verdict: serde_json::Map<String, serde_json::Value> = relay_common::Verdict::ALL
+            .into_iter()
+            .map(|v| {
+                let c = verdicts.get(v);
+                (
+                    v.name().to_owned(),
+                    serde_json::json!({ "packets": c.packets, "bytes": c.bytes }),
+                )
+            })
+            .collect();
+        let out = serde_json::json!({
+            "instance": instance,
+            "pinned": pins.dir(),
+            "interfaces": interfaces,
+            "verdicts": by_verdict,
+        });
+        println!("{out}");
+    } else {
+        println!(
+            "data plane of instance {instance:?} pinned at {}, attached to {}:",
+            pins.dir().display(),
+            if interfaces.is_empty() {
+                "no interface".to_owned()
+            } else {
+                interfaces.join(", ")
+            }
+        );
+        print!("{verdicts}");
+    }
+    Ok(())
 }
 
 fn down(instance: &str, state_dir: Option<&Path>) -> anyhow::Result<()> {

@@ -1,7 +1,8 @@
 //! Restart without interruption: the relay is killed (SIGKILL) while a client streams
 //! channel data; XDP keeps forwarding with no daemon; the restarted relay adopts the pinned
 //! data plane and the saved allocation, serves Refresh and ChannelBind for it, and not one
-//! packet is lost. A clean SIGTERM keeps the data plane; `relay down` removes it. Needs root.
+//! packet is lost, and `relay stats` reads the kernel's counts from the pins meanwhile. A
+//! clean SIGTERM keeps the data plane; `relay down` removes it. Needs root.
 //!
 //! The relay runs under `nsenter --net` (not `ip netns exec`, whose private /sys would
 //! give it a private bpffs): its pins are on the host's bpffs, as on an appliance.
@@ -32,6 +33,24 @@ fn relay_command(lab: &Lab) -> Command {
     c.arg(format!("--net=/run/netns/{}", lab.netns(Host::Relay)))
         .arg(env!("CARGO_BIN_EXE_relay"));
     c
+}
+
+/// What `relay stats --json` reads from the instance's pins: packets forwarded by XDP.
+fn forwarded_by_stats(lab: &Lab, instance: &str) -> u64 {
+    let out = relay_command(lab)
+        .args(["stats", "--instance", instance, "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let snapshot: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        snapshot["interfaces"],
+        serde_json::json!(["eth0"]),
+        "{snapshot}"
+    );
+    snapshot["verdicts"]["forwarded"]["packets"]
+        .as_u64()
+        .unwrap()
 }
 
 /// Runs `relay down` for the instance when dropped, so a failing test leaves no pins.
@@ -162,9 +181,17 @@ fn a_killed_relay_interrupts_nothing_and_its_successor_adopts_the_data_plane() {
         wait_for(RATE / 2, "before the kill");
         let mut first = first;
         first.kill();
+        // With no daemon at all, the kernel goes on forwarding, and `relay stats` reads
+        // what it counts from the pins.
+        let before = forwarded_by_stats(&lab, &instance);
         let at_kill = received.load(Ordering::Acquire);
-        // With no daemon at all, the kernel goes on forwarding.
         wait_for(at_kill + RATE / 2, "while no relay runs");
+        let after = forwarded_by_stats(&lab, &instance);
+        // All but the few in flight when `before` was read went through XDP since.
+        assert!(
+            after >= before + RATE / 2 - 10,
+            "relay stats with no daemon: {before} then {after} forwarded"
+        );
 
         let second = RunningRelay::start_command(relay_command(&lab), &args, "TURN on");
         assert!(
@@ -273,4 +300,16 @@ fn a_relay_that_pins_on_a_bpffs_of_its_own_mount_namespace_says_so() {
     shared.stop(Signal::SIGTERM);
     assert!(Pins::new(&instance).dir().exists(), "pinned on the host");
     down.run();
+}
+
+/// `relay stats` for an instance with nothing pinned says so and fails.
+#[test]
+fn stats_without_a_data_plane_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args(["stats", "--instance", "rs-nothing-pinned-here"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no data plane pinned at"), "{err}");
 }
