@@ -40,6 +40,19 @@ pub struct DatapathCounts {
     pub truncated: AtomicU64,
 }
 
+/// The kernel's tables whose fill is shown, with their sizes: a full one leaves flows,
+/// permissions or routes to userspace (or unguarded), which costs performance and, for
+/// permissions, the kernel's own check.
+pub const MAPS: [(&str, u32); 5] = [
+    ("FLOWS", relay_common::flow::MAX_FLOWS),
+    ("RELAYED", relay_common::permission::MAX_RELAYED),
+    ("PERMISSIONS", relay_common::permission::MAX_PERMISSIONS),
+    ("ROOM_ROUTES", relay_common::room::MAX_ROOM_ROUTES),
+    ("POLICERS", relay_common::police::MAX_POLICERS),
+];
+/// Where `POLICERS` is in [`MAPS`].
+pub const MAP_POLICERS: usize = 4;
+
 /// The control task's counts, set after each turn.
 #[derive(Debug, Default)]
 pub struct ControlCounts {
@@ -57,6 +70,8 @@ pub struct ControlCounts {
     pub room_malformed: AtomicU64,
     pub room_foreign: AtomicU64,
     pub room_unknown_ssrc: AtomicU64,
+    /// Entries in use of each of [`MAPS`], with a data plane.
+    pub map_entries: [AtomicU64; MAPS.len()],
 }
 
 impl ControlCounts {
@@ -208,6 +223,7 @@ impl Collector for LiveCollector {
             .and_then(|p| PinnedCounters::open(p).ok().flatten());
         if let Some(pinned) = &pinned {
             xdp(&mut encoder, pinned)?;
+            maps(&mut encoder, &live.control)?;
         }
         tenants(&mut encoder, live, pinned.as_ref())?;
         process(&mut encoder)
@@ -376,6 +392,26 @@ fn tenants(
 
 fn tenant_path(tenant: &str, path: &str) -> Vec<(&'static str, String)> {
     vec![("tenant", tenant.to_owned()), ("path", path.to_owned())]
+}
+
+/// How full the kernel's tables are: entries in use, and how many they hold.
+fn maps(encoder: &mut DescriptorEncoder, c: &ControlCounts) -> Result<(), std::fmt::Error> {
+    family(
+        encoder,
+        "relay_bpf_map_entries",
+        "Entries in use in the XDP program's tables, as the daemon installed them.",
+        MAPS.iter().zip(&c.map_entries).map(|((name, _), used)| {
+            let used = i64::try_from(used.load(Relaxed)).unwrap_or(i64::MAX);
+            (label("map", name), ConstGauge::new(used))
+        }),
+    )?;
+    family(
+        encoder,
+        "relay_bpf_map_capacity",
+        "Entries the XDP program's tables hold.",
+        MAPS.iter()
+            .map(|(name, max)| (label("map", name), ConstGauge::new(i64::from(*max)))),
+    )
 }
 
 /// The XDP program's verdicts, read from its pinned map.

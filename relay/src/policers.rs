@@ -205,6 +205,11 @@ impl Slots {
         self.free.pop()
     }
 
+    /// Slots in use: the tenants' and those taken (slot 0 means "none").
+    pub fn used(&self) -> u32 {
+        SLOTS - 1 - u32::try_from(self.free.len()).unwrap_or(u32::MAX)
+    }
+
     pub fn give_back(&mut self, slot: u32) {
         if slot > self.tenants && slot < SLOTS {
             self.free.push(slot);

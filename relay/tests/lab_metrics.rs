@@ -139,6 +139,15 @@ fn counters_move_with_traffic_in_the_kernel_and_promtool_accepts_them() {
         "the Allocate and ChannelBind went up to the server: {after}"
     );
     assert_eq!(value(&after, "relay_ready"), Some(1.0));
+    // The channel's two flows, its relayed address and its permission are in the kernel.
+    let entries = |map: &str| value(&after, &format!("relay_bpf_map_entries{{map=\"{map}\"}}"));
+    assert!(entries("FLOWS").unwrap() >= 2.0, "{after}");
+    assert!(entries("RELAYED").unwrap() >= 1.0, "{after}");
+    assert!(entries("PERMISSIONS").unwrap() >= 1.0, "{after}");
+    assert_eq!(
+        value(&after, "relay_bpf_map_capacity{map=\"FLOWS\"}"),
+        Some(65536.0)
+    );
     let (ok, said) = promtool(&after);
     assert!(ok, "promtool check metrics: {said}\n{after}");
     // The shipped dashboard and alerts name only metrics this exposition has.

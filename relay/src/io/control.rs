@@ -109,6 +109,11 @@ impl Limits {
         Some(slot)
     }
 
+    /// Policer slots in use (tenants, allocations' and rooms' limits).
+    pub(crate) fn slots_used(&self) -> u32 {
+        self.slots.used()
+    }
+
     pub(crate) fn release_bitrate_slot(&mut self, slot: u32) {
         self.slots.give_back(slot);
     }
@@ -325,11 +330,19 @@ impl Control {
         self.kernel.map(|k| k.dataplane)
     }
 
-    /// The TURN server's and the rooms' figures, for metrics.
+    /// The TURN server's and the rooms' figures, and how full the kernel's tables are,
+    /// for metrics.
     fn publish(&self, live: &crate::metrics::Live) {
         let core = &self.rooms.core;
         live.control
             .set(&self.server.stats(), &core.stats(), core.counts());
+        if let Some(kernel) = &self.kernel {
+            let mut used = kernel.entries();
+            used[crate::metrics::MAP_POLICERS] = u64::from(self.limits.slots_used());
+            for (to, from) in live.control.map_entries.iter().zip(used) {
+                to.store(from, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
     }
 
     fn on_event(&mut self, event: Event) {

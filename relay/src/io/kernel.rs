@@ -85,6 +85,19 @@ impl Kernel {
         }
     }
 
+    /// Entries in use of the maps [`crate::metrics::MAPS`] names, in its order, as this
+    /// daemon installed them (the policers' are the limits', filled in by the caller).
+    pub(crate) fn entries(&self) -> [u64; crate::metrics::MAPS.len()] {
+        let len = |n: usize| n as u64;
+        [
+            u64::from(MAX_FLOWS) - len(self.free.len()),
+            len(self.relayed.len()),
+            len(self.permissions.len()),
+            u64::from(MAX_ROOM_ROUTES) - len(self.free_slots.len()),
+            0,
+        ]
+    }
+
     /// Installs the room route of `ssrc` from `from` (RTP to `route.rtp`, the publisher's
     /// RTCP to `route.rtcp`), spending `policers`, or with `None`
     /// removes it. A route being replaced is removed first, so no packet is sent by both.
