@@ -8,7 +8,7 @@
 //! labels from small fixed sets (no per-user or per-address label).
 
 use std::sync::{
-    Arc,
+    Arc, Mutex,
     atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
 };
 
@@ -23,6 +23,7 @@ use relay_common::Verdict;
 use crate::{
     dataplane::{PinnedCounters, Pins},
     policers::Policers,
+    turn::answers::{SETUP_BUCKETS, SetupTimes},
 };
 
 /// The UDP data path's counts, published by its thread after each batch it handles (it
@@ -72,9 +73,23 @@ pub struct ControlCounts {
     pub room_unknown_ssrc: AtomicU64,
     /// Entries in use of each of [`MAPS`], with a data plane.
     pub map_entries: [AtomicU64; MAPS.len()],
+    /// The TURN server's responses by method and code, and its allocation setup times.
+    pub answers: Mutex<Vec<(String, u16, u64)>>,
+    pub setup_times: Mutex<SetupTimes>,
 }
 
 impl ControlCounts {
+    /// Takes the TURN server's answers and setup times.
+    pub fn set_answers(&self, answers: &crate::turn::answers::Answers, setup: &SetupTimes) {
+        if let Ok(mut a) = self.answers.lock() {
+            a.clear();
+            a.extend(answers.iter());
+        }
+        if let Ok(mut s) = self.setup_times.lock() {
+            s.clone_from(setup);
+        }
+    }
+
     /// Takes the TURN server's and the room core's figures.
     pub fn set(&self, turn: &crate::turn::Stats, rooms: &crate::room::Stats, counts: [usize; 3]) {
         for (to, from) in [
@@ -208,6 +223,7 @@ impl Collector for LiveCollector {
         let live = &self.0;
         datapath(&mut encoder, &live.datapath)?;
         control(&mut encoder, &live.control)?;
+        answers(&mut encoder, &live.control)?;
         family(
             &mut encoder,
             "relay_ready",
@@ -268,6 +284,64 @@ fn datapath(encoder: &mut DescriptorEncoder, d: &DatapathCounts) -> Result<(), s
             (label("reason", "truncated"), counter(&d.truncated)),
         ],
     )
+}
+
+/// The TURN server's responses by method and code, and how long allocations took.
+fn answers(encoder: &mut DescriptorEncoder, c: &ControlCounts) -> Result<(), std::fmt::Error> {
+    let answers = c.answers.lock().map(|a| a.clone()).unwrap_or_default();
+    typed_family(
+        encoder,
+        (
+            "relay_turn_responses",
+            "Responses the TURN server sent, by method and code (200: success).",
+            MetricType::Counter,
+        ),
+        answers.into_iter().map(|(method, code, n)| {
+            (
+                vec![("method", method), ("code", code.to_string())],
+                ConstCounter::new(n),
+            )
+        }),
+    )?;
+    let setup = c.setup_times.lock().map(|s| s.clone()).unwrap_or_default();
+    typed_family(
+        encoder,
+        (
+            "relay_turn_allocation_setup_seconds",
+            "From an authenticated Allocate to its success response (relayed sockets bound).",
+            MetricType::Histogram,
+        ),
+        [(Vec::new(), Setup(setup))],
+    )
+}
+
+/// A histogram of [`SetupTimes`], as the text formats write one.
+#[derive(Debug)]
+struct Setup(SetupTimes);
+
+impl prometheus_client::encoding::EncodeMetric for Setup {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        // Per bucket, not cumulative (the encoder sums them); the last is +Inf.
+        let buckets: Vec<(f64, u64)> = SETUP_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::MAX])
+            .zip(self.0.buckets)
+            .collect();
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.0.sum_secs,
+            self.0.count,
+            &buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
 }
 
 fn control(encoder: &mut DescriptorEncoder, c: &ControlCounts) -> Result<(), std::fmt::Error> {
@@ -578,6 +652,50 @@ mod tests {
         );
         assert!(
             l.contains(&"relay_tenant_limit_bits_per_second{tenant=\"north\"} 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn responses_and_setup_times_are_exposed() {
+        let live = Live::new(None);
+        let mut answers = crate::turn::answers::Answers::default();
+        let tid = [1; 12];
+        let ok = crate::stun::MessageBuilder::new(
+            crate::stun::Class::Success,
+            crate::stun::Method::ALLOCATE,
+            tid,
+        )
+        .build();
+        answers.count(&ok);
+        let mut setup = SetupTimes::default();
+        setup.observe(std::time::Duration::from_millis(3));
+        live.control.set_answers(&answers, &setup);
+        let (text, _) = Metrics::new(live).encode(None);
+        let l = lines(&text);
+        assert!(
+            l.contains(&"relay_turn_responses_total{method=\"Allocate\",code=\"200\"} 1"),
+            "{text}"
+        );
+        assert!(
+            l.contains(&"# TYPE relay_turn_allocation_setup_seconds histogram"),
+            "{text}"
+        );
+        // Cumulative buckets: nothing up to 2.5 ms, the one setup from 5 ms on.
+        assert!(
+            l.contains(&"relay_turn_allocation_setup_seconds_bucket{le=\"0.0025\"} 0"),
+            "{text}"
+        );
+        assert!(
+            l.contains(&"relay_turn_allocation_setup_seconds_bucket{le=\"0.005\"} 1"),
+            "{text}"
+        );
+        assert!(
+            l.contains(&"relay_turn_allocation_setup_seconds_bucket{le=\"+Inf\"} 1"),
+            "{text}"
+        );
+        assert!(
+            l.contains(&"relay_turn_allocation_setup_seconds_count 1"),
             "{text}"
         );
     }

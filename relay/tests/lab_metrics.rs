@@ -139,6 +139,21 @@ fn counters_move_with_traffic_in_the_kernel_and_promtool_accepts_them() {
         "the Allocate and ChannelBind went up to the server: {after}"
     );
     assert_eq!(value(&after, "relay_ready"), Some(1.0));
+    // The client's Allocate: challenged (401), then granted; its ChannelBind granted.
+    let responses = |method: &str, code: u16| {
+        value(
+            &after,
+            &format!("relay_turn_responses_total{{method=\"{method}\",code=\"{code}\"}}"),
+        )
+    };
+    assert!(responses("Allocate", 401).unwrap() >= 1.0, "{after}");
+    assert_eq!(responses("Allocate", 200), Some(1.0), "{after}");
+    assert!(responses("ChannelBind", 200).unwrap() >= 1.0, "{after}");
+    assert_eq!(
+        value(&after, "relay_turn_allocation_setup_seconds_count"),
+        Some(1.0),
+        "{after}"
+    );
     // The channel's two flows, its relayed address and its permission are in the kernel.
     let entries = |map: &str| value(&after, &format!("relay_bpf_map_entries{{map=\"{map}\"}}"));
     assert!(entries("FLOWS").unwrap() >= 2.0, "{after}");

@@ -336,6 +336,8 @@ impl Control {
         let core = &self.rooms.core;
         live.control
             .set(&self.server.stats(), &core.stats(), core.counts());
+        live.control
+            .set_answers(self.server.answers(), self.server.setup_times());
         if let Some(kernel) = &self.kernel {
             let mut used = kernel.entries();
             used[crate::metrics::MAP_POLICERS] = u64::from(self.limits.slots_used());

@@ -1,6 +1,7 @@
 //! The TURN server (RFC 8656): a sans-IO state machine and the pieces it is made of.
 
 mod allocation;
+pub mod answers;
 pub mod auth;
 pub mod client;
 pub mod policy;

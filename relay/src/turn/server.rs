@@ -203,6 +203,8 @@ const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 struct PendingAllocate {
     tuple: ClientTuple,
+    /// When its authenticated Allocate was taken (setup time runs from here).
+    accepted: Instant,
     tid: TransactionId,
     auth: Authenticated,
     lifetime: Duration,
@@ -253,6 +255,9 @@ pub struct Server {
     reflection: ReflectionLimit,
     reservations: HashMap<u64, (SocketAddr, Instant)>,
     pending: HashMap<u64, PendingAllocate>,
+    /// What was answered, and how long allocations took to set up (metrics).
+    answers: super::answers::Answers,
+    setup_times: super::answers::SetupTimes,
     /// Restored allocations and reservations whose sockets are being bound again, by bind
     /// id: kept apart from `pending`, as there is no request to answer.
     restoring: HashMap<u64, Restoring>,
@@ -296,6 +301,8 @@ impl Server {
             per_user: HashMap::new(),
             reservations: HashMap::new(),
             pending: HashMap::new(),
+            answers: super::answers::Answers::default(),
+            setup_times: super::answers::SetupTimes::default(),
             restoring: HashMap::new(),
             dirty: false,
             next_id: 1,
@@ -319,6 +326,16 @@ impl Server {
             allocations: self.allocations.len(),
             ..self.stats
         }
+    }
+
+    /// Responses sent, by method and code.
+    pub fn answers(&self) -> &super::answers::Answers {
+        &self.answers
+    }
+
+    /// How long allocations took from their authenticated Allocate to success.
+    pub fn setup_times(&self) -> &super::answers::SetupTimes {
+        &self.setup_times
     }
 
     /// The relayed addresses of the allocation on `tuple`, if any.
@@ -638,6 +655,9 @@ impl Server {
         }
         b.add_xor_address(attr::XOR_MAPPED_ADDRESS, p.tuple.client);
         let response = self.finish(b, Some(&p.auth), p.fingerprint);
+        self.answers.count(&response);
+        self.setup_times
+            .observe(now.saturating_duration_since(p.accepted));
 
         let id = self.next_id;
         self.next_id += 1;
@@ -1037,6 +1057,7 @@ impl Server {
         fingerprint: bool,
     ) {
         let data = self.finish(b, auth, fingerprint);
+        self.answers.count(&data);
         self.outputs.push_back(Output::ToClient { tuple, data });
     }
 
@@ -1170,6 +1191,7 @@ impl Server {
             id,
             PendingAllocate {
                 tuple,
+                accepted: now,
                 tid: msg.transaction_id(),
                 auth: auth.clone(),
                 lifetime,

@@ -80,14 +80,23 @@ pub(crate) fn metric_names(what: &str, expr: &str) -> BTreeSet<String> {
     names.0
 }
 
-/// The metric families an exposition (text format 0.0.4) declares.
+/// The series names an exposition (text format 0.0.4) declares: each family's, and a
+/// histogram's `_bucket`, `_sum` and `_count`.
 pub(crate) fn exposed(exposition: &str) -> BTreeSet<String> {
-    exposition
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_owned)
-        .collect()
+    let mut names = BTreeSet::new();
+    for declared in exposition.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let mut words = declared.split_whitespace();
+        let (Some(name), kind) = (words.next(), words.next()) else {
+            continue;
+        };
+        if kind == Some("histogram") {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                names.insert(format!("{name}{suffix}"));
+            }
+        }
+        names.insert(name.to_owned());
+    }
+    names
 }
 
 /// Names the monitoring selects that `exposition` lacks (Prometheus's own `up` aside).
