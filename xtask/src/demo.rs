@@ -11,7 +11,7 @@
 //! would send. The relay's XDP counters on exit say what the kernel saw.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, UdpSocket},
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -146,6 +146,8 @@ fn demo(lab: &Lab, relay: &std::path::Path, config: &std::path::Path) -> anyhow:
         .recv_from(&mut [0; 16])
         .context("the marker datagram never arrived")?;
     let elapsed = started.elapsed();
+    // What Prometheus would scrape, from the API's listener (no token for the probes).
+    let metrics = scrape(lab, "/metrics")?;
 
     kill(Pid::from_raw(child.0.id().cast_signed()), Signal::SIGINT)?;
     let mut table = String::new();
@@ -159,7 +161,20 @@ fn demo(lab: &Lab, relay: &std::path::Path, config: &std::path::Path) -> anyhow:
     if !status.success() {
         bail!("relay exited with {status}");
     }
-    report(&sessions, &room, &table, &mode, elapsed)
+    report(&sessions, &room, (&table, &metrics), &mode, elapsed)
+}
+
+/// `GET path` on the relay's control API listener (in the relay host's loopback): the
+/// response, headers and body.
+fn scrape(lab: &Lab, path: &str) -> anyhow::Result<String> {
+    lab.in_netns(Host::Relay, || -> anyhow::Result<String> {
+        let mut stream = std::net::TcpStream::connect("127.0.0.1:8080")?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: relay\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    })?
 }
 
 /// What the room's classrooms decoded, and the room as `relay room show` printed it.
@@ -315,7 +330,7 @@ fn session(lab: &Lab, name: &'static str, flags: &[&str]) -> anyhow::Result<Sess
 fn report(
     sessions: &[Session],
     room: &Room,
-    table: &str,
+    (table, metrics): (&str, &str),
     mode: &str,
     elapsed: Duration,
 ) -> anyhow::Result<()> {
@@ -379,6 +394,24 @@ fn report(
     println!(
         "  XDP dropped {truncated} as truncated and {malformed} as malformed before the stack saw them."
     );
+    println!("- What Prometheus would scrape from GET /metrics (a few of its series):");
+    let shown = [
+        "relay_ready ",
+        "relay_xdp_packets_total{verdict=\"forwarded\"}",
+        "relay_xdp_packets_total{verdict=\"fan-out\"}",
+        "relay_turn_responses_total{method=\"Allocate\"",
+        "relay_turn_allocation_setup_seconds_count",
+        "relay_rooms ",
+        "relay_room_subscriptions ",
+        "relay_bpf_map_entries{map=\"ROOM_ROUTES\"}",
+    ];
+    for line in metrics
+        .lines()
+        .filter(|l| shown.iter().any(|s| l.starts_with(s)))
+    {
+        println!("  {line}");
+    }
+    ok &= metrics.lines().any(|l| l == "relay_ready 1");
     ok &= forwarded * 100 >= channel_packets * 99 && fanned_out > 0;
     ok &= truncated == u64::from(BROKEN_FRAMES)
         && malformed == u64::from(BROKEN_FRAMES)
