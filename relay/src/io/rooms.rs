@@ -214,37 +214,31 @@ impl RoomPlane {
         refresh(&mut self.routes, kernel);
         let call = self.next_call;
         self.next_call += 1;
-        match &request {
-            Request::CreateRoom(spec) => {
-                if let Some(bps) = spec.max_bitrate_bps.filter(|b| *b > 0) {
-                    let Some(slot) = limits.bitrate_slot(bps) else {
-                        let _ = reply.send(Err(ApiError::new(
-                            507,
-                            Some("max_bitrate_bps"),
-                            "no policer slot left to enforce it",
-                        )));
-                        return;
-                    };
+        let limit = match &request {
+            Request::CreateRoom(spec) => spec.max_bitrate_bps,
+            Request::CreateEndpoint { spec, .. } => spec.max_bitrate_bps,
+            _ => None,
+        };
+        if let Some(bps) = limit.filter(|b| *b > 0) {
+            let Some(slot) = limits.bitrate_slot(bps) else {
+                let _ = reply.send(Err(ApiError::new(
+                    507,
+                    Some("max_bitrate_bps"),
+                    "no policer slot left to enforce it",
+                )));
+                return;
+            };
+            match &request {
+                Request::CreateRoom(spec) => {
                     self.creating.insert(call, (spec.name.clone(), slot));
                 }
-            }
-            Request::CreateEndpoint { spec, .. } => {
-                if let Some(bps) = spec.max_bitrate_bps.filter(|b| *b > 0) {
-                    let Some(slot) = limits.bitrate_slot(bps) else {
-                        let _ = reply.send(Err(ApiError::new(
-                            507,
-                            Some("max_bitrate_bps"),
-                            "no policer slot left to enforce it",
-                        )));
-                        return;
-                    };
+                _ => {
                     self.creating_endpoint.insert(call, slot);
                 }
             }
-            Request::DeleteRoom { room } => {
-                self.deleting.insert(call, room.clone());
-            }
-            _ => {}
+        }
+        if let Request::DeleteRoom { room } = &request {
+            self.deleting.insert(call, room.clone());
         }
         self.replies.insert(call, reply);
         let counted = Counted(&self.routes, &self.totals);
