@@ -54,6 +54,13 @@ pub const MAPS: [(&str, u32); 5] = [
 /// Where `POLICERS` is in [`MAPS`].
 pub const MAP_POLICERS: usize = 4;
 
+/// Stores each value in its counter: how the planes publish what they counted.
+pub fn store<'a>(pairs: impl IntoIterator<Item = (&'a AtomicU64, u64)>) {
+    for (to, value) in pairs {
+        to.store(value, Relaxed);
+    }
+}
+
 /// The control task's counts, set after each turn.
 #[derive(Debug, Default)]
 pub struct ControlCounts {
@@ -92,7 +99,7 @@ impl ControlCounts {
 
     /// Takes the TURN server's and the room core's figures.
     pub fn set(&self, turn: &crate::turn::Stats, rooms: &crate::room::Stats, counts: [usize; 3]) {
-        for (to, from) in [
+        store([
             (&self.allocations, turn.allocations as u64),
             (&self.rooms, counts[0] as u64),
             (&self.room_endpoints, counts[1] as u64),
@@ -105,9 +112,7 @@ impl ControlCounts {
             (&self.room_malformed, rooms.malformed),
             (&self.room_foreign, rooms.foreign),
             (&self.room_unknown_ssrc, rooms.unknown_ssrc),
-        ] {
-            to.store(from, Relaxed);
-        }
+        ]);
     }
 }
 

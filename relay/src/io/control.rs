@@ -341,9 +341,7 @@ impl Control {
         if let Some(kernel) = &self.kernel {
             let mut used = kernel.entries();
             used[crate::metrics::MAP_POLICERS] = u64::from(self.limits.slots_used());
-            for (to, from) in live.control.map_entries.iter().zip(used) {
-                to.store(from, std::sync::atomic::Ordering::Relaxed);
-            }
+            crate::metrics::store(live.control.map_entries.iter().zip(used));
         }
     }
 

@@ -215,7 +215,7 @@ impl Datapath {
     pub(crate) fn publish(&self, send_errors: u64, truncated: u64) {
         let Some(live) = &self.live else { return };
         let (s, l) = (&self.stats, &live.datapath);
-        for (to, from) in [
+        crate::metrics::store([
             (&l.channel_to_peer, s.fast_to_peer),
             (&l.channel_to_client, s.fast_to_client),
             (&l.room_forwarded, s.media_forwarded),
@@ -225,9 +225,7 @@ impl Datapath {
             (&l.control_full, s.control_full),
             (&l.send_errors, send_errors),
             (&l.truncated, truncated),
-        ] {
-            to.store(from, std::sync::atomic::Ordering::Relaxed);
-        }
+        ]);
     }
 
     fn new_id(&mut self, role: Role) -> SocketId {
