@@ -251,6 +251,34 @@ fn a_surgery_camera_reaches_64_classrooms_through_tc_and_every_frame_decodes() {
     assert_eq!(fanned, received, "{summary}");
 }
 
+/// Track "video" of SSRC `ssrc` on endpoint "cam" of `room`, and a classroom endpoint on the
+/// peer host for each of `ports` subscribed to it: their receivers.
+fn video_to_classrooms(s: &RoomsRelay, room: &str, ssrc: u32, ports: &[u16]) -> Vec<UdpSocket> {
+    let ssrc = ssrc.to_string();
+    s.room(&[
+        "track",
+        "add",
+        room,
+        "video",
+        "--endpoint",
+        "cam",
+        "--ssrc",
+        &ssrc,
+        "--kind",
+        "video",
+    ]);
+    ports
+        .iter()
+        .map(|port| {
+            let name = format!("class-{port}");
+            let remote = format!("10.77.0.21:{port}");
+            s.room(&["endpoint", "add", room, &name, "--remote", &remote]);
+            s.room(&["subscribe", room, &name, "video"]);
+            receiver(&s.lab, Host::Peer, &remote)
+        })
+        .collect()
+}
+
 /// A publisher flooding at several times its tenant's limit: its room's route spends the
 /// tenant's policer in XDP (once per packet, before the TC copies), so the excess is
 /// dropped in the kernel (`over-limit`) and what passes is what the limit allows; a room
@@ -288,29 +316,7 @@ fn a_publisher_flooding_over_its_tenants_limit_is_held_in_the_kernel_and_another
         s.room(&create);
         let remote = format!("10.77.0.11:{cam_port}");
         let cam = s.room(&["endpoint", "add", room, "cam", "--remote", &remote]);
-        let ssrc = ssrc.to_string();
-        s.room(&[
-            "track",
-            "add",
-            room,
-            "video",
-            "--endpoint",
-            "cam",
-            "--ssrc",
-            &ssrc,
-            "--kind",
-            "video",
-        ]);
-        let receivers: Vec<UdpSocket> = to
-            .iter()
-            .map(|port| {
-                let name = format!("class-{port}");
-                let remote = format!("10.77.0.21:{port}");
-                s.room(&["endpoint", "add", room, &name, "--remote", &remote]);
-                s.room(&["subscribe", room, &name, "video"]);
-                receiver(&s.lab, Host::Peer, &remote)
-            })
-            .collect();
+        let receivers = video_to_classrooms(&s, room, ssrc, to);
         let addr: SocketAddr = cam["local"].as_str().unwrap().parse().unwrap();
         let camera = s
             .lab
@@ -377,29 +383,7 @@ fn an_endpoints_bitrate_limit_holds_in_the_kernel() {
         "--max-bitrate",
         &bps,
     ]);
-    let ssrc = SOLO.to_string();
-    s.room(&[
-        "track",
-        "add",
-        "studio",
-        "video",
-        "--endpoint",
-        "cam",
-        "--ssrc",
-        &ssrc,
-        "--kind",
-        "video",
-    ]);
-    let receivers: Vec<UdpSocket> = [7200_u16, 7202]
-        .iter()
-        .map(|port| {
-            let name = format!("class-{port}");
-            let to = format!("10.77.0.21:{port}");
-            s.room(&["endpoint", "add", "studio", &name, "--remote", &to]);
-            s.room(&["subscribe", "studio", &name, "video"]);
-            receiver(&s.lab, Host::Peer, &to)
-        })
-        .collect();
+    let receivers = video_to_classrooms(&s, "studio", SOLO, &[7200, 7202]);
     let addr: SocketAddr = cam["local"].as_str().unwrap().parse().unwrap();
     let camera = s
         .lab

@@ -358,6 +358,16 @@ fn removed_routes_are_no_longer_forwarded() {
     });
 }
 
+/// A limit whose burst is `packets` packets of `len` bytes and whose rate (1 bit/s)
+/// refills nothing while a test runs.
+fn burst_of(packets: u64, len: usize) -> relay_common::police::Limit {
+    relay_common::police::Limit {
+        packets_per_sec: 0,
+        bits_per_sec: 1,
+        burst_ns: packets * 8 * len as u64 * 1_000_000_000,
+    }
+}
+
 /// The room's and the tenant's policers are spent once per packet received, before it is
 /// forwarded (one destination) or marked (several); over the limit it is dropped and
 /// counted, on the policer and on the route.
@@ -385,14 +395,9 @@ fn room_routes_spend_their_policers_once_per_packet() {
             [0, 0, TENANT],
         );
         // A burst of 3 packets of this size, nothing refilled while the test runs.
-        dp.policers().unwrap().configure(
-            TENANT,
-            relay_common::police::Limit {
-                packets_per_sec: 0,
-                bits_per_sec: 1,
-                burst_ns: 3 * 8 * media.len() as u64 * 1_000_000_000,
-            },
-        );
+        dp.policers()
+            .unwrap()
+            .configure(TENANT, burst_of(3, media.len()));
         let relay = ip(Host::Relay, false);
         let frame = |ssrc| {
             udp_frame(
@@ -438,11 +443,7 @@ fn an_endpoints_policer_is_spent_with_the_tenants_all_or_none() {
         );
         // Bursts of 2 packets (the endpoint) and 3 (the tenant), nothing refilled while
         // the test runs.
-        let burst = |packets: u64| relay_common::police::Limit {
-            packets_per_sec: 0,
-            bits_per_sec: 1,
-            burst_ns: packets * 8 * media.len() as u64 * 1_000_000_000,
-        };
+        let burst = |packets| burst_of(packets, media.len());
         let policers = dp.policers().unwrap();
         policers.configure(ENDPOINT, burst(2));
         policers.configure(TENANT, burst(3));
