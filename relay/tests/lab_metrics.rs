@@ -34,17 +34,7 @@ const WITH_XDP: &[&str] = &[
 
 /// `GET path` on the probes' listener from client A: status and body.
 fn get(lab: &Lab, path: &str) -> (u16, String) {
-    lab.in_netns(Host::ClientA, || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(5)))
-            .build()
-            .into();
-        let mut response = agent.get(format!("http://{PROBES}{path}")).call().unwrap();
-        let body = response.body_mut().read_to_string().unwrap();
-        (response.status().as_u16(), body)
-    })
-    .unwrap()
+    support::http_get(lab, Host::ClientA, &format!("http://{PROBES}{path}"))
 }
 
 /// The value of the sample `series` (name and labels, as exposed), if there is one.
