@@ -576,6 +576,7 @@ impl Settings {
             keyframe_interval: Duration::from_secs(1),
             tenants: tenants.iter().map(|t| t.name.clone()).collect(),
             max_rooms: 1000,
+            policy: None,
         };
         let api = match (self.api_listen, &self.api_token_file) {
             (Some(listen), Some(path)) => Some(ApiConfig {
@@ -593,7 +594,10 @@ impl Settings {
         };
         let policy = self.start_policy()?;
         Ok(RunConfig {
-            rooms,
+            rooms: room::Config {
+                policy: policy.clone(),
+                ..rooms
+            },
             turn: turn::Config {
                 realm: self.realm.unwrap_or_else(|| "relay".to_owned()),
                 software: concat!("Relay ", env!("CARGO_PKG_VERSION")).to_owned(),

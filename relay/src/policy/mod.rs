@@ -281,6 +281,11 @@ pub async fn watch(shared: Shared, every: Duration) {
     }
 }
 
+/// An address as policies take it: `net.cidr_contains` wants the IP alone.
+pub fn address(addr: std::net::SocketAddr) -> serde_json::Value {
+    serde_json::json!({ "address": addr.ip().to_string(), "port": addr.port() })
+}
+
 fn describe(sources: &Sources) -> String {
     sources
         .rego

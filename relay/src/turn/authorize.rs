@@ -1,8 +1,6 @@
 //! The TURN requests a policy decides (Allocate, CreatePermission, ChannelBind), as input
 //! documents: who asks (`subject`), and for what (`object`). See README "Policy".
 
-use std::net::SocketAddr;
-
 use serde_json::{Value, json};
 
 use super::{ClientTuple, Transport, auth::Authenticated, tenant::Tenant, tenant::tenant_of};
@@ -37,11 +35,6 @@ fn subject(tuple: ClientTuple, auth: &Authenticated, tenants: &[Tenant]) -> Valu
         "port": tuple.client.port(),
         "transport": tuple.transport.name(),
     })
-}
-
-/// An address as policies compare it: `net.cidr_contains` takes the IP alone.
-pub(super) fn address(addr: SocketAddr) -> Value {
-    json!({ "address": addr.ip().to_string(), "port": addr.port() })
 }
 
 /// Asks `policy` (if there is one) whether the user of `tuple` may do `action` on `object`;

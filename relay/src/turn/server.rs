@@ -1289,8 +1289,8 @@ impl Server {
         // The policy last: what it sees is a request the relay would otherwise carry out.
         for peer in &peers {
             let object = serde_json::json!({
-                "peer": authorize::address(*peer),
-                "relayed": alloc.relayed_for(*peer).map(authorize::address),
+                "peer": crate::policy::address(*peer),
+                "relayed": alloc.relayed_for(*peer).map(crate::policy::address),
                 "channel": channel,
             });
             if let Some(reason) = self.denied(action, tuple, auth, object) {
