@@ -49,11 +49,22 @@ fn run(tool: &str, args: &[&str]) -> Result<String, String> {
 
 /// `helm template` of the chart with `values` (files of the chart) and `--set` pairs.
 fn template(values: &[&str], sets: &[&str], kube: &str) -> Result<String, String> {
+    template_of(&chart(), values, sets, kube)
+}
+
+/// `helm template` of `source` (the chart's directory or a packaged chart) with `values`
+/// (files of the chart's directory) and `--set` pairs.
+fn template_of(
+    source: &Path,
+    values: &[&str],
+    sets: &[&str],
+    kube: &str,
+) -> Result<String, String> {
     let chart = chart();
     let mut args = vec![
         "template".to_owned(),
         "relay".to_owned(),
-        chart.to_string_lossy().into_owned(),
+        source.to_string_lossy().into_owned(),
         "--namespace".to_owned(),
         "relay".to_owned(),
         "--kube-version".to_owned(),
@@ -464,7 +475,49 @@ fn tenants_and_a_low_port_render_as_the_relay_reads_them() {
 
 #[test]
 fn the_dashboard_alerts_and_service_monitor_ship_as_they_are() {
-    let objects = render(&["values-k3s-node.yaml"], &[]);
+    // From the chart's directory, and from its package, which must hold the linked files'
+    // content to stand alone.
+    let dir = tempfile::tempdir().unwrap();
+    let chart = chart();
+    let destination = dir.path().to_string_lossy();
+    run(
+        "helm",
+        &[
+            "package",
+            &chart.to_string_lossy(),
+            "--destination",
+            &destination,
+        ],
+    )
+    .unwrap_or_else(|e| panic!("helm package: {e}"));
+    let package = std::fs::read_dir(dir.path())
+        .unwrap()
+        .next()
+        .expect("helm package wrote nothing")
+        .unwrap()
+        .path();
+    for source in [chart, package] {
+        let yaml = template_of(
+            &source,
+            &["values-k3s-node.yaml"],
+            &[],
+            KUBERNETES_VERSIONS[0],
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+        shipped_as_they_are(&documents(&yaml));
+    }
+    // Off by default: the CRDs may not be installed.
+    let plain = render(&[], &[]);
+    assert!(
+        !plain
+            .iter()
+            .any(|o| CUSTOM_KINDS.contains(&o["kind"].as_str().unwrap()))
+    );
+}
+
+/// The dashboard ConfigMap is the dashboard file, the PrometheusRule the rules file, and
+/// the ServiceMonitor scrapes the job the rules select.
+fn shipped_as_they_are(objects: &[Value]) {
     let dashboard = objects
         .iter()
         .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "relay-dashboard")
@@ -476,7 +529,7 @@ fn the_dashboard_alerts_and_service_monitor_ship_as_they_are() {
         shipped.trim_end(),
         "the ConfigMap is the dashboard file, byte for byte"
     );
-    let rule = find(&objects, "PrometheusRule");
+    let rule = find(objects, "PrometheusRule");
     let alerts: Value = serde_yaml_ng::from_str(
         &std::fs::read_to_string(appliance("prometheus/relay-alerts.yaml")).unwrap(),
     )
@@ -489,24 +542,17 @@ fn the_dashboard_alerts_and_service_monitor_ship_as_they_are() {
         rule["metadata"]["labels"]["release"],
         "kube-prometheus-stack"
     );
-    let monitor = find(&objects, "ServiceMonitor");
+    let monitor = find(objects, "ServiceMonitor");
     assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
     // The alert rules select job="relay": the job is the Service's name label.
     assert_eq!(monitor["spec"]["jobLabel"], "app.kubernetes.io/name");
-    let service = find(&objects, "Service");
+    let service = find(objects, "Service");
     assert_eq!(
         service["metadata"]["labels"]["app.kubernetes.io/name"],
         "relay"
     );
     assert_eq!(service["spec"]["clusterIP"], "None");
     assert_eq!(service["spec"]["ports"][0]["targetPort"], "metrics");
-    // Off by default: the CRDs may not be installed.
-    let plain = render(&[], &[]);
-    assert!(
-        !plain
-            .iter()
-            .any(|o| CUSTOM_KINDS.contains(&o["kind"].as_str().unwrap()))
-    );
 }
 
 #[test]
