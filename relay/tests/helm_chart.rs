@@ -365,7 +365,9 @@ fn the_daemonset_keeps_media_flowing_across_restarts() {
             "--profile",
             "edge-4c8g",
             "--config",
-            "/etc/relay/relay.toml"
+            "/etc/relay/relay.toml",
+            "--interface",
+            "eth0"
         ])
     );
     assert_eq!(
