@@ -103,6 +103,18 @@ fn find<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} rendered"))
 }
 
+/// kubernetes-validate's report on `yaml` against Kubernetes `kube`'s schemas, strict
+/// (unknown fields refused); its report as the error when an object fails.
+fn validate(yaml: &str, kube: &str) -> Result<String, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let rendered = dir.path().join("rendered.yaml");
+    std::fs::write(&rendered, yaml).unwrap();
+    run(
+        "kubernetes-validate",
+        &["--strict", "-k", kube, &rendered.to_string_lossy()],
+    )
+}
+
 /// The house rules' messages for `object`.
 fn house_denials(object: &Value) -> Vec<String> {
     let mut engine = regorus::Engine::new();
@@ -125,7 +137,6 @@ fn house_denials(object: &Value) -> Vec<String> {
 #[test]
 fn each_values_file_lints_renders_and_passes_the_schemas_and_the_house_rules() {
     let chart = chart();
-    let dir = tempfile::tempdir().unwrap();
     for file in VALUES_FILES {
         let values = chart.join(file);
         run(
@@ -142,13 +153,8 @@ fn each_values_file_lints_renders_and_passes_the_schemas_and_the_house_rules() {
         for kube in KUBERNETES_VERSIONS {
             let yaml = template(&[file], &[], kube)
                 .unwrap_or_else(|e| panic!("helm template -f {file} (Kubernetes {kube}): {e}"));
-            let rendered = dir.path().join(format!("{file}-{kube}.yaml"));
-            std::fs::write(&rendered, &yaml).unwrap();
-            let report = run(
-                "kubernetes-validate",
-                &["--strict", "-k", kube, &rendered.to_string_lossy()],
-            )
-            .unwrap_or_else(|e| panic!("{file} against Kubernetes {kube}'s schemas: {e}"));
+            let report = validate(&yaml, kube)
+                .unwrap_or_else(|e| panic!("{file} against Kubernetes {kube}'s schemas: {e}"));
             let objects = documents(&yaml);
             for object in &objects {
                 let kind = object["kind"].as_str().unwrap();
@@ -387,26 +393,24 @@ fn edge_with_tls() -> (Vec<Value>, Value, Value) {
     (objects, pod, relay)
 }
 
-#[test]
-fn relay_toml_parses_as_the_relay_reads_it_and_points_at_the_mounted_secrets() {
-    let (objects, pod, relay) = edge_with_tls();
-    // Unknown keys are refused, as by `relay run --config`; secrets are owner-only files.
-    let config = find(&objects, "ConfigMap")["data"]["relay.toml"]
+/// relay.toml of `objects`, parsed as the relay reads it: unknown keys refused, as by
+/// `relay run --config`.
+fn relay_toml(objects: &[Value]) -> relay::config::Settings {
+    let config = find(objects, "ConfigMap")["data"]["relay.toml"]
         .as_str()
         .unwrap();
-    let settings: relay::config::Settings =
-        toml::from_str(config).unwrap_or_else(|e| panic!("relay.toml: {e}\n{config}"));
-    assert_eq!(settings.interface, ["eth0"]);
-    assert_eq!(
-        settings.state_dir.as_deref(),
-        Some(Path::new("/var/lib/relay"))
-    );
-    assert_eq!(settings.use_auth_secret, Some(true));
-    for (file, volume_name) in [
-        (settings.static_auth_secret_file.unwrap(), "turn-secret"),
-        (settings.cert.unwrap(), "tls"),
-        (settings.pkey.unwrap(), "tls"),
-    ] {
+    toml::from_str(config).unwrap_or_else(|e| panic!("relay.toml: {e}\n{config}"))
+}
+
+/// Each file is in the mount of its Secret volume, which holds it owner-only; no Secret
+/// reaches the environment.
+fn secret_files(objects: &[Value], files: &[(Option<PathBuf>, &str)]) {
+    let pod = &find(objects, "DaemonSet")["spec"]["template"]["spec"];
+    let relay = &pod["containers"][0];
+    for (file, volume_name) in files {
+        let file = file
+            .as_deref()
+            .unwrap_or_else(|| panic!("no file for {volume_name} in relay.toml"));
         let dir = named(&relay["volumeMounts"], volume_name)["mountPath"]
             .as_str()
             .unwrap();
@@ -426,6 +430,47 @@ fn relay_toml_parses_as_the_relay_reads_it_and_points_at_the_mounted_secrets() {
         !relay.to_string().contains("secretKeyRef"),
         "a secret in the environment"
     );
+}
+
+#[test]
+fn relay_toml_parses_as_the_relay_reads_it_and_points_at_the_mounted_secrets() {
+    let (objects, ..) = edge_with_tls();
+    let settings = relay_toml(&objects);
+    assert_eq!(settings.interface, ["eth0"]);
+    assert_eq!(
+        settings.state_dir.as_deref(),
+        Some(Path::new("/var/lib/relay"))
+    );
+    assert_eq!(settings.use_auth_secret, Some(true));
+    secret_files(
+        &objects,
+        &[
+            (settings.static_auth_secret_file, "turn-secret"),
+            (settings.cert, "tls"),
+            (settings.pkey, "tls"),
+        ],
+    );
+    // Static users and the control API's token are files of their Secrets too; with the
+    // chart's escape hatch for old kernels the manifests still fit the schemas.
+    let sets = [
+        "turn.usersSecret.existingSecret=relay-users",
+        "api.listen=127.0.0.1:8080",
+        "api.tokenSecret.existingSecret=relay-api",
+        "privileged=true",
+    ];
+    let objects = render(&[], &sets);
+    let settings = relay_toml(&objects);
+    assert_eq!(settings.api_listen, Some("127.0.0.1:8080".parse().unwrap()));
+    secret_files(
+        &objects,
+        &[
+            (settings.user_file, "users"),
+            (settings.api_token_file, "api-token"),
+        ],
+    );
+    let kube = KUBERNETES_VERSIONS[0];
+    validate(&template(&[], &sets, kube).unwrap(), kube)
+        .unwrap_or_else(|e| panic!("privileged, API and users against {kube}'s schemas: {e}"));
 }
 
 #[test]
