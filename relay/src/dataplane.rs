@@ -92,6 +92,15 @@ impl Pins {
         &self.dir
     }
 
+    /// Whether the data plane's counter maps are still pinned: gone, someone ran `relay
+    /// down` or removed the pins (or bpffs) under a running relay, and a restart would not
+    /// find its flows.
+    pub fn intact(&self) -> bool {
+        [VERDICTS_MAP, POLICED_MAP]
+            .iter()
+            .all(|m| self.maps().join(m).exists())
+    }
+
     fn maps(&self) -> PathBuf {
         self.dir.join(format!("maps-v{LAYOUT}"))
     }

@@ -141,6 +141,21 @@ impl Live {
             ..Self::default()
         })
     }
+
+    /// What `/readyz` and `relay_ready` say: the relay serves and, when it runs a data
+    /// plane, that data plane is still pinned; else why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.ready.load(Relaxed) {
+            return Err("not ready\n".to_owned());
+        }
+        match &self.pins {
+            Some(pins) if !pins.intact() => Err(format!(
+                "not ready: the data plane pinned at {} is gone\n",
+                pins.dir().display()
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The scrape: a registry whose one collector reads [`Live`] when asked.
@@ -237,7 +252,7 @@ impl Collector for LiveCollector {
             "1 once the relay serves (what /readyz answers), 0 before and while it stops.",
             [(
                 Vec::new(),
-                ConstGauge::new(i64::from(live.ready.load(Relaxed))),
+                ConstGauge::new(i64::from(live.readiness().is_ok())),
             )],
         )?;
         let pinned = live

@@ -158,6 +158,27 @@ fn counters_move_with_traffic_in_the_kernel_and_promtool_accepts_them() {
     // The shipped dashboard and alerts name only metrics this exposition has.
     let missing = monitoring_support::missing_from(&after);
     assert!(missing.is_empty(), "{missing:?}\n{after}");
+    // The data plane lost under the running relay (its pins removed, as `relay down` from
+    // another shell would): no longer ready, and /readyz says why.
+    let removed = Command::new("nsenter")
+        .args([
+            "-t",
+            &relay.pid().to_string(),
+            "-m",
+            "rm",
+            "-r",
+            "/sys/fs/bpf/relay/default",
+        ])
+        .status()
+        .unwrap();
+    assert!(removed.success());
+    let (status, why) = get(&lab, "/readyz");
+    assert_eq!(status, 503, "{why}");
+    assert!(
+        why.contains("the data plane pinned at /sys/fs/bpf/relay/default is gone"),
+        "{why}"
+    );
+    assert_eq!(value(&get(&lab, "/metrics").1, "relay_ready"), Some(0.0));
     drop(relay);
 }
 

@@ -150,6 +150,11 @@ impl RunningRelay {
         }
     }
 
+    /// The relay's process id (`ip netns exec` execs it: the child is the relay).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends `signal` (SIGHUP, say) to the relay, which goes on running.
     pub(crate) fn signal(&self, signal: Signal) {
         nix::sys::signal::kill(Pid::from_raw(self.child.id().cast_signed()), signal).unwrap();
