@@ -8,7 +8,10 @@
 //! over IPv6. Then a room: a GStreamer camera on client A (SRTP VP8, as an operating
 //! room's encoder would send it) reaches three GStreamer classrooms, set up with `relay
 //! room` over the control API. Then client B writes frames onto the wire that no stack
-//! would send. The relay's XDP counters on exit say what the kernel saw.
+//! would send. The relay's XDP counters on exit say what the kernel saw. Every TURN request
+//! and every join, publish and subscription is decided by the shipped telemedicine Rego
+//! policy with this site's data (`demo-policy.json`): a visitor's join is refused, and the
+//! audit log has every decision.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -30,6 +33,8 @@ use xtask::{
 };
 
 const CONFIG: &str = include_str!("demo.toml");
+const POLICY: &str = include_str!("../../appliance/policy/telemedicine.rego");
+const POLICY_DATA: &str = include_str!("demo-policy.json");
 const PEER_PORT: u16 = 3480;
 const CLIENTS: u32 = 2;
 const PACKETS: u32 = 250;
@@ -63,7 +68,22 @@ pub(crate) fn run(relay: &std::path::Path) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("relay-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("relay.toml");
-    std::fs::write(&config, CONFIG)?;
+    let (policy, data) = (dir.join("telemedicine.rego"), dir.join("site.json"));
+    std::fs::write(&policy, POLICY)?;
+    std::fs::write(&data, POLICY_DATA)?;
+    // TOML basic strings, quoted as JSON quotes them.
+    let quoted = |p: &std::path::Path| serde_json::Value::from(p.display().to_string());
+    std::fs::write(
+        &config,
+        format!(
+            "{CONFIG}# The shipped telemedicine policy decides every TURN request and room join, \
+             publish and subscription,\n# with this site's data; every decision goes to the audit log.\n\
+             policy = [{}]\npolicy-data = {}\naudit-log = {}\n",
+            quoted(&policy),
+            quoted(&data),
+            quoted(&dir.join("audit.log"))
+        ),
+    )?;
     // It holds passwords: its owner's only; so does the control API's token.
     std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let token = dir.join("api-token");
@@ -94,7 +114,7 @@ fn demo(lab: &Lab, relay: &std::path::Path, config: &std::path::Path) -> anyhow:
 
     println!(
         "demo: starting relay with the embedded default:\n{}",
-        indent(CONFIG)
+        indent(&std::fs::read_to_string(config)?)
     );
     let mut child = Background(
         lab.command(Host::Relay, relay.to_str().context("non-UTF-8 path")?)
@@ -161,7 +181,8 @@ fn demo(lab: &Lab, relay: &std::path::Path, config: &std::path::Path) -> anyhow:
     if !status.success() {
         bail!("relay exited with {status}");
     }
-    report(&sessions, &room, (&table, &metrics), &mode, elapsed)
+    let audit = std::fs::read_to_string(config.with_file_name("audit.log"))?;
+    report(&sessions, &room, (&table, &metrics, &audit), &mode, elapsed)
 }
 
 /// `GET path` on the relay's control API listener (in the relay host's loopback): the
@@ -181,21 +202,33 @@ fn scrape(lab: &Lab, path: &str) -> anyhow::Result<String> {
 struct Room {
     decoded: Vec<(&'static str, usize)>,
     shown: String,
+    /// What `relay room` said when the policy refused a visitor's join.
+    refused: String,
 }
 
 /// A room through the control API: a camera on client A, three classrooms (two on the
 /// peer host, one on client B), each a GStreamer pipeline.
-fn room(lab: &Lab, relay: &std::path::Path, token: &std::path::Path) -> anyhow::Result<Room> {
-    let relay = relay.to_str().context("non-UTF-8 path")?;
-    let token = token.to_str().context("non-UTF-8 path")?;
-    let cli = |args: &[&str], json: bool| -> anyhow::Result<String> {
+/// `relay room` on the relay host, through the control API.
+struct RoomCli<'a> {
+    lab: &'a Lab,
+    relay: &'a str,
+    token: &'a str,
+}
+
+impl RoomCli<'_> {
+    fn run(&self, args: &[&str], json: bool) -> anyhow::Result<std::process::Output> {
         println!("demo: relay room {}", args.join(" "));
-        let mut command = lab.command(Host::Relay, relay);
-        command.args(["room", "--api", API, "--token-file", token]);
+        let mut command = self.lab.command(Host::Relay, self.relay);
+        command.args(["room", "--api", API, "--token-file", self.token]);
         if json {
             command.arg("--json");
         }
-        let out = command.args(args).output()?;
+        Ok(command.args(args).output()?)
+    }
+
+    /// Its output, or an error with what it said.
+    fn ok(&self, args: &[&str], json: bool) -> anyhow::Result<String> {
+        let out = self.run(args, json)?;
         if !out.status.success() {
             bail!(
                 "relay room {args:?}: {}",
@@ -203,9 +236,50 @@ fn room(lab: &Lab, relay: &std::path::Path, token: &std::path::Path) -> anyhow::
             );
         }
         Ok(String::from_utf8(out.stdout)?)
-    };
-    cli(&["create", "surgery"], false)?;
-    let cam = cli(&["endpoint", "add", "surgery", "cam"], true)?;
+    }
+}
+
+/// A visitor trying to join the surgery: what `relay room` said when the policy refused.
+fn visitor_refused(cli: &RoomCli) -> anyhow::Result<String> {
+    let visitor = cli.run(
+        &[
+            "endpoint",
+            "add",
+            "surgery",
+            "visitor",
+            "--remote",
+            "10.77.0.12:6004",
+            "--attribute",
+            "role=visitor",
+        ],
+        false,
+    )?;
+    if visitor.status.success() {
+        bail!("the policy let a visitor join the surgery");
+    }
+    Ok(String::from_utf8_lossy(&visitor.stderr).trim().to_owned())
+}
+
+fn room(lab: &Lab, relay: &std::path::Path, token: &std::path::Path) -> anyhow::Result<Room> {
+    let relay = relay.to_str().context("non-UTF-8 path")?;
+    let token = token.to_str().context("non-UTF-8 path")?;
+    let cli = |args: &[&str], json: bool| RoomCli { lab, relay, token }.ok(args, json);
+    // What the policy decides with: the patient's consent, each endpoint's role.
+    cli(
+        &["create", "surgery", "--attribute", "patient_consent=true"],
+        false,
+    )?;
+    let cam = cli(
+        &[
+            "endpoint",
+            "add",
+            "surgery",
+            "cam",
+            "--attribute",
+            "role=surgeon",
+        ],
+        true,
+    )?;
     // The endpoint's address on the relay, from the API's JSON.
     let cam: serde_json::Value = serde_json::from_str(&cam)?;
     let cam_port = cam["local"]
@@ -238,7 +312,16 @@ fn room(lab: &Lab, relay: &std::path::Path, token: &std::path::Path) -> anyhow::
     for (name, host, port) in classrooms {
         let remote = format!("{}:{port}", host.ipv4());
         cli(
-            &["endpoint", "add", "surgery", name, "--remote", &remote],
+            &[
+                "endpoint",
+                "add",
+                "surgery",
+                name,
+                "--remote",
+                &remote,
+                "--attribute",
+                "role=doctor",
+            ],
             false,
         )?;
         cli(&["subscribe", "surgery", name, "video"], false)?;
@@ -261,7 +344,12 @@ fn room(lab: &Lab, relay: &std::path::Path, token: &std::path::Path) -> anyhow::
         .map(|(name, viewer)| (*name, viewer.decoded(FRAMES)))
         .collect();
     let shown = cli(&["show", "surgery"], false)?;
-    Ok(Room { decoded, shown })
+    let refused = visitor_refused(&RoomCli { lab, relay, token })?;
+    Ok(Room {
+        decoded,
+        shown,
+        refused,
+    })
 }
 
 /// The demo's TURN sessions, one after the other.
@@ -330,7 +418,7 @@ fn session(lab: &Lab, name: &'static str, flags: &[&str]) -> anyhow::Result<Sess
 fn report(
     sessions: &[Session],
     room: &Room,
-    (table, metrics): (&str, &str),
+    (table, metrics, audit): (&str, &str, &str),
     mode: &str,
     elapsed: Duration,
 ) -> anyhow::Result<()> {
@@ -394,6 +482,7 @@ fn report(
     println!(
         "  XDP dropped {truncated} as truncated and {malformed} as malformed before the stack saw them."
     );
+    ok &= report_policy(room, audit);
     println!("- What Prometheus would scrape from GET /metrics (a few of its series):");
     let shown = [
         "relay_ready ",
@@ -404,6 +493,7 @@ fn report(
         "relay_rooms ",
         "relay_room_subscriptions ",
         "relay_bpf_map_entries{map=\"ROOM_ROUTES\"}",
+        "relay_policy_decisions_total{action=\"room.join\"",
     ];
     for line in metrics
         .lines()
@@ -421,6 +511,26 @@ fn report(
         bail!("the demo did not go as it must: see the figures above");
     }
     Ok(())
+}
+
+/// What the policy decided, from the audit log; whether it refused the visitor alone.
+fn report_policy(room: &Room, audit: &str) -> bool {
+    let decisions: Vec<serde_json::Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let denied: Vec<&serde_json::Value> = decisions
+        .iter()
+        .filter(|d| d["decision"] == "deny")
+        .collect();
+    println!(
+        "- The telemedicine policy decided {} requests (TURN allocations, permissions and channels; the room's join, publish and subscriptions) and allowed {}; it refused the visitor's join:\n  {}\n  and the audit log says:\n  {}",
+        decisions.len(),
+        decisions.len() - denied.len(),
+        room.refused,
+        denied.first().map(ToString::to_string).unwrap_or_default()
+    );
+    denied.len() == 1 && room.refused.contains("staff role or a consenting patient")
 }
 
 /// Prints a child's log as it comes, labelled, and hands each line on.

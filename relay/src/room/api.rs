@@ -274,7 +274,7 @@ pub enum Response {
 
 /// A refused request: the HTTP status, the field at fault, and why. Nothing was changed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[error("{status} {}: {message}", field.as_deref().unwrap_or("-"))]
+#[error("{status}{}: {message}", field.as_deref().map(|f| format!(" {f}")).unwrap_or_default())]
 pub struct ApiError {
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
