@@ -64,7 +64,8 @@ pub fn store<'a>(pairs: impl IntoIterator<Item = (&'a AtomicU64, u64)>) {
 /// The control task's counts, set after each turn.
 #[derive(Debug, Default)]
 pub struct ControlCounts {
-    pub allocations: AtomicU64,
+    /// Allocations, permissions and channels held, by transport (`turn::Server::held`).
+    pub held: [[AtomicU64; 3]; 3],
     pub rooms: AtomicU64,
     pub room_endpoints: AtomicU64,
     pub room_subscriptions: AtomicU64,
@@ -100,7 +101,6 @@ impl ControlCounts {
     /// Takes the TURN server's and the room core's figures.
     pub fn set(&self, turn: &crate::turn::Stats, rooms: &crate::room::Stats, counts: [usize; 3]) {
         store([
-            (&self.allocations, turn.allocations as u64),
             (&self.rooms, counts[0] as u64),
             (&self.room_endpoints, counts[1] as u64),
             (&self.room_subscriptions, counts[2] as u64),
@@ -374,12 +374,30 @@ impl prometheus_client::encoding::EncodeMetric for Setup {
 }
 
 fn control(encoder: &mut DescriptorEncoder, c: &ControlCounts) -> Result<(), std::fmt::Error> {
-    for (name, help, value) in [
+    for (i, (name, help)) in [
         (
             "relay_turn_allocations",
-            "TURN allocations held.",
-            &c.allocations,
+            "TURN allocations held, by the client's transport.",
         ),
+        (
+            "relay_turn_permissions",
+            "Live permissions (peer IPs) of all allocations, by transport.",
+        ),
+        (
+            "relay_turn_channels",
+            "Live channels of all allocations, by transport.",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let by_transport = ["udp", "tcp", "tls"].iter().zip(&c.held).map(|(t, row)| {
+            let n = i64::try_from(row[i].load(Relaxed)).unwrap_or(i64::MAX);
+            (label("transport", t), ConstGauge::new(n))
+        });
+        family(encoder, name, help, by_transport)?;
+    }
+    for (name, help, value) in [
         ("relay_rooms", "Media rooms.", &c.rooms),
         (
             "relay_room_endpoints",

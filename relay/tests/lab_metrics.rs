@@ -119,11 +119,22 @@ fn counters_move_with_traffic_in_the_kernel_and_promtool_accepts_them() {
     let now = value(&after, forwarded).unwrap();
     eprintln!("forwarded in XDP: {was} before, {now} after {PACKETS} packets");
     assert!(now - was >= f64::from(PACKETS) * 0.99, "{after}");
-    assert_eq!(
-        value(&after, "relay_turn_allocations"),
-        Some(1.0),
-        "{after}"
-    );
+    // Its allocation, permission and channel: counted at most 100 ms after they were made.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, text) = get(&lab, "/metrics");
+        let held = |what: &str| value(&text, &format!("relay_turn_{what}{{transport=\"udp\"}}"));
+        let all = ["allocations", "permissions", "channels"].map(held);
+        eprintln!("held: {all:?}");
+        if all == [Some(1.0); 3] {
+            assert_eq!(
+                value(&text, "relay_turn_channels{transport=\"tcp\"}"),
+                Some(0.0)
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+    }
     assert!(
         value(&after, "relay_user_handed_up_packets_total").unwrap() > 0.0,
         "the Allocate and ChannelBind went up to the server: {after}"

@@ -157,6 +157,8 @@ pub(crate) struct State {
 /// Changes are written at most this often: one write per change made a thousand
 /// allocations arriving together cost a thousand snapshots of up to a thousand each.
 const SAVE_EVERY: Duration = Duration::from_millis(100);
+/// The shortest time between two counts of what the TURN server holds, for metrics.
+const HELD_EVERY: Duration = Duration::from_millis(100);
 
 impl State {
     pub(crate) fn new(file: PathBuf) -> Self {
@@ -214,6 +216,11 @@ pub(crate) struct Control {
     held: HashMap<SocketAddr, UdpSocket>,
     /// Allocations refused (508) because no policer slot was left for their `--max-bps`.
     no_policer: u64,
+    /// When the allocations, permissions and channels held were last counted for metrics,
+    /// and when next: a walk over every allocation, so after a change but at most every
+    /// `HELD_EVERY`, and once a second for expiries.
+    held_at: Option<Instant>,
+    held_due: Option<Instant>,
     rooms: RoomPlane,
 }
 
@@ -237,6 +244,8 @@ impl Control {
             streams: HashMap::new(),
             held: HashMap::new(),
             no_policer: 0,
+            held_at: None,
+            held_due: None,
             rooms,
         }
     }
@@ -297,6 +306,7 @@ impl Control {
                     None => calls = None,
                 },
                 () = sleep_until(self.state.due()), if self.state.due().is_some() => {}
+                () = sleep_until(self.held_due), if self.held_due.is_some() => {}
                 () = sleep_until(self.rooms.save_due()), if self.rooms.save_due().is_some() => {}
                 () = &mut shutdown => break,
             }
@@ -332,7 +342,21 @@ impl Control {
 
     /// The TURN server's and the rooms' figures, and how full the kernel's tables are,
     /// for metrics.
-    fn publish(&self, live: &crate::metrics::Live) {
+    fn publish(&mut self, live: &crate::metrics::Live) {
+        let now = Instant::now();
+        let due = self.held_due.is_some_and(|d| now >= d);
+        if due
+            || self
+                .held_at
+                .is_none_or(|at| now >= at + Duration::from_secs(1))
+        {
+            crate::metrics::store(
+                (live.control.held.iter().flatten())
+                    .zip(self.server.held(now).into_iter().flatten()),
+            );
+            self.held_at = Some(now);
+            self.held_due = None;
+        }
         let core = &self.rooms.core;
         live.control
             .set(&self.server.stats(), &core.stats(), core.counts());
@@ -495,6 +519,8 @@ impl Control {
     fn save_if_due(&mut self, now: Instant) {
         if self.server.take_dirty() {
             self.state.changed(now);
+            let earliest = self.held_at.map_or(now, |at| at + HELD_EVERY);
+            self.held_due.get_or_insert(earliest.max(now));
         }
         let server = &self.server;
         self.state

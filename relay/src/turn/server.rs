@@ -334,6 +334,19 @@ impl Server {
         }
     }
 
+    /// Allocations, their live permissions and their live channels (in that order), by
+    /// the transport of their 5-tuple: [`Transport::Udp`], `Tcp`, `Tls`.
+    pub fn held(&self, now: Instant) -> [[u64; 3]; 3] {
+        let mut held = [[0; 3]; 3];
+        for (tuple, alloc) in &self.allocations {
+            let row = &mut held[tuple.transport as usize];
+            row[0] += 1;
+            row[1] += alloc.permissions_live(now) as u64;
+            row[2] += alloc.channels_live(now) as u64;
+        }
+        held
+    }
+
     /// Responses sent, by method and code.
     pub fn answers(&self) -> &super::answers::Answers {
         &self.answers

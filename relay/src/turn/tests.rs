@@ -1778,3 +1778,19 @@ fn the_policy_decides_allocate_create_permission_and_channel_bind_with_its_reaso
     // Allocate: bob denied, alice allowed; CreatePermission 1/1; ChannelBind 1/1.
     assert_eq!(counts.decisions[..3], [[1, 1], [1, 1], [1, 1]]);
 }
+
+#[test]
+fn held_counts_allocations_permissions_and_channels_by_transport() {
+    let mut h = Harness::new(config());
+    assert_eq!(h.server.held(h.now), [[0; 3]; 3]);
+    let mut udp = Client::udp("10.77.0.11:40000", "alice", "secret");
+    udp.allocate(&mut h);
+    udp.permit(&mut h, addr("10.77.0.21:3480"));
+    udp.bind(&mut h, 0x4000, addr("10.77.0.22:3480"));
+    let mut tcp = Client::new(Transport::Tcp, "10.77.0.12:40000", "bob", "hunter2");
+    tcp.allocate(&mut h);
+    assert_eq!(h.server.held(h.now), [[1, 2, 1], [1, 0, 0], [0, 0, 0]]);
+    // Permissions and channels that expired are not held (RFC 8656: 300 s and 600 s).
+    h.advance(Duration::from_secs(301));
+    assert_eq!(h.server.held(h.now)[0][1..], [0, 1]);
+}
