@@ -44,6 +44,7 @@ fn server(now: Instant) -> Server {
         max_channels: 4,
         unauthenticated_rate: 100,
         tenants: vec![],
+        policy: None,
     };
     Server::new(config, now, 1_800_000_000, rand::SeedableRng::seed_from_u64(0))
 }
