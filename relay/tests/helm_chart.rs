@@ -637,3 +637,90 @@ fn bad_values_are_refused_with_what_to_change() {
         assert!(error.contains(message), "{sets:?}: {error}");
     }
 }
+
+/// The shipped telemedicine policy given to the chart: its own ConfigMap, mounted where
+/// relay.toml says, outside the config checksum (an update reloads, it does not restart
+/// the pods); the files as rendered load in Relay's policy engine and decide.
+#[test]
+fn a_policy_ships_in_its_own_config_map_and_loads_as_the_relay_loads_it() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../appliance/policy");
+    let dir = tempfile::tempdir().unwrap();
+    let values = dir.path().join("policy-values.yaml");
+    let data: Value =
+        serde_json::from_str(&std::fs::read_to_string(shipped.join("telemedicine.json")).unwrap())
+            .unwrap();
+    let doc = serde_json::json!({
+        "turn": { "authSecret": { "existingSecret": "relay-turn" } },
+        "policy": {
+            "rego": std::fs::read_to_string(shipped.join("telemedicine.rego")).unwrap(),
+            "data": data,
+        },
+    });
+    std::fs::write(&values, serde_yaml_ng::to_string(&doc).unwrap()).unwrap();
+    let objects = render(&[values.to_str().unwrap()], &[]);
+    let settings = relay_toml(&objects);
+    assert_eq!(
+        settings.policy,
+        [Path::new("/etc/relay-policy/policy.rego")]
+    );
+    assert_eq!(
+        settings.policy_data.as_deref(),
+        Some(Path::new("/etc/relay-policy/data.json"))
+    );
+    assert_eq!(
+        settings.audit_log.as_deref(),
+        Some(Path::new("/var/lib/relay/audit.log"))
+    );
+    let policy_map = objects
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "relay-policy")
+        .expect("the policy's ConfigMap");
+    let pod = &find(&objects, "DaemonSet")["spec"]["template"]["spec"];
+    assert_eq!(
+        named(&pod["containers"][0]["volumeMounts"], "policy")["mountPath"],
+        "/etc/relay-policy"
+    );
+    assert_eq!(
+        named(&pod["volumes"], "policy")["configMap"]["name"],
+        "relay-policy"
+    );
+    // The checksum that restarts pods covers relay.toml, not the policy: another policy,
+    // the same checksum.
+    let mut edited = doc.clone();
+    edited["policy"]["rego"] =
+        format!("# edited\n{}", doc["policy"]["rego"].as_str().unwrap()).into();
+    let other = dir.path().join("edited-values.yaml");
+    std::fs::write(&other, serde_yaml_ng::to_string(&edited).unwrap()).unwrap();
+    let checksum = |objects: &[Value]| {
+        find(objects, "DaemonSet")["spec"]["template"]["metadata"]["annotations"]
+            ["relay/config-checksum"]
+            .clone()
+    };
+    let edited = render(&[other.to_str().unwrap()], &[]);
+    assert_ne!(checksum(&objects), Value::Null);
+    assert_eq!(checksum(&objects), checksum(&edited));
+    // The rendered files, where the relay would read them, load and decide.
+    for (key, file) in [("policy.rego", "policy.rego"), ("data.json", "data.json")] {
+        std::fs::write(
+            dir.path().join(file),
+            policy_map["data"][key].as_str().unwrap(),
+        )
+        .unwrap();
+    }
+    let mut policy = relay::policy::Policy::start(relay::policy::PolicyConfig {
+        sources: relay::policy::Sources {
+            rego: vec![dir.path().join("policy.rego")],
+            data: Some(dir.path().join("data.json")),
+        },
+        audit: None,
+        timeout: std::time::Duration::from_millis(50),
+    })
+    .expect("the rendered policy loads");
+    let visitor = serde_json::json!({ "name": "visitor" });
+    let decision = policy.decide(
+        relay::policy::Action::TurnAllocate,
+        visitor,
+        serde_json::json!({}),
+    );
+    assert!(!decision.allow, "{decision:?}");
+}

@@ -28,6 +28,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "relay.usersDir" -}}/run/relay/users{{- end -}}
 {{- define "relay.tlsDir" -}}/run/relay/tls{{- end -}}
 {{- define "relay.apiTokenDir" -}}/run/relay/api-token{{- end -}}
+{{/* Where the policy's ConfigMap is mounted: beside /etc/relay (whose ConfigMap mount is
+read-only, no mount point can be made in it). */}}
+{{- define "relay.policyDir" -}}/etc/relay-policy{{- end -}}
 
 {{/* A relay.toml port: the value in config, else relay run's default. */}}
 {{- define "relay.port" -}}
