@@ -107,7 +107,13 @@ fn send_on_channel(client: &relay::turn::client::Client, i: u16) {
 fn counters_move_with_traffic_in_the_kernel_and_promtool_accepts_them() {
     let lab = Lab::up("mt-xdp").unwrap();
     let _switch = xdp_on_switch_port(&lab);
-    let relay = RunningRelay::in_lab(&lab, WITH_XDP);
+    // A policy that lets everything through: its families are in the exposition too.
+    let dir = TempDir::new("mt-xdp");
+    let policy = dir.0.join("allow.rego");
+    std::fs::write(&policy, "package relay\nallow := true\n").unwrap();
+    let mut args = WITH_XDP.to_vec();
+    args.extend(["--policy", policy.to_str().unwrap()]);
+    let relay = RunningRelay::in_lab(&lab, &args);
     assert_eq!(get(&lab, "/healthz").0, 200);
     assert_eq!(get(&lab, "/readyz"), (200, "ready\n".to_owned()));
     let forwarded = "relay_xdp_packets_total{verdict=\"forwarded\"}";
