@@ -44,6 +44,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "prometheus",
         "promtool: checks the relay's metrics exposition as Prometheus reads it",
     ),
+    (
+        "systemd",
+        "systemd-analyze: verifies the shipped units and scores their sandboxing",
+    ),
 ];
 
 pub(crate) fn run() -> anyhow::Result<()> {
