@@ -48,6 +48,7 @@ const PACKAGES: &[(&str, &str)] = &[
         "systemd",
         "systemd-analyze: verifies the shipped units and scores their sandboxing",
     ),
+    ("skopeo", "reads the OCI image `cargo xtask image` writes"),
 ];
 
 pub(crate) fn run() -> anyhow::Result<()> {
