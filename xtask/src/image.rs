@@ -122,7 +122,7 @@ fn image_config(inputs: &Inputs, diff_id: &str) -> anyhow::Result<serde_json::Va
         .context("SOURCE_DATE_EPOCH out of range")?
         .to_string();
     let ports: serde_json::Map<String, serde_json::Value> =
-        ["3478/udp", "3478/tcp", "5349/tcp", "9090/tcp"]
+        ["3478/udp", "3478/tcp", "5349/tcp", "9478/tcp"]
             .into_iter()
             .map(|p| (p.to_owned(), serde_json::json!({})))
             .collect();

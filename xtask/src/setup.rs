@@ -49,6 +49,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "systemd-analyze: verifies the shipped units and scores their sandboxing",
     ),
     ("skopeo", "reads the OCI image `cargo xtask image` writes"),
+    (
+        "systemd-container",
+        "systemd-nspawn: boots this host's Debian to run relay.service under systemd",
+    ),
 ];
 
 pub(crate) fn run() -> anyhow::Result<()> {
