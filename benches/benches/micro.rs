@@ -9,7 +9,11 @@
 //! - `channel_data/{encode,decode}/*`: ChannelData framing of a 160-byte (audio) and a
 //!   1200-byte (video) payload;
 //! - `police/*`: the GCRA policer (`relay_common::police::Policer`) admitting a packet,
-//!   refusing one over its packet or its bit rate, and being configured.
+//!   refusing one over its packet or its bit rate, and being configured;
+//! - `policy/*`: a decision of the shipped telemedicine Rego policy (regorus' VM), as the
+//!   TURN server asks it for an Allocate and for a CreatePermission it refuses, with and
+//!   without the audit line; beside it, in the same group, the MESSAGE-INTEGRITY check
+//!   every such request already pays, as the baseline of the ratio.
 //!
 //! Run with:
 //!
@@ -239,5 +243,88 @@ fn police(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, stun_decode, stun_encode, channel_data, police);
+/// The telemedicine policy shipped in `appliance/policy/`, auditing to `audit` if given.
+fn telemedicine(audit: Option<&str>) -> relay::policy::Policy {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../appliance/policy");
+    relay::policy::Policy::start(relay::policy::PolicyConfig {
+        sources: relay::policy::Sources {
+            rego: vec![dir.join("telemedicine.rego")],
+            data: Some(dir.join("telemedicine.json")),
+        },
+        audit: audit.map(|file| relay::policy::AuditConfig {
+            file: file.into(),
+            max_bytes: u64::MAX,
+            keep: 0,
+        }),
+        timeout: std::time::Duration::from_millis(20),
+    })
+    .expect("the shipped policy loads")
+}
+
+fn policy(c: &mut Criterion) {
+    use relay::policy::Action;
+    use serde_json::json;
+    // The documents the TURN server builds for each request (`turn/authorize.rs`).
+    let subject = || {
+        json!({ "user": "1700000000:dr-okafor", "name": "dr-okafor", "tenant": null,
+                "address": "10.1.0.5", "port": 54321, "transport": "udp" })
+    };
+    let allocate = || json!({ "requested_transport": "udp", "family": "ipv4" });
+    let off_site = || {
+        json!({ "peer": { "address": "203.0.113.9", "port": 40000 },
+                "relayed": { "address": "10.77.0.1", "port": 50000 }, "channel": null })
+    };
+    let mut quiet = telemedicine(None);
+    let mut audited = telemedicine(Some("/dev/null"));
+    assert!(
+        quiet
+            .decide(Action::TurnAllocate, subject(), allocate())
+            .allow
+    );
+    assert!(
+        !quiet
+            .decide(Action::TurnCreatePermission, subject(), off_site())
+            .allow
+    );
+    let key = long_term_key(USERNAME, REALM, PASSWORD);
+    let request = allocate_request(&key);
+    let msg = Message::decode(&request).expect("the Allocate request decodes");
+
+    let mut g = c.benchmark_group("policy");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("baseline/verify_integrity", |b| {
+        b.iter(|| black_box(&msg).verify_integrity(black_box(&key)));
+    });
+    g.bench_function("decide/turn.allocate", |b| {
+        b.iter(|| {
+            quiet
+                .decide(Action::TurnAllocate, subject(), allocate())
+                .allow
+        });
+    });
+    g.bench_function("decide/turn.create_permission/denied", |b| {
+        b.iter(|| {
+            quiet
+                .decide(Action::TurnCreatePermission, subject(), off_site())
+                .allow
+        });
+    });
+    g.bench_function("decide/turn.allocate/audited", |b| {
+        b.iter(|| {
+            audited
+                .decide(Action::TurnAllocate, subject(), allocate())
+                .allow
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    stun_decode,
+    stun_encode,
+    channel_data,
+    police,
+    policy
+);
 criterion_main!(benches);

@@ -183,6 +183,28 @@ pub struct Settings {
     /// the control API's listener serves them too].
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Rego policy file deciding TURN allocations, permissions and channels, and room
+    /// joins, publishes and subscriptions (repeatable; package `relay`, rules `allow` and
+    /// `reason`). Reloaded on SIGHUP and when a file changes.
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub policy: Vec<PathBuf>,
+    /// JSON document the policy sees as `data` (reloaded with it).
+    #[arg(long, value_name = "FILE")]
+    pub policy_data: Option<PathBuf>,
+    /// Longest one policy decision may take, in milliseconds; beyond, it denies
+    /// [default: 20].
+    #[arg(long, value_name = "MS")]
+    pub policy_timeout_ms: Option<u64>,
+    /// File every policy decision is appended to, as a JSON line [default: none].
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// Size at which the audit log is rotated [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    pub audit_log_max_bytes: Option<u64>,
+    /// Rotated audit logs kept besides the live one [default: 5].
+    #[arg(long, value_name = "N")]
+    pub audit_log_keep: Option<u32>,
     /// Tenants and their shared limits: in the TOML file only, as `[[tenant]]` tables.
     #[arg(skip)]
     #[serde(default)]
@@ -261,6 +283,9 @@ pub struct RunConfig {
     pub api: Option<ApiConfig>,
     /// A listener of its own for metrics and health probes.
     pub metrics_listen: Option<SocketAddr>,
+    /// The policy, loaded, when `policy` is set (the TURN server and the rooms decide
+    /// with it; `crate::policy::watch` reloads it).
+    pub policy: Option<crate::policy::Shared>,
 }
 
 impl Settings {
@@ -336,6 +361,12 @@ impl Settings {
             api_token_file: self.api_token_file.or(file.api_token_file),
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
             tenant: vec(self.tenant, file.tenant),
+            policy: vec(self.policy, file.policy),
+            policy_data: self.policy_data.or(file.policy_data),
+            policy_timeout_ms: self.policy_timeout_ms.or(file.policy_timeout_ms),
+            audit_log: self.audit_log.or(file.audit_log),
+            audit_log_max_bytes: self.audit_log_max_bytes.or(file.audit_log_max_bytes),
+            audit_log_keep: self.audit_log_keep.or(file.audit_log_keep),
         }
     }
 
@@ -545,6 +576,7 @@ impl Settings {
             keyframe_interval: Duration::from_secs(1),
             tenants: tenants.iter().map(|t| t.name.clone()).collect(),
             max_rooms: 1000,
+            policy: None,
         };
         let api = match (self.api_listen, &self.api_token_file) {
             (Some(listen), Some(path)) => Some(ApiConfig {
@@ -560,8 +592,12 @@ impl Settings {
             }
             (None, None) => None,
         };
+        let policy = self.start_policy()?;
         Ok(RunConfig {
-            rooms,
+            rooms: room::Config {
+                policy: policy.clone(),
+                ..rooms
+            },
             turn: turn::Config {
                 realm: self.realm.unwrap_or_else(|| "relay".to_owned()),
                 software: concat!("Relay ", env!("CARGO_PKG_VERSION")).to_owned(),
@@ -581,6 +617,7 @@ impl Settings {
                 max_channels: self.max_channels.unwrap_or(64),
                 unauthenticated_rate: self.unauthenticated_rate.unwrap_or(100),
                 tenants,
+                policy: policy.clone(),
             },
             udp,
             tcp,
@@ -598,7 +635,45 @@ impl Settings {
             detach_on_exit: self.detach_on_exit.unwrap_or(false),
             api,
             metrics_listen: self.metrics_listen,
+            policy,
         })
+    }
+
+    /// Loads the policy and opens its audit log: a policy that does not load stops the
+    /// relay from starting (it would otherwise serve without the rules it was given).
+    fn start_policy(&self) -> Result<Option<crate::policy::Shared>, ConfigError> {
+        if self.policy.is_empty() {
+            for (set, field) in [
+                (self.policy_data.is_some(), "policy-data"),
+                (self.audit_log.is_some(), "audit-log"),
+            ] {
+                if set {
+                    return Err(bad(
+                        field,
+                        "records or feeds policy decisions: give --policy",
+                    ));
+                }
+            }
+            return Ok(None);
+        }
+        let config = crate::policy::PolicyConfig {
+            sources: crate::policy::Sources {
+                rego: self.policy.clone(),
+                data: self.policy_data.clone(),
+            },
+            audit: self
+                .audit_log
+                .clone()
+                .map(|file| crate::policy::AuditConfig {
+                    file,
+                    max_bytes: self.audit_log_max_bytes.unwrap_or(64 << 20),
+                    keep: self.audit_log_keep.unwrap_or(5),
+                }),
+            timeout: Duration::from_millis(self.policy_timeout_ms.unwrap_or(20).max(1)),
+        };
+        crate::policy::Policy::start(config)
+            .map(|p| Some(p.shared()))
+            .map_err(|e| bad("policy", e.to_string()))
     }
 }
 

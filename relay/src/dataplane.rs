@@ -92,6 +92,15 @@ impl Pins {
         &self.dir
     }
 
+    /// Whether the data plane's counter maps are still pinned: gone, someone ran `relay
+    /// down` or removed the pins (or bpffs) under a running relay, and a restart would not
+    /// find its flows.
+    pub fn intact(&self) -> bool {
+        [VERDICTS_MAP, POLICED_MAP]
+            .iter()
+            .all(|m| self.maps().join(m).exists())
+    }
+
     fn maps(&self) -> PathBuf {
         self.dir.join(format!("maps-v{LAYOUT}"))
     }
@@ -811,7 +820,7 @@ pub fn enable_forwarding(interface: &str) -> std::io::Result<Vec<SysctlChange>> 
         };
         let path = change.path();
         if std::fs::read_to_string(&path)?.trim() == from {
-            std::fs::write(&path, to)?;
+            std::fs::write(&path, to).map_err(|e| sysctl_refused(&change, &e))?;
             changed.push(change);
         }
         Ok(())
@@ -820,6 +829,21 @@ pub fn enable_forwarding(interface: &str) -> std::io::Result<Vec<SysctlChange>> 
     set(format!("net/ipv4/conf/{interface}/forwarding"), "0", "1")?;
     set(format!("net/ipv6/conf/{interface}/forwarding"), "0", "1")?;
     Ok(changed)
+}
+
+/// The setting and the value it was refused, and where `/proc/sys` is read-only (a
+/// container that is not privileged, as the Helm chart's DaemonSet), how to set it on the host.
+fn sysctl_refused(change: &SysctlChange, e: &std::io::Error) -> std::io::Error {
+    let (key, value) = (&change.key, &change.after);
+    let message = if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem {
+        format!(
+            "{key} = {value}: {e}; /proc/sys is read-only here (a container): set it on the \
+             host, `sysctl -w {key}={value}` (and in /etc/sysctl.d to keep it)"
+        )
+    } else {
+        format!("{key} = {value}: {e}")
+    };
+    std::io::Error::new(e.kind(), message)
 }
 
 /// Puts back what [`enable_forwarding`] changed, last change first. A setting that no longer
@@ -1210,5 +1234,36 @@ const fn family(ip: IpAddr) -> u8 {
     match ip {
         IpAddr::V4(_) => FAMILY_IPV4,
         IpAddr::V6(_) => FAMILY_IPV6,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_only_proc_sys_says_what_to_set_on_the_host() {
+        let change = SysctlChange {
+            key: "net/ipv6/conf/eth0/accept_ra".to_owned(),
+            before: "1".to_owned(),
+            after: "2".to_owned(),
+        };
+        let read_only = std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem);
+        let e = sysctl_refused(&change, &read_only);
+        assert_eq!(e.kind(), std::io::ErrorKind::ReadOnlyFilesystem);
+        let message = e.to_string();
+        assert!(
+            message.starts_with("net/ipv6/conf/eth0/accept_ra = 2: "),
+            "{message}"
+        );
+        assert!(
+            message.ends_with(
+                "/proc/sys is read-only here (a container): set it on the host, `sysctl -w \
+                 net/ipv6/conf/eth0/accept_ra=2` (and in /etc/sysctl.d to keep it)"
+            ),
+            "{message}"
+        );
+        let denied = sysctl_refused(&change, &std::io::Error::from_raw_os_error(libc::EACCES));
+        assert!(!denied.to_string().contains("read-only"), "{denied}");
     }
 }

@@ -8,6 +8,7 @@ pub mod http;
 pub mod io;
 pub mod metrics;
 pub mod policers;
+pub mod policy;
 pub mod preflight;
 pub mod room;
 pub mod rtp;

@@ -7,6 +7,7 @@ use std::{
     net::IpAddr,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -214,7 +215,14 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         let shutdown = async move {
             let _ = tx.send(signal.await);
         };
-        let dataplane = relay::io::serve(run, dataplane, shutdown).await?;
+        // SIGHUP and changed files reload the policy while the relay serves.
+        let watch = (run.policy.clone())
+            .map(|p| tokio::spawn(relay::policy::watch(p, Duration::from_secs(1))));
+        let dataplane = relay::io::serve(run, dataplane, shutdown).await;
+        if let Some(watch) = watch {
+            watch.abort();
+        }
+        let dataplane = dataplane?;
         anyhow::Ok((rx.await.unwrap_or("shutdown"), dataplane))
     })?;
     let (signal_name, dataplane) = signal_name;

@@ -130,6 +130,8 @@ pub struct Live {
     /// The policers userspace spends (the kernel's, mapped, with XDP), for what the data
     /// path refused per tenant.
     pub policers: Option<Arc<Policers>>,
+    /// The policy, for its decisions, errors and reloads.
+    pub policy: Option<crate::policy::Shared>,
 }
 
 impl Live {
@@ -138,6 +140,21 @@ impl Live {
             pins,
             ..Self::default()
         })
+    }
+
+    /// What `/readyz` and `relay_ready` say: the relay serves and, when it runs a data
+    /// plane, that data plane is still pinned; else why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.ready.load(Relaxed) {
+            return Err("not ready\n".to_owned());
+        }
+        match &self.pins {
+            Some(pins) if !pins.intact() => Err(format!(
+                "not ready: the data plane pinned at {} is gone\n",
+                pins.dir().display()
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -235,7 +252,7 @@ impl Collector for LiveCollector {
             "1 once the relay serves (what /readyz answers), 0 before and while it stops.",
             [(
                 Vec::new(),
-                ConstGauge::new(i64::from(live.ready.load(Relaxed))),
+                ConstGauge::new(i64::from(live.readiness().is_ok())),
             )],
         )?;
         let pinned = live
@@ -247,6 +264,13 @@ impl Collector for LiveCollector {
             maps(&mut encoder, &live.control)?;
         }
         tenants(&mut encoder, live, pinned.as_ref())?;
+        if let Some(policy) = &live.policy {
+            let (counts, revision) = {
+                let p = crate::policy::lock(policy);
+                (p.counts(), p.revision().to_owned())
+            };
+            self::policy(&mut encoder, &counts, &revision)?;
+        }
         process(&mut encoder)
     }
 }
@@ -522,6 +546,58 @@ fn xdp(encoder: &mut DescriptorEncoder, pinned: &PinnedCounters) -> Result<(), s
 }
 
 /// The process's CPU time and resident memory (the names every Prometheus client uses).
+fn policy(
+    encoder: &mut DescriptorEncoder,
+    c: &crate::policy::Counts,
+    revision: &str,
+) -> Result<(), std::fmt::Error> {
+    use crate::policy::Action;
+    family(
+        encoder,
+        "relay_policy_decisions",
+        "Policy decisions, by action and decision (errors and timeouts are denies).",
+        Action::ALL
+            .iter()
+            .zip(c.decisions)
+            .flat_map(|(action, [allowed, denied])| {
+                [("allow", allowed), ("deny", denied)].map(|(decision, n)| {
+                    (
+                        vec![
+                            ("action", action.name().to_owned()),
+                            ("decision", decision.to_owned()),
+                        ],
+                        ConstCounter::new(n),
+                    )
+                })
+            }),
+    )?;
+    family(
+        encoder,
+        "relay_policy_errors",
+        "Policy evaluations that failed or ran out of time, each denied (fail closed).",
+        [(Vec::new(), ConstCounter::new(c.errors))],
+    )?;
+    family(
+        encoder,
+        "relay_policy_reloads",
+        "Policy reloads (SIGHUP, a changed file), by result; a failed one keeps the old policy.",
+        [("ok", c.reloads), ("failed", c.reload_failures)]
+            .map(|(result, n)| (label("result", result), ConstCounter::new(n))),
+    )?;
+    family(
+        encoder,
+        "relay_policy_audit_write_errors",
+        "Decisions the audit log could not record (a full or read-only disk).",
+        [(Vec::new(), ConstCounter::new(c.audit_failures))],
+    )?;
+    family(
+        encoder,
+        "relay_policy_info",
+        "1, labelled with the revision (hash of the sources) of the policy in force.",
+        [(label("revision", revision), ConstGauge::new(1))],
+    )
+}
+
 #[expect(
     clippy::cast_precision_loss,
     reason = "CPU clock ticks: far below 2^52"

@@ -55,6 +55,10 @@ enum RoomCommand {
         /// Bits per second the room's publishers may send in all.
         #[arg(long, value_name = "BPS")]
         max_bitrate: Option<u64>,
+        /// What the policy sees of it: `KEY=VALUE` (repeatable; a VALUE that is JSON, such
+        /// as `true` or `3`, is taken as JSON, anything else as a string).
+        #[arg(long = "attribute", value_name = "KEY=VALUE", value_parser = attribute)]
+        attributes: Vec<(String, serde_json::Value)>,
     },
     /// Show a room: its endpoints, tracks and subscriptions, with their counters.
     Show { name: String },
@@ -111,6 +115,10 @@ enum EndpointCommand {
         /// Bits per second it may publish in all (its tracks together).
         #[arg(long, value_name = "BPS")]
         max_bitrate: Option<u64>,
+        /// What the policy sees of it: `KEY=VALUE` (repeatable; a VALUE that is JSON, such
+        /// as `true` or `3`, is taken as JSON, anything else as a string).
+        #[arg(long = "attribute", value_name = "KEY=VALUE", value_parser = attribute)]
+        attributes: Vec<(String, serde_json::Value)>,
     },
     /// Change an endpoint.
     Set {
@@ -182,6 +190,16 @@ pub(crate) fn run(args: RoomArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// `--attribute KEY=VALUE`.
+fn attribute(text: &str) -> Result<(String, serde_json::Value), String> {
+    let (key, value) = text
+        .split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{text:?}: expected KEY=VALUE"))?;
+    let value = serde_json::from_str(value).unwrap_or_else(|_| value.into());
+    Ok((key.to_owned(), value))
+}
+
 fn request(command: RoomCommand) -> Request {
     match command {
         RoomCommand::List => Request::ListRooms,
@@ -190,11 +208,13 @@ fn request(command: RoomCommand) -> Request {
             tenant,
             max_endpoints,
             max_bitrate,
+            attributes,
         } => Request::CreateRoom(RoomSpec {
             name,
             tenant,
             max_endpoints,
             max_bitrate_bps: max_bitrate,
+            attributes: attributes.into_iter().collect(),
         }),
         RoomCommand::Show { name } => Request::GetRoom { room: name },
         RoomCommand::Delete { name } => Request::DeleteRoom { room: name },
@@ -207,6 +227,7 @@ fn request(command: RoomCommand) -> Request {
             relatch,
             idle_timeout,
             max_bitrate,
+            attributes,
         }) => Request::CreateEndpoint {
             room,
             spec: EndpointSpec {
@@ -217,6 +238,7 @@ fn request(command: RoomCommand) -> Request {
                 relatch,
                 idle_timeout_secs: idle_timeout.unwrap_or(300),
                 max_bitrate_bps: max_bitrate,
+                attributes: attributes.into_iter().collect(),
             },
         },
         RoomCommand::Endpoint(EndpointCommand::Set {

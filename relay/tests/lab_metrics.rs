@@ -33,17 +33,7 @@ const WITH_XDP: &[&str] = &[
 
 /// `GET path` on the probes' listener from client A: status and body.
 fn get(lab: &Lab, path: &str) -> (u16, String) {
-    lab.in_netns(Host::ClientA, || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(5)))
-            .build()
-            .into();
-        let mut response = agent.get(format!("http://{PROBES}{path}")).call().unwrap();
-        let body = response.body_mut().read_to_string().unwrap();
-        (response.status().as_u16(), body)
-    })
-    .unwrap()
+    support::http_get(lab, Host::ClientA, &format!("http://{PROBES}{path}"))
 }
 
 /// The value of the sample `series` (name and labels, as exposed), if there is one.
@@ -161,6 +151,27 @@ fn counters_move_with_traffic_in_the_kernel_and_promtool_accepts_them() {
     // The shipped dashboard and alerts name only metrics this exposition has.
     let missing = monitoring_support::missing_from(&after);
     assert!(missing.is_empty(), "{missing:?}\n{after}");
+    // The data plane lost under the running relay (its pins removed, as `relay down` from
+    // another shell would): no longer ready, and /readyz says why.
+    let removed = Command::new("nsenter")
+        .args([
+            "-t",
+            &relay.pid().to_string(),
+            "-m",
+            "rm",
+            "-r",
+            "/sys/fs/bpf/relay/default",
+        ])
+        .status()
+        .unwrap();
+    assert!(removed.success());
+    let (status, why) = get(&lab, "/readyz");
+    assert_eq!(status, 503, "{why}");
+    assert!(
+        why.contains("the data plane pinned at /sys/fs/bpf/relay/default is gone"),
+        "{why}"
+    );
+    assert_eq!(value(&get(&lab, "/metrics").1, "relay_ready"), Some(0.0));
     drop(relay);
 }
 
@@ -232,4 +243,62 @@ fn a_tenants_refusals_in_the_kernel_are_counted_by_tenant() {
         ),
         Some(100.0)
     );
+}
+
+/// Prometheus scraping while the relay stops (a rollout, `systemctl restart`): each scrape
+/// gets a whole exposition or a refused connection, never a half-written body or a hang,
+/// and the relay still exits cleanly.
+#[test]
+fn a_scrape_during_shutdown_gets_a_whole_answer_or_none_and_the_relay_exits_cleanly() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+    let lab = Lab::up("mt-stop").unwrap();
+    let relay = RunningRelay::in_lab(&lab, &["--metrics-listen", PROBES]);
+    let (stopping, whole, refused) = (AtomicBool::new(false), AtomicU32::new(0), AtomicU32::new(0));
+    std::thread::scope(|scope| {
+        let scraper = scope.spawn(|| {
+            lab.in_netns(Host::ClientA, || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(5)))
+                    .build()
+                    .into();
+                // Until the relay is gone: a refused connection after it began to stop.
+                loop {
+                    match agent.get(format!("http://{PROBES}/metrics")).call() {
+                        Ok(mut response) => {
+                            let body = response.body_mut().read_to_string().unwrap();
+                            assert_eq!(response.status().as_u16(), 200, "{body}");
+                            assert!(body.contains("relay_ready ") && body.ends_with('\n'));
+                            assert!(body.contains("process_resident_memory_bytes"), "cut short");
+                            whole.fetch_add(1, Relaxed);
+                        }
+                        // A kept-alive connection the stopping server closed may fail
+                        // otherwise first; the relay gone, the next one is refused.
+                        Err(ureq::Error::Io(e)) if stopping.load(Relaxed) => {
+                            refused.fetch_add(1, Relaxed);
+                            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                                return;
+                            }
+                        }
+                        Err(e) => panic!("scrape failed while serving: {e}"),
+                    }
+                }
+            })
+            .unwrap();
+        });
+        // Scrapes are flowing before the stop.
+        while whole.load(Relaxed) < 5 {
+            assert!(!scraper.is_finished(), "the scraper stopped early");
+            std::thread::yield_now();
+        }
+        stopping.store(true, Relaxed);
+        relay.stop(nix::sys::signal::Signal::SIGTERM);
+        scraper.join().unwrap();
+    });
+    eprintln!(
+        "{} whole scrapes, then {} refused",
+        whole.load(Relaxed),
+        refused.load(Relaxed)
+    );
+    assert!(refused.load(Relaxed) >= 1);
 }

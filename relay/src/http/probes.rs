@@ -40,11 +40,10 @@ async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> impl 
     ([(header::CONTENT_TYPE, media)], body)
 }
 
-async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {
-    if shared.live.ready.load(std::sync::atomic::Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
+    match shared.live.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 

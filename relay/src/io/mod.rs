@@ -67,17 +67,7 @@ pub async fn serve(
         None => crate::policers::Policers::own(),
     });
     let mut limits = control::Limits::new(Arc::clone(&policers), run.turn.tenants.clone());
-    // What metrics scrapes read; the kernel's counters from the pinned data plane.
-    let live = Arc::new(crate::metrics::Live {
-        pins: dataplane
-            .as_ref()
-            .map(|_| crate::dataplane::Pins::new(&run.instance)),
-        tenants: (run.turn.tenants.iter().zip(limits.tenant_slots()))
-            .map(|(t, slot)| (t.name.clone(), slot, t.limit))
-            .collect(),
-        policers: Some(Arc::clone(&policers)),
-        ..crate::metrics::Live::default()
-    });
+    let live = live(&run, dataplane.is_some(), &limits, &policers);
     let mut dp = datapath::Datapath::new(events_tx.clone(), policers);
     dp.live = Some(Arc::clone(&live));
     let backend = match run.io {
@@ -154,6 +144,24 @@ pub async fn serve(
     log::info!("UDP data path at exit: {stats}");
     log::info!("TCP/TLS streams at exit: {streams}");
     Ok(dataplane)
+}
+
+/// What metrics scrapes read; the kernel's counters from the pinned data plane.
+fn live(
+    run: &RunConfig,
+    kernel: bool,
+    limits: &control::Limits,
+    policers: &Arc<crate::policers::Policers>,
+) -> Arc<crate::metrics::Live> {
+    Arc::new(crate::metrics::Live {
+        pins: kernel.then(|| crate::dataplane::Pins::new(&run.instance)),
+        tenants: (run.turn.tenants.iter().zip(limits.tenant_slots()))
+            .map(|(t, slot)| (t.name.clone(), slot, t.limit))
+            .collect(),
+        policers: Some(Arc::clone(policers)),
+        policy: run.policy.clone(),
+        ..crate::metrics::Live::default()
+    })
 }
 
 /// What the relay logs once it serves (tests and scripts wait for its start).

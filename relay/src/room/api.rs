@@ -7,6 +7,10 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+/// What the scheduling system says of a room or an endpoint (patient consent, role, site),
+/// for the policy to decide with (README "Policy"); Relay itself does nothing else with it.
+pub type Attributes = serde_json::Map<String, serde_json::Value>;
+
 /// `POST /v1/rooms`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +26,9 @@ pub struct RoomSpec {
     /// Bits per second the room's publishers may send in all, on top of the tenant's limit.
     #[serde(default)]
     pub max_bitrate_bps: Option<u64>,
+    /// What the policy sees of the room (`input.object.room.attributes`).
+    #[serde(default)]
+    pub attributes: Attributes,
 }
 
 /// `POST /v1/rooms/{room}/endpoints`: a port (or an RTP/RTCP pair of ports) on the relay.
@@ -53,6 +60,9 @@ pub struct EndpointSpec {
     /// room's and its tenant's limits.
     #[serde(default)]
     pub max_bitrate_bps: Option<u64>,
+    /// What the policy sees of the endpoint (`input.subject.attributes`).
+    #[serde(default)]
+    pub attributes: Attributes,
 }
 
 const fn yes() -> bool {
@@ -201,6 +211,7 @@ pub struct EndpointView {
     pub audio_only: bool,
     pub idle_timeout_secs: u32,
     pub max_bitrate_bps: Option<u64>,
+    pub attributes: Attributes,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,6 +245,7 @@ pub struct RoomView {
     pub tenant: Option<String>,
     pub max_endpoints: u32,
     pub max_bitrate_bps: Option<u64>,
+    pub attributes: Attributes,
     pub endpoints: Vec<EndpointView>,
     pub tracks: Vec<TrackView>,
     pub subscriptions: Vec<SubscriptionView>,

@@ -18,13 +18,16 @@ use std::{
 use rand::rngs::StdRng;
 
 use super::api::{
-    ApiError, Counters, EndpointPatch, EndpointSpec, EndpointView, MediaKind, Request, Response,
-    RoomSpec, RoomSummary, RoomView, SubscriptionSpec, SubscriptionView, TrackSpec, TrackView,
+    ApiError, Attributes, Counters, EndpointPatch, EndpointSpec, EndpointView, MediaKind, Request,
+    Response, RoomSpec, RoomSummary, RoomView, SubscriptionSpec, SubscriptionView, TrackSpec,
+    TrackView,
 };
+use super::authorize;
 use super::snapshot::{
     self, RoomsSnapshot, SavedEndpoint, SavedRoom, SavedSubscription, SavedTrack,
 };
 use crate::{
+    policy::Action,
     rtp::{self, Packet},
     turn::ports::PortPool,
 };
@@ -42,6 +45,9 @@ pub struct Config {
     /// Names of the configured tenants: a room's `tenant` must be one of them.
     pub tenants: Vec<String>,
     pub max_rooms: usize,
+    /// The Rego policy that decides joins, publishes and subscriptions (none: no such
+    /// decisions).
+    pub policy: Option<crate::policy::Shared>,
 }
 
 /// A publisher's address as the fast paths see its packets: the relay's port it sends to
@@ -166,6 +172,7 @@ struct Endpoint {
     audio_only: bool,
     idle_timeout: Duration,
     max_bitrate_bps: Option<u64>,
+    attributes: Attributes,
     last_seen: Instant,
     /// Opaque RTCP sent on to each publisher, when last.
     opaque_rtcp_at: HashMap<String, Instant>,
@@ -284,6 +291,7 @@ struct Subscription {
 #[derive(Debug)]
 struct Room {
     tenant: Option<String>,
+    attributes: Attributes,
     max_endpoints: u32,
     max_bitrate_bps: Option<u64>,
     endpoints: BTreeMap<String, Endpoint>,
@@ -426,6 +434,12 @@ impl Rooms {
         self.outputs.push_back(Output::Reply { call, result });
     }
 
+    fn room(&self, room: &str) -> Result<&Room, ApiError> {
+        self.named
+            .get(room)
+            .ok_or_else(|| ApiError::not_found("room", "room", room))
+    }
+
     fn room_mut(&mut self, room: &str) -> Result<&mut Room, ApiError> {
         self.named
             .get_mut(room)
@@ -483,6 +497,7 @@ impl Rooms {
         }
         let room = Room {
             tenant: spec.tenant,
+            attributes: spec.attributes,
             max_endpoints: spec.max_endpoints.unwrap_or(DEFAULT_MAX_ENDPOINTS),
             max_bitrate_bps: spec.max_bitrate_bps,
             endpoints: BTreeMap::new(),
@@ -550,6 +565,15 @@ impl Rooms {
                 return Err(ApiError::bad("remote", "RTCP would need port 65536"));
             }
         }
+        authorize::check(
+            self.config.policy.as_ref(),
+            Action::RoomJoin,
+            authorize::endpoint(&spec.name, &spec.attributes),
+            serde_json::json!({
+                "room": authorize::room(&room_name, room.tenant.as_deref(), &room.attributes),
+                "remote": authorize::destination(spec.remote),
+            }),
+        )?;
         let ip = self.config.ip;
         let port = match spec.port {
             Some(port) => {
@@ -657,6 +681,7 @@ impl Rooms {
                     audio_only: false,
                     idle_timeout: Duration::from_secs(u64::from(p.spec.idle_timeout_secs)),
                     max_bitrate_bps: p.spec.max_bitrate_bps,
+                    attributes: p.spec.attributes.clone(),
                     last_seen: now,
                     opaque_rtcp_at: HashMap::new(),
                 };
@@ -735,7 +760,7 @@ impl Rooms {
     ) -> Result<Response, ApiError> {
         valid_name("name", &spec.name)?;
         let order = self.next_order;
-        let room = self.room_mut(room_name)?;
+        let room = self.room(room_name)?;
         if room.tracks.contains_key(&spec.name) {
             return Err(ApiError::conflict(
                 "name",
@@ -806,6 +831,7 @@ impl Rooms {
                 format!("{:?} is a simulcast source's name", spec.name),
             ));
         }
+        self.authorize_publish(room_name, &spec)?;
         self.next_order += 1;
         let room = self.room_mut(room_name)?;
         room.tracks.insert(
@@ -906,6 +932,8 @@ impl Rooms {
                 }
             }
         }
+        self.authorize_subscription(room_name, endpoint, key)?;
+        let room = self.room_mut(room_name)?;
         let sub = room
             .subscriptions
             .entry((endpoint.to_owned(), key.to_owned()))
@@ -921,6 +949,54 @@ impl Rooms {
             &room.subscriptions[&(endpoint.to_owned(), key.to_owned())],
             counters,
         )))
+    }
+
+    /// The policy's say on a track (checked) being published.
+    fn authorize_publish(&self, room_name: &str, spec: &TrackSpec) -> Result<(), ApiError> {
+        let room = &self.named[room_name];
+        authorize::check(
+            self.config.policy.as_ref(),
+            Action::RoomPublish,
+            authorize::endpoint(&spec.endpoint, &room.endpoints[&spec.endpoint].attributes),
+            serde_json::json!({
+                "room": authorize::room(room_name, room.tenant.as_deref(), &room.attributes),
+                "track": {
+                    "name": spec.name, "kind": spec.kind, "ssrc": spec.ssrc,
+                    "source": spec.source, "layer": spec.layer,
+                },
+            }),
+        )
+    }
+
+    /// The policy's say on `endpoint` receiving `key` (a track or a simulcast source, checked
+    /// to exist): who publishes it, and where its media would go.
+    fn authorize_subscription(
+        &self,
+        room_name: &str,
+        endpoint: &str,
+        key: &str,
+    ) -> Result<(), ApiError> {
+        let room = &self.named[room_name];
+        let track = (room.tracks.get(key))
+            .or_else(|| {
+                room.tracks
+                    .values()
+                    .find(|t| t.source.as_deref() == Some(key))
+            })
+            .expect("checked by the caller");
+        let subscriber = &room.endpoints[endpoint];
+        let publisher = &room.endpoints[&track.endpoint];
+        authorize::check(
+            self.config.policy.as_ref(),
+            Action::RoomSubscribe,
+            authorize::endpoint(endpoint, &subscriber.attributes),
+            serde_json::json!({
+                "room": authorize::room(room_name, room.tenant.as_deref(), &room.attributes),
+                "track": { "name": key, "kind": track.kind },
+                "publisher": authorize::endpoint(&track.endpoint, &publisher.attributes),
+                "destination": authorize::destination(subscriber.remote),
+            }),
+        )
     }
 
     fn unsubscribe(
@@ -1216,6 +1292,7 @@ impl Rooms {
                 tenant: r.tenant.clone(),
                 max_endpoints: r.max_endpoints,
                 max_bitrate_bps: r.max_bitrate_bps,
+                attributes: r.attributes.clone(),
                 endpoints: r
                     .endpoints
                     .iter()
@@ -1231,6 +1308,7 @@ impl Rooms {
                         audio_only: e.audio_only,
                         idle_timeout_secs: e.idle_timeout.as_secs(),
                         max_bitrate_bps: e.max_bitrate_bps,
+                        attributes: e.attributes.clone(),
                     })
                     .collect(),
                 tracks: r
@@ -1272,6 +1350,7 @@ impl Rooms {
         for saved in &snapshot.rooms {
             let mut room = Room {
                 tenant: saved.tenant.clone(),
+                attributes: saved.attributes.clone(),
                 max_endpoints: saved.max_endpoints,
                 max_bitrate_bps: saved.max_bitrate_bps,
                 endpoints: BTreeMap::new(),
@@ -1306,6 +1385,7 @@ impl Rooms {
                         audio_only: e.audio_only,
                         idle_timeout: Duration::from_secs(e.idle_timeout_secs),
                         max_bitrate_bps: e.max_bitrate_bps,
+                        attributes: e.attributes.clone(),
                         last_seen: now,
                         opaque_rtcp_at: HashMap::new(),
                     },
@@ -1442,6 +1522,7 @@ fn endpoint_view(name: &str, e: &Endpoint) -> EndpointView {
         audio_only: e.audio_only,
         idle_timeout_secs: u32::try_from(e.idle_timeout.as_secs()).unwrap_or(u32::MAX),
         max_bitrate_bps: e.max_bitrate_bps,
+        attributes: e.attributes.clone(),
     }
 }
 
@@ -1506,6 +1587,7 @@ fn view(name: &str, room: &Room, counters: &dyn RouteCounters) -> RoomView {
         tenant: room.tenant.clone(),
         max_endpoints: room.max_endpoints,
         max_bitrate_bps: room.max_bitrate_bps,
+        attributes: room.attributes.clone(),
         endpoints: room
             .endpoints
             .iter()

@@ -3,6 +3,7 @@
 //! server's.
 
 pub mod api;
+mod authorize;
 mod core;
 mod snapshot;
 #[cfg(test)]

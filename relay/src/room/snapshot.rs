@@ -26,6 +26,8 @@ pub(super) struct SavedRoom {
     pub(super) tenant: Option<String>,
     pub(super) max_endpoints: u32,
     pub(super) max_bitrate_bps: Option<u64>,
+    #[serde(default)]
+    pub(super) attributes: super::api::Attributes,
     pub(super) endpoints: Vec<SavedEndpoint>,
     pub(super) tracks: Vec<SavedTrack>,
     pub(super) subscriptions: Vec<SavedSubscription>,
@@ -46,6 +48,8 @@ pub(super) struct SavedEndpoint {
     /// Absent from files written before endpoints had limits.
     #[serde(default)]
     pub(super) max_bitrate_bps: Option<u64>,
+    #[serde(default)]
+    pub(super) attributes: super::api::Attributes,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -28,6 +28,7 @@ fn config() -> Config {
         keyframe_interval: Duration::from_secs(1),
         tenants: vec!["north".to_owned()],
         max_rooms: 10,
+        policy: None,
     }
 }
 
@@ -108,6 +109,7 @@ impl Harness {
             tenant: None,
             max_endpoints: None,
             max_bitrate_bps: None,
+            attributes: serde_json::Map::new(),
         }))
         .unwrap();
     }
@@ -181,6 +183,7 @@ fn spec(name: &str, remote: Option<&str>) -> EndpointSpec {
         relatch: false,
         idle_timeout_secs: 0,
         max_bitrate_bps: None,
+        attributes: serde_json::Map::new(),
     }
 }
 
@@ -574,6 +577,7 @@ fn bad_requests_name_the_field_and_change_nothing() {
                 tenant: None,
                 max_endpoints: None,
                 max_bitrate_bps: None,
+                attributes: serde_json::Map::new(),
             }),
             400,
             "name",
@@ -584,6 +588,7 @@ fn bad_requests_name_the_field_and_change_nothing() {
                 tenant: None,
                 max_endpoints: None,
                 max_bitrate_bps: None,
+                attributes: serde_json::Map::new(),
             }),
             409,
             "name",
@@ -594,6 +599,7 @@ fn bad_requests_name_the_field_and_change_nothing() {
                 tenant: Some("south".into()),
                 max_endpoints: None,
                 max_bitrate_bps: None,
+                attributes: serde_json::Map::new(),
             }),
             400,
             "tenant",
@@ -747,6 +753,7 @@ fn a_room_holds_at_most_its_endpoints() {
         tenant: Some("north".into()),
         max_endpoints: Some(2),
         max_bitrate_bps: None,
+        attributes: serde_json::Map::new(),
     }))
     .unwrap();
     h.endpoint("small", "a", None);
@@ -863,4 +870,120 @@ fn rooms_are_taken_up_after_a_restart() {
     // The phone stays latched: the stranger is still a stranger.
     h.media(phone, "203.0.113.66:4000", &rtp(MIC));
     assert_eq!(h.rooms.stats().foreign, 1);
+}
+
+/// The telemedicine policy shipped in `appliance/policy/`, deciding the room core's calls.
+fn telemedicine() -> crate::policy::Shared {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../appliance/policy");
+    crate::policy::Policy::start(crate::policy::PolicyConfig {
+        sources: crate::policy::Sources {
+            rego: vec![dir.join("telemedicine.rego")],
+            data: Some(dir.join("telemedicine.json")),
+        },
+        audit: None,
+        timeout: Duration::from_millis(50),
+    })
+    .unwrap()
+    .shared()
+}
+
+fn attributes(json: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    match json {
+        serde_json::Value::Object(map) => map,
+        other => panic!("{other} is not an object"),
+    }
+}
+
+fn refused(result: Result<Response, ApiError>) -> String {
+    match result {
+        Err(e) if e.status == 403 => e.message,
+        other => panic!("not refused by policy: {other:?}"),
+    }
+}
+
+#[test]
+fn the_policy_decides_joins_publishes_and_subscriptions_and_a_refusal_creates_nothing() {
+    let mut h = Harness::new();
+    h.rooms = Rooms::new(
+        Config {
+            policy: Some(telemedicine()),
+            ..config()
+        },
+        rand::SeedableRng::seed_from_u64(7),
+    );
+    for (name, consent) in [("theatre", true), ("corridor", false)] {
+        h.call(Request::CreateRoom(RoomSpec {
+            name: name.to_owned(),
+            tenant: None,
+            max_endpoints: None,
+            max_bitrate_bps: None,
+            attributes: attributes(serde_json::json!({ "patient_consent": consent })),
+        }))
+        .unwrap();
+    }
+    let member = |name: &str, remote: &str, role: &str| EndpointSpec {
+        attributes: attributes(serde_json::json!({ "role": role })),
+        ..spec(name, Some(remote))
+    };
+    let camera = h.endpoint_with("theatre", member("camera", "10.77.0.31:5004", "surgeon"));
+    h.endpoint_with("theatre", member("class-3", "10.77.0.41:5004", "doctor"));
+    h.endpoint_with("theatre", member("home", "203.0.113.5:5004", "doctor"));
+    let open = h.open.clone();
+    let join = |spec: EndpointSpec, room: &str| Request::CreateEndpoint {
+        room: room.to_owned(),
+        spec,
+    };
+    assert_eq!(
+        refused(h.call(join(
+            member("visitor", "10.77.0.51:5004", "visitor"),
+            "theatre"
+        ))),
+        "denied by policy: staff role or a consenting patient required"
+    );
+    assert_eq!(
+        refused(h.call(join(
+            member("camera-2", "10.77.0.32:5004", "surgeon"),
+            "corridor"
+        ))),
+        "denied by policy: patient consent required for this room"
+    );
+    assert_eq!(h.open, open, "a refused join took no port");
+
+    h.track("theatre", "cam", "camera", 0x1111, MediaKind::Video);
+    h.subscribe("theatre", "class-3", "cam", None);
+    let subscribe = |endpoint: &str| Request::Subscribe {
+        room: "theatre".to_owned(),
+        endpoint: endpoint.to_owned(),
+        track: "cam".to_owned(),
+        spec: SubscriptionSpec {
+            layer: None,
+            paused: false,
+        },
+    };
+    assert_eq!(
+        refused(h.call(subscribe("home"))),
+        "denied by policy: media to 203.0.113.5 would leave the site"
+    );
+    let Ok(Response::Room(view)) = h.call(Request::GetRoom {
+        room: "theatre".to_owned(),
+    }) else {
+        panic!()
+    };
+    assert_eq!(view.endpoints.len(), 3);
+    assert_eq!(view.endpoints[0].attributes["role"], "surgeon");
+    assert_eq!(view.attributes["patient_consent"], true);
+    let subscribers: Vec<&str> = view
+        .subscriptions
+        .iter()
+        .map(|s| s.endpoint.as_str())
+        .collect();
+    assert_eq!(
+        subscribers,
+        ["class-3"],
+        "the refused subscription was not made"
+    );
+    assert_eq!(
+        h.route(camera, "10.77.0.31:5004", 0x1111),
+        [addr("10.77.0.41:5004")]
+    );
 }

@@ -3,6 +3,7 @@
 mod allocation;
 pub mod answers;
 pub mod auth;
+mod authorize;
 pub mod client;
 pub mod policy;
 pub mod ports;

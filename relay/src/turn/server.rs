@@ -10,6 +10,7 @@
 //! process; [`Server::take_dirty`] says when a new snapshot is worth writing.
 
 use std::{
+    borrow::Cow,
     cmp::Reverse,
     collections::{BinaryHeap, HashMap, HashSet, VecDeque},
     fmt,
@@ -23,12 +24,14 @@ use serde::{Deserialize, Serialize};
 use super::{
     allocation::{Allocation, BindConflict},
     auth::{Authenticated, Authenticator, Credentials, Refusal},
+    authorize,
     policy::PeerPolicy,
     ports::PortPool,
     reflection::ReflectionLimit,
     snapshot::{SavedReservation, Snapshot, VERSION},
     tenant::{Tenant, tenant_of},
 };
+use crate::policy::Action;
 use crate::stun::{
     ChannelData, Class, Kind, Message, MessageBuilder, Method, TransactionId,
     attr::{self, decode_channel_number, decode_family, decode_u32, decode_xor_address},
@@ -97,6 +100,9 @@ pub struct Config {
     pub unauthenticated_rate: u32,
     /// Tenants, whose shared rate limits the data path enforces.
     pub tenants: Vec<Tenant>,
+    /// The Rego policy that decides Allocate, CreatePermission and ChannelBind (none: the
+    /// checks above alone).
+    pub policy: Option<crate::policy::Shared>,
 }
 
 /// What the server asks the I/O layer to do.
@@ -1120,6 +1126,13 @@ impl Server {
                 return self.error(tuple, msg, 440, "Address Family not Supported", auth);
             }
         };
+        let object = serde_json::json!({
+            "requested_transport": "udp",
+            "family": if family == attr::FAMILY_IPV4 { "ipv4" } else { "ipv6" },
+        });
+        if let Some(reason) = self.denied(Action::TurnAllocate, tuple, auth, object) {
+            return self.error(tuple, msg, 403, &format!("Forbidden: {reason}"), auth);
+        }
         if let Some(quota) = self.config.user_quota {
             if self.per_user.get(&auth.username).copied().unwrap_or(0) >= quota {
                 return self.error(tuple, msg, 486, "Allocation Quota Reached", auth);
@@ -1251,28 +1264,56 @@ impl Server {
         &self,
         tuple: ClientTuple,
         msg: &Message<'_>,
-    ) -> Result<Vec<SocketAddr>, (u16, &'static str)> {
+        (action, auth, channel): (Action, &Authenticated, Option<u16>),
+    ) -> Result<Vec<SocketAddr>, (u16, Cow<'static, str>)> {
         let alloc = &self.allocations[&tuple];
         let mut peers = Vec::new();
         for value in msg.all(attr::XOR_PEER_ADDRESS) {
             let peer = decode_xor_address(value, &msg.transaction_id())
-                .map_err(|_| (400, "Bad Request"))?;
+                .map_err(|_| (400, "Bad Request".into()))?;
             if alloc.relayed_for(peer).is_none() {
-                return Err((443, "Peer Address Family Mismatch"));
+                return Err((443, "Peer Address Family Mismatch".into()));
             }
             if !self
                 .config
                 .peer_policy
                 .permits(peer, self.is_own_relayed(peer))
             {
-                return Err((403, "Forbidden"));
+                return Err((403, "Forbidden".into()));
             }
             peers.push(peer);
         }
         if peers.is_empty() {
-            return Err((400, "Bad Request"));
+            return Err((400, "Bad Request".into()));
+        }
+        // The policy last: what it sees is a request the relay would otherwise carry out.
+        for peer in &peers {
+            let object = serde_json::json!({
+                "peer": crate::policy::address(*peer),
+                "relayed": alloc.relayed_for(*peer).map(crate::policy::address),
+                "channel": channel,
+            });
+            if let Some(reason) = self.denied(action, tuple, auth, object) {
+                return Err((403, format!("Forbidden: {reason}").into()));
+            }
         }
         Ok(peers)
+    }
+
+    /// The policy's refusal of `action` by the user of `tuple` on `object`, if it refuses.
+    fn denied(
+        &self,
+        action: Action,
+        tuple: ClientTuple,
+        auth: &Authenticated,
+        object: serde_json::Value,
+    ) -> Option<String> {
+        authorize::denied(
+            self.config.policy.as_ref(),
+            action,
+            (tuple, auth, &self.config.tenants),
+            object,
+        )
     }
 
     fn live_ports(&self) -> LivePorts<'_> {
@@ -1329,10 +1370,11 @@ impl Server {
         msg: &Message<'_>,
         auth: &Authenticated,
     ) {
-        let peers = match self.permitted_peers(tuple, msg) {
-            Ok(p) => p,
-            Err((code, reason)) => return self.error(tuple, msg, code, reason, auth),
-        };
+        let peers =
+            match self.permitted_peers(tuple, msg, (Action::TurnCreatePermission, auth, None)) {
+                Ok(p) => p,
+                Err((code, reason)) => return self.error(tuple, msg, code, &reason, auth),
+            };
         let alloc = self
             .allocations
             .get_mut(&tuple)
@@ -1374,11 +1416,12 @@ impl Server {
             Some(Ok(n)) if is_bindable(n) => n,
             _ => return self.error(tuple, msg, 400, "Bad Request", auth),
         };
-        let peer = match self.permitted_peers(tuple, msg) {
-            Ok(p) if p.len() == 1 => p[0],
-            Ok(_) => return self.error(tuple, msg, 400, "Bad Request", auth),
-            Err((code, reason)) => return self.error(tuple, msg, code, reason, auth),
-        };
+        let peer =
+            match self.permitted_peers(tuple, msg, (Action::TurnChannelBind, auth, Some(number))) {
+                Ok(p) if p.len() == 1 => p[0],
+                Ok(_) => return self.error(tuple, msg, 400, "Bad Request", auth),
+                Err((code, reason)) => return self.error(tuple, msg, code, &reason, auth),
+            };
         let alloc = self
             .allocations
             .get_mut(&tuple)

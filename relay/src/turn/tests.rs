@@ -74,6 +74,7 @@ fn config() -> Config {
         max_channels: 64,
         unauthenticated_rate: 100,
         tenants: vec![],
+        policy: None,
     }
 }
 
@@ -1705,4 +1706,75 @@ fn dirty_tells_when_the_allocation_state_changed() {
     assert!(!dirty(&mut h), "nothing to close");
     h.advance(Duration::from_secs(600));
     assert!(dirty(&mut h), "the other allocation expired");
+}
+
+/// A policy that lets alice allocate but not bob, and alice reach only 10.77.0.21.
+fn with_policy(dir: &std::path::Path) -> (Config, crate::policy::Shared) {
+    let rego = dir.join("p.rego");
+    std::fs::write(
+        &rego,
+        r#"package relay
+import rego.v1
+allow if { input.action == "turn.allocate"; input.subject.name == "alice"; input.subject.transport == "udp" }
+allow if { input.action != "turn.allocate"; input.object.peer.address == "10.77.0.21" }
+reason := "only alice" if input.action == "turn.allocate"
+reason := sprintf("not %s", [input.object.peer.address]) if input.action != "turn.allocate"
+"#,
+    )
+    .unwrap();
+    let policy = crate::policy::Policy::start(crate::policy::PolicyConfig {
+        sources: crate::policy::Sources {
+            rego: vec![rego],
+            data: None,
+        },
+        audit: None,
+        timeout: Duration::from_millis(50),
+    })
+    .unwrap()
+    .shared();
+    let mut config = config();
+    config.policy = Some(policy.clone());
+    (config, policy)
+}
+
+fn reason(msg: &Message<'_>) -> (u16, String) {
+    let (code, reason) = decode_error_code(msg.get(attr::ERROR_CODE).unwrap()).unwrap();
+    (code, reason.to_owned())
+}
+
+#[test]
+fn the_policy_decides_allocate_create_permission_and_channel_bind_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, policy) = with_policy(dir.path());
+    let mut h = Harness::new(config);
+    let mut bob = Client::udp("10.77.0.12:40000", "bob", "hunter2");
+    let refused = bob.try_allocate(&mut h, |_| {});
+    assert_eq!(reason(&refused), (403, "Forbidden: only alice".to_owned()));
+    assert!(
+        refused.verify_integrity(&bob.key()).is_ok(),
+        "an authenticated refusal"
+    );
+    assert!(h.bound.is_empty(), "nothing was allocated for bob");
+
+    let mut alice = Client::udp("10.77.0.11:40000", "alice", "secret");
+    alice.allocate(&mut h);
+    assert_eq!(
+        error_code(&alice.permit(&mut h, addr("10.77.0.21:3480"))),
+        None
+    );
+    assert_eq!(
+        reason(&alice.permit(&mut h, addr("10.77.0.22:3480"))),
+        (403, "Forbidden: not 10.77.0.22".to_owned())
+    );
+    assert_eq!(
+        reason(&alice.bind(&mut h, 0x4000, addr("10.77.0.22:3480"))),
+        (403, "Forbidden: not 10.77.0.22".to_owned())
+    );
+    assert_eq!(
+        error_code(&alice.bind(&mut h, 0x4000, addr("10.77.0.21:3480"))),
+        None
+    );
+    let counts = crate::policy::lock(&policy).counts();
+    // Allocate: bob denied, alice allowed; CreatePermission 1/1; ChannelBind 1/1.
+    assert_eq!(counts.decisions[..3], [[1, 1], [1, 1], [1, 1]]);
 }

@@ -195,6 +195,7 @@ fn handle(rooms: &mut BTreeMap<String, RoomView>, request: Request) -> Result<Re
                 endpoints: vec![],
                 tracks: vec![],
                 subscriptions: vec![],
+                attributes: serde_json::Map::new(),
             };
             rooms.insert(spec.name, view.clone());
             Response::Room(Box::new(view))
@@ -240,6 +241,7 @@ fn handle(rooms: &mut BTreeMap<String, RoomView>, request: Request) -> Result<Re
                 audio_only: false,
                 idle_timeout_secs: spec.idle_timeout_secs,
                 max_bitrate_bps: spec.max_bitrate_bps,
+                attributes: serde_json::Map::new(),
             };
             room.endpoints.push(view.clone());
             Response::Endpoint(view)

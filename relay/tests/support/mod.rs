@@ -18,6 +18,21 @@ use xtask::lab::{Host, Lab};
 /// How long a relay may take to load and attach before a test gives up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `GET url` from `host`'s namespace: the status and the body, whatever the status.
+pub(crate) fn http_get(lab: &Lab, host: Host, url: &str) -> (u16, String) {
+    lab.in_netns(host, || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        let mut response = agent.get(url).call().unwrap();
+        let body = response.body_mut().read_to_string().unwrap();
+        (response.status().as_u16(), body)
+    })
+    .unwrap()
+}
+
 /// The `relay` binary running in a lab namespace. Killed on drop if still running.
 pub(crate) struct RunningRelay {
     child: Child,
@@ -135,11 +150,6 @@ impl RunningRelay {
         relay
     }
 
-    /// The relay's process id (`ip netns exec`, `nsenter` and `setpriv` exec it).
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Whether any line logged so far contains `needle`.
     pub(crate) fn logged(&self, needle: &str) -> bool {
         self.seen.lock().unwrap().iter().any(|l| l.contains(needle))
@@ -159,6 +169,17 @@ impl RunningRelay {
                 Err(e) => panic!("relay never logged {needle:?}: {e}"),
             }
         }
+    }
+
+    /// The relay's process id (`ip netns exec`, `nsenter` and `setpriv` exec it: the child is
+    /// the relay).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (SIGHUP, say) to the relay, which goes on running.
+    pub(crate) fn signal(&self, signal: Signal) {
+        nix::sys::signal::kill(Pid::from_raw(self.child.id().cast_signed()), signal).unwrap();
     }
 
     /// Kills the relay with SIGKILL (no clean-up of its own) and waits for it to be gone.
