@@ -33,7 +33,8 @@ struct Cli {
 enum Command {
     /// Serve STUN/TURN (UDP, TCP, TLS) until SIGINT/SIGTERM; with --interface, also attach
     /// the XDP program there (pinned: it keeps forwarding after the relay stops, and the
-    /// next `relay run` of the same instance takes it over).
+    /// next `relay run` of the same instance takes it over). Under systemd (`Type=notify`)
+    /// it says READY=1 once it serves, pings the watchdog and says STOPPING=1.
     Run(Box<Settings>),
     /// Remove an instance's data plane (detaching XDP) and its saved allocation state, and
     /// put back the interface settings `relay run` changed (run it in the same network

@@ -16,8 +16,9 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
     #[error(
-        "relay must run as root (or with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN) to load XDP \
-         programs: run it with sudo, or as the systemd unit or DaemonSet that grants them"
+        "relay must run as root to load XDP programs (root with CAP_BPF, CAP_NET_ADMIN and \
+         CAP_PERFMON is enough): run it with sudo, or as the systemd unit or DaemonSet that \
+         grants them"
     )]
     NotRoot,
     #[error(

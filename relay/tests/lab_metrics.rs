@@ -15,7 +15,6 @@ use std::{
     time::Duration,
 };
 
-use relay::stun::ChannelData;
 use support::{RunningRelay, TempDir, channel_client, xdp_on_switch_port};
 use xtask::lab::{Host, Lab};
 
@@ -91,13 +90,7 @@ fn alice_to_the_peer(lab: &Lab) -> (relay::turn::client::Client, UdpSocket) {
 
 /// ChannelData carrying `i` on `CHANNEL`.
 fn send_on_channel(client: &relay::turn::client::Client, i: u16) {
-    let data = i.to_be_bytes();
-    let frame = ChannelData {
-        channel: CHANNEL,
-        data: &data,
-    }
-    .encode(false);
-    client.socket().send_to(&frame, client.server()).unwrap();
+    support::send_on_channel(client, CHANNEL, &i.to_be_bytes());
 }
 
 /// With XDP: ready, the kernel's `forwarded` count moves by what went through a channel,

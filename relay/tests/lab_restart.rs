@@ -19,8 +19,8 @@ use std::{
 use nix::sys::signal::Signal;
 use relay::{dataplane::Pins, stun::ChannelData};
 use support::{
-    RunningRelay, TempDir, channel_client, lab_relay_args, tc_ingress_programs, verdict_row,
-    xdp_attachment, xdp_on_switch_port,
+    RunningRelay, TempDir, channel_client, lab_relay_args, pinned_relay_args, tc_ingress_programs,
+    verdict_row, xdp_attachment, xdp_on_switch_port,
 };
 use xtask::lab::{Host, Lab};
 
@@ -142,16 +142,7 @@ fn a_killed_relay_interrupts_nothing_and_its_successor_adopts_the_data_plane() {
         state: &state,
     };
     let state_dir = state.0.to_str().unwrap().to_owned();
-    let args = lab_relay_args(&[
-        "--interface",
-        "eth0",
-        "--allowed-peer-ip",
-        "10.77.0.21",
-        "--instance",
-        &instance,
-        "--state-dir",
-        &state_dir,
-    ]);
+    let args = pinned_relay_args(&instance, &state_dir);
     let first = RunningRelay::start_command(relay_command(&lab), &args, "TURN on");
 
     // The peer: a sink that counts distinct sequence numbers.

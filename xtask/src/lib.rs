@@ -2,4 +2,5 @@
 
 pub mod coturn;
 pub mod gstreamer;
+pub mod image;
 pub mod lab;

@@ -53,6 +53,14 @@ enum Cmd {
         /// Only this target (stun_message, channel_data, turn_server).
         target: Option<String>,
     },
+    /// Build Relay's OCI image, `relay:VERSION`, without a container daemon: the layout
+    /// target/image/relay-oci and the archive target/image/relay-VERSION.oci.tar.
+    /// Reproducible: every time is SOURCE_DATE_EPOCH, else the commit's time.
+    Image {
+        /// Put this relay binary in the image instead of building it (release).
+        #[arg(long, value_name = "FILE")]
+        relay: Option<std::path::PathBuf>,
+    },
     /// Build and manage the network-namespace lab.
     Lab {
         #[command(subcommand)]
@@ -78,7 +86,43 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench { quick, args } => bench(quick, &args),
         Cmd::Fuzz { seconds, target } => fuzz(seconds, target.as_deref()),
         Cmd::Lab { action, prefix } => lab(action, &prefix),
+        Cmd::Image { relay } => image(relay),
     }
+}
+
+/// Builds the release relay unless given one, then the image from it.
+fn image(relay: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let workspace = workspace();
+    let relay = if let Some(relay) = relay {
+        relay
+    } else {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--release", "-p", "relay", "--bin", "relay"])
+            .current_dir(&workspace)
+            .status()?;
+        if !status.success() {
+            bail!("building the relay failed");
+        }
+        target_dir().join("release/relay")
+    };
+    let revision = xtask::image::revision(&workspace)?;
+    let inputs = xtask::image::Inputs {
+        relay: &relay,
+        config: &workspace.join("appliance/relay.toml"),
+        epoch: xtask::image::source_date_epoch(&workspace)?,
+        revision: &revision,
+    };
+    let built = xtask::image::build(&inputs, &target_dir().join("image"))?;
+    let tag = xtask::image::TAG;
+    println!(
+        "image {name}:{tag} ({digest})\n  layout:  oci:{layout}:{tag}\n  archive: \
+         oci-archive:{archive}:{tag}",
+        name = xtask::image::NAME,
+        digest = built.manifest_digest,
+        layout = built.layout.display(),
+        archive = built.archive.display(),
+    );
+    Ok(())
 }
 
 /// The workspace's root.

