@@ -6,6 +6,7 @@ pub mod config;
 pub mod dataplane;
 pub mod http;
 pub mod io;
+pub mod liveness;
 pub mod metrics;
 pub mod policers;
 pub mod preflight;

@@ -188,6 +188,13 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         Ok(limit) => log::debug!("open files: up to {limit}"),
         Err(e) => log::warn!("could not raise the open file limit: {e}"),
     }
+    // Held until the relay exits: how `relay top` tells that it runs.
+    let _alive = relay::liveness::hold(&run.state_file).map_err(|e| {
+        log::warn!(
+            "cannot lock {}: {e} (`relay top` will say the daemon is down)",
+            relay::liveness::lock_file(&run.state_file).display()
+        );
+    });
     let pins = Pins::new(&run.instance);
     let (instance, detach_on_exit) = (run.instance.clone(), run.detach_on_exit);
     let interfaces = run.interface.join(", ");
