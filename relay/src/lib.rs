@@ -13,4 +13,5 @@ pub mod preflight;
 pub mod room;
 pub mod rtp;
 pub mod stun;
+pub mod top;
 pub mod turn;
