@@ -44,6 +44,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "prometheus",
         "promtool: checks the relay's metrics exposition as Prometheus reads it",
     ),
+    (
+        "tmux",
+        "a terminal for `relay top` in its test: keys in, the screen out",
+    ),
 ];
 
 pub(crate) fn run() -> anyhow::Result<()> {
