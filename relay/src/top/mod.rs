@@ -37,14 +37,21 @@ pub struct Tenant {
 }
 
 impl Snapshot {
-    /// Reads `tables` now. `names`: the configuration's tenants in order (tenant `i` has
-    /// policer slot `i + 1`); tenants the flows and routes spend are shown even unnamed.
+    /// Reads `tables` now. `names`: the configuration's tenants in order (their policer
+    /// slots as the daemon gives them, `Slots::tenant`); tenants the flows and routes
+    /// spend are shown even unnamed.
     pub fn read(tables: &PinnedTables, names: &[String]) -> Result<Self, DataplaneError> {
         let verdicts = tables.counters.verdicts()?;
         let flows = tables.flows()?;
         let routes = tables.routes()?;
-        let mut slots: Vec<u32> = (1..=names.len())
-            .filter_map(|s| u32::try_from(s).ok())
+        let policer_slots = crate::policers::Slots::new(names.len());
+        let name = |slot| {
+            (0..names.len())
+                .find(|i| policer_slots.tenant(*i) == slot)
+                .map(|i| names[i].clone())
+        };
+        let mut slots: Vec<u32> = (0..names.len())
+            .map(|i| policer_slots.tenant(i))
             .chain(flows.iter().map(|(_, a, _)| a.tenant_policer))
             .chain(routes.iter().map(|(_, r, _)| r.tenant_policer))
             .filter(|s| *s != 0)
@@ -56,7 +63,7 @@ impl Snapshot {
             .map(|slot| {
                 Ok(Tenant {
                     slot,
-                    name: names.get(slot as usize - 1).cloned(),
+                    name: name(slot),
                     limit: tables.limit(slot).unwrap_or_default(),
                     policed: tables.counters.policed(slot)?,
                 })

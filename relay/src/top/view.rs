@@ -109,8 +109,9 @@ fn header_lines<'a>(header: &Header, view: &View) -> Paragraph<'a> {
     let mut second = vec![daemon];
     second.push(Span::raw(match view.seconds {
         Some(_) => format!(
-            "  kernel tables: {} flows, {} room routes",
-            view.flow_entries, view.route_entries
+            "  kernel tables: {}, {}",
+            fill("FLOWS", view.flow_entries),
+            fill("ROOM_ROUTES", view.route_entries)
         ),
         None => "  measuring the first rates...".to_owned(),
     }));
@@ -121,6 +122,16 @@ fn header_lines<'a>(header: &Header, view: &View) -> Paragraph<'a> {
         ));
     }
     Paragraph::new(vec![first, Line::from(second)])
+}
+
+/// How full kernel table `name` is: entries in use, of what it holds (the sizes the
+/// metrics' map pressure shows).
+fn fill(name: &str, used: usize) -> String {
+    let max = crate::metrics::MAPS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(0, |(_, max)| *max);
+    format!("{name} {used}/{max}")
 }
 
 fn table<'a>(title: String, header: &[&'a str], rows: Vec<Row<'a>>, widths: &[u16]) -> Table<'a> {
@@ -416,6 +427,10 @@ mod tests {
         let screen = text(&header(Daemon::Up), &view(), 160, 50).unwrap();
         assert!(screen.contains("instance edge  XDP on eth0"), "{screen}");
         assert!(screen.contains("daemon up"), "{screen}");
+        assert!(
+            screen.contains("kernel tables: FLOWS 0/65536, ROOM_ROUTES 0/1024"),
+            "{screen}"
+        );
         assert!(!screen.contains(DAEMON_DOWN), "{screen}");
         // 500 packets of 200 bytes in a second: 500 pkt/s, 800 kbit/s; 1500 in all.
         assert_eq!(
