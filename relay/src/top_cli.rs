@@ -88,10 +88,17 @@ pub(crate) fn run(args: &TopArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if !std::io::stdout().is_terminal() {
+        anyhow::bail!(
+            "relay top draws on a terminal and its output is not one (`--once` prints one \
+             screen as text, `relay stats --json` one snapshot)"
+        );
+    }
     // Raw mode and the alternate screen, undone on the way out, a panic included.
-    let mut terminal = ratatui::try_init()
-        .context("relay top needs a terminal (`--once` prints one screen without)")?;
-    let shown = screen.show(&mut terminal, interval);
+    let shown = match ratatui::try_init() {
+        Ok(mut terminal) => screen.show(&mut terminal, interval),
+        Err(e) => Err(anyhow::Error::new(e).context("setting the terminal up")),
+    };
     ratatui::restore();
     shown
 }

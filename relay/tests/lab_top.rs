@@ -175,6 +175,35 @@ impl Drop for Unpin {
     }
 }
 
+/// With the daemon up and the channel streaming: `--once` prints the screen as text; with
+/// no terminal and no `--once`, a clear error and nothing drawn into the pipe.
+fn without_a_terminal(lab: &Lab, instance: &str, state_dir: &str) {
+    // One screen as text, for a look without a terminal.
+    let once = relay_with_host_mounts(lab)
+        .args(["top", "--once", "--interval", "200", "--instance", instance])
+        .args(["--state-dir", state_dir])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&once.stdout);
+    assert!(once.status.success(), "{once:?}");
+    assert!(
+        text.contains("daemon up") && forwarding(&text) && text.contains("0x4003"),
+        "{text}"
+    );
+    // Without --once and without a terminal: said, not drawn into a pipe.
+    let piped = relay_with_host_mounts(lab)
+        .args(["top", "--instance", instance])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(piped.status.code(), Some(1), "{piped:?}");
+    assert!(piped.stdout.is_empty(), "{piped:?}");
+    assert!(
+        String::from_utf8_lossy(&piped.stderr).contains("its output is not one"),
+        "{piped:?}"
+    );
+}
+
 #[test]
 fn top_shows_the_kernel_forwarding_with_and_without_the_daemon() {
     let lab = Lab::up("tp").unwrap();
@@ -235,25 +264,7 @@ fn top_shows_the_kernel_forwarding_with_and_without_the_daemon() {
             .unwrap();
         assert_eq!(north[..3], ["north", "10.0k", "-"], "{up}");
         assert_ne!(north[3], "0", "{up}");
-        // One screen as text, for a look without a terminal.
-        let once = relay_with_host_mounts(&lab)
-            .args([
-                "top",
-                "--once",
-                "--interval",
-                "200",
-                "--instance",
-                &instance,
-            ])
-            .args(["--state-dir", state_dir])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&once.stdout);
-        assert!(once.status.success(), "{once:?}");
-        assert!(
-            text.contains("daemon up") && forwarding(&text) && text.contains("0x4003"),
-            "{text}"
-        );
+        without_a_terminal(&lab, &instance, state_dir);
 
         // A clean stop leaves the data plane pinned and forwarding; the next refreshes
         // that begin after it say the daemon is down and still count.
