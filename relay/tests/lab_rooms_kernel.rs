@@ -17,7 +17,7 @@ use std::{
 use nix::sys::socket::{setsockopt, sockopt};
 use relay::top::view::DAEMON_DOWN;
 use support::{
-    RoomsRelay, TempDir, exit_figures, last_packet_is_recent, relay_with_host_mounts, verdict_row,
+    RoomsRelay, TempDir, exit_figures, last_packet_is_recent, relay_top_once, verdict_row,
     xdp_on_switch_port,
 };
 use xtask::lab::{Host, Lab};
@@ -424,13 +424,7 @@ impl Drop for RemovePins {
 /// camera's tracks by SSRC, their subscribers (1 and `FANOUT`), the 400 packets since the
 /// latch forwarded in the kernel, and that no daemon runs.
 fn routes_in_top(s: &RoomsRelay, instance: &str, state_dir: &str) {
-    let out = relay_with_host_mounts(&s.lab)
-        .args(["top", "--once", "--interval", "100", "--instance", instance])
-        .args(["--state-dir", state_dir])
-        .output()
-        .unwrap();
-    let screen = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{out:?}");
+    let screen = relay_top_once(&s.lab, instance, state_dir);
     assert!(screen.contains(DAEMON_DOWN), "{screen}");
     // Each track's RTP and RTCP (by its sender SSRC).
     assert!(screen.contains("ROOM_ROUTES 4/1024"), "{screen}");

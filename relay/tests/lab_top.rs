@@ -20,8 +20,8 @@ use std::{
 use nix::sys::signal::Signal;
 use relay::{dataplane::Pins, top::view::DAEMON_DOWN};
 use support::{
-    RunningRelay, StopOnDrop, TempDir, channel_client, lab_relay_args, relay_with_host_mounts,
-    stream_channel, xdp_on_switch_port,
+    RunningRelay, StopOnDrop, TempDir, channel_client, lab_relay_args, relay_top_once,
+    relay_with_host_mounts, stream_channel, xdp_on_switch_port,
 };
 use xtask::lab::{Host, Lab};
 
@@ -179,13 +179,7 @@ impl Drop for Unpin {
 /// no terminal and no `--once`, a clear error and nothing drawn into the pipe.
 fn without_a_terminal(lab: &Lab, instance: &str, state_dir: &str) {
     // One screen as text, for a look without a terminal.
-    let once = relay_with_host_mounts(lab)
-        .args(["top", "--once", "--interval", "200", "--instance", instance])
-        .args(["--state-dir", state_dir])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&once.stdout);
-    assert!(once.status.success(), "{once:?}");
+    let text = relay_top_once(lab, instance, state_dir);
     assert!(
         text.contains("daemon up") && forwarding(&text) && text.contains("0x4003"),
         "{text}"

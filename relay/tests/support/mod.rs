@@ -265,6 +265,18 @@ pub(crate) fn relay_with_host_mounts(lab: &Lab) -> std::process::Command {
     c
 }
 
+/// One screen of `relay top --once` (rates over 200 ms) for the instance, next to a relay
+/// run with the host's mounts; the command must succeed.
+pub(crate) fn relay_top_once(lab: &Lab, instance: &str, state_dir: &str) -> String {
+    let out = relay_with_host_mounts(lab)
+        .args(["top", "--once", "--interval", "200", "--instance", instance])
+        .args(["--state-dir", state_dir])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Sends ChannelData on `channel`, carrying sequence numbers (8 bytes), at `rate` a second
 /// until `sending` is cleared; returns how many were sent.
 pub(crate) fn stream_channel(
