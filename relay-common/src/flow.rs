@@ -116,6 +116,22 @@ pub struct FlowStats {
 
 const _: () = assert!(size_of::<FlowStats>() == 24);
 
+impl FlowStats {
+    /// Adds another CPU's counts; the latest `last_seen_ns` wins.
+    #[must_use]
+    pub const fn add(self, o: Self) -> Self {
+        Self {
+            packets: self.packets.wrapping_add(o.packets),
+            bytes: self.bytes.wrapping_add(o.bytes),
+            last_seen_ns: if o.last_seen_ns > self.last_seen_ns {
+                o.last_seen_ns
+            } else {
+                self.last_seen_ns
+            },
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: repr(C), no implicit padding (size asserted above), every bit pattern valid.

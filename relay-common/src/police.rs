@@ -74,6 +74,17 @@ impl Policer {
         self.bit_tat_ns.store(0, Relaxed);
     }
 
+    /// The limit [`Policer::configure`] set, read back from the costs it keeps (a rate that
+    /// does not divide a second evenly reads back rounded).
+    pub fn limit(&self) -> Limit {
+        let rate = |unit: u64, cost: &AtomicU64| unit.checked_div(cost.load(Relaxed)).unwrap_or(0);
+        Limit {
+            packets_per_sec: rate(NS_PER_SEC, &self.ns_per_packet),
+            bits_per_sec: rate(PS_BYTE, &self.ps_per_byte),
+            burst_ns: self.burst_ns.load(Relaxed),
+        }
+    }
+
     /// Admits a packet of `bytes` relayed bytes at `now_ns` (CLOCK_MONOTONIC) if both rates
     /// allow it, spending its cost; otherwise spends nothing.
     #[inline(always)]
@@ -223,6 +234,25 @@ mod tests {
             burst_ns: 5,
         });
         assert!(q.admit(0, 1));
+    }
+
+    #[test]
+    fn a_limit_reads_back_as_configured() {
+        for limit in [
+            Limit {
+                packets_per_sec: 1000,
+                bits_per_sec: 2_000_000,
+                burst_ns: 250 * MS,
+            },
+            Limit {
+                packets_per_sec: 0,
+                bits_per_sec: 8_000_000_000,
+                burst_ns: 0,
+            },
+            Limit::default(),
+        ] {
+            assert_eq!(policer(limit).limit(), limit);
+        }
     }
 
     #[test]

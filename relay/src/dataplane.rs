@@ -562,10 +562,7 @@ impl Dataplane {
     /// The counters of route slot `slot`, summed over CPUs (`last_seen_ns`: the latest).
     pub fn route_stats(&self, slot: u32) -> Result<RouteStats, DataplaneError> {
         let array = PerCpuArray::<_, RouteStats>::try_from(self.map(ROUTE_STATS_MAP)?)?;
-        Ok(array
-            .get(&slot, 0)?
-            .iter()
-            .fold(RouteStats::default(), |a, c| a.add(*c)))
+        sum(&array, slot, RouteStats::add)
     }
 
     /// Zeroes the counters of route slot `slot` (on every CPU), for a route taking it over.
@@ -677,16 +674,8 @@ impl Dataplane {
 
     /// The counters of the flow at `index`, summed over CPUs (`last_seen_ns`: the latest).
     pub fn flow_stats(&self, index: u32) -> Result<FlowStats, DataplaneError> {
-        let map = self.map(FLOW_STATS_MAP)?;
-        let array = PerCpuArray::<_, FlowStats>::try_from(map)?;
-        Ok(array
-            .get(&index, 0)?
-            .iter()
-            .fold(FlowStats::default(), |a, c| FlowStats {
-                packets: a.packets + c.packets,
-                bytes: a.bytes + c.bytes,
-                last_seen_ns: a.last_seen_ns.max(c.last_seen_ns),
-            }))
+        let array = PerCpuArray::<_, FlowStats>::try_from(self.map(FLOW_STATS_MAP)?)?;
+        sum(&array, index, FlowStats::add)
     }
 
     /// The program's policers, mapped into this process: the userspace data path spends the
@@ -708,10 +697,7 @@ impl Dataplane {
     /// Entry `index` of the per-CPU counter array `name`, summed over CPUs.
     fn summed(&self, name: &'static str, index: u32) -> Result<Counters, DataplaneError> {
         let array = PerCpuArray::<_, Counters>::try_from(self.map(name)?)?;
-        Ok(array
-            .get(&index, 0)?
-            .iter()
-            .fold(Counters::default(), |a, c| a.add(*c)))
+        sum(&array, index, Counters::add)
     }
 
     fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DataplaneError> {
@@ -884,48 +870,141 @@ pub struct PinnedCounters {
     policed: PerCpuArray<aya::maps::MapData, Counters>,
 }
 
+/// Map `name` pinned at `pins`; `None` when nothing is pinned there.
+fn open_pinned(pins: &Pins, name: &str) -> Result<Option<aya::maps::MapData>, DataplaneError> {
+    let path = pins.maps().join(name);
+    if !path.exists() {
+        return Ok(None);
+    }
+    aya::maps::MapData::from_pin(&path)
+        .map(Some)
+        .map_err(pinning(&path))
+}
+
+/// Map `name` pinned at `pins`, which must be there (its sibling `VERDICTS` was).
+fn open_sibling(pins: &Pins, name: &'static str) -> Result<aya::maps::MapData, DataplaneError> {
+    open_pinned(pins, name)?.ok_or(DataplaneError::MissingMap(name))
+}
+
 impl PinnedCounters {
     /// The arrays pinned at `pins`; `None` when nothing is pinned there.
     pub fn open(pins: &Pins) -> Result<Option<Self>, DataplaneError> {
-        let open = |name: &str| -> Result<Option<PerCpuArray<_, Counters>>, DataplaneError> {
-            let path = pins.maps().join(name);
-            if !path.exists() {
-                return Ok(None);
-            }
-            let data = aya::maps::MapData::from_pin(&path).map_err(pinning(&path))?;
-            Ok(Some(PerCpuArray::try_from(aya::maps::Map::PerCpuArray(
-                data,
-            ))?))
-        };
-        let (Some(verdicts), Some(policed)) = (open(VERDICTS_MAP)?, open(POLICED_MAP)?) else {
+        let Some(verdicts) = open_pinned(pins, VERDICTS_MAP)? else {
             return Ok(None);
         };
-        Ok(Some(Self { verdicts, policed }))
+        let policed = open_sibling(pins, POLICED_MAP)?;
+        Ok(Some(Self {
+            verdicts: PerCpuArray::try_from(aya::maps::Map::PerCpuArray(verdicts))?,
+            policed: PerCpuArray::try_from(aya::maps::Map::PerCpuArray(policed))?,
+        }))
     }
 
     /// Every verdict's packets and bytes, summed over CPUs.
     pub fn verdicts(&self) -> Result<VerdictCounters, DataplaneError> {
         let mut out = VerdictCounters::default();
         for v in Verdict::ALL {
-            out.0[v.index() as usize] = sum(&self.verdicts, v.index())?;
+            out.0[v.index() as usize] = sum(&self.verdicts, v.index(), Counters::add)?;
         }
         Ok(out)
     }
 
     /// What policer `slot` refused in the kernel.
     pub fn policed(&self, slot: u32) -> Result<Counters, DataplaneError> {
-        sum(&self.policed, slot)
+        sum(&self.policed, slot, Counters::add)
     }
 }
 
-fn sum(
-    array: &PerCpuArray<aya::maps::MapData, Counters>,
+/// Every table of a data plane read from its pins, for `relay top`: the counters, the
+/// channels' flows and the room routes with their counters, and the policers' limits.
+pub struct PinnedTables {
+    pub counters: PinnedCounters,
+    flows: BpfHashMap<aya::maps::MapData, FlowKey, FlowAction>,
+    flow_stats: PerCpuArray<aya::maps::MapData, FlowStats>,
+    routes: BpfHashMap<aya::maps::MapData, RouteKey, RoomRoute>,
+    route_stats: PerCpuArray<aya::maps::MapData, RouteStats>,
+    policers: crate::policers::Policers,
+}
+
+impl PinnedTables {
+    /// The tables pinned at `pins`; `None` when nothing is pinned there.
+    pub fn open(pins: &Pins) -> Result<Option<Self>, DataplaneError> {
+        use std::os::fd::AsFd as _;
+        let Some(counters) = PinnedCounters::open(pins)? else {
+            return Ok(None);
+        };
+        let policers = open_sibling(pins, POLICERS_MAP)?;
+        let policers = crate::policers::Policers::mapped_read_only(policers.fd().as_fd())
+            .map_err(DataplaneError::Mmap)?;
+        Ok(Some(Self {
+            counters,
+            flows: BpfHashMap::try_from(aya::maps::Map::HashMap(open_sibling(pins, FLOWS_MAP)?))?,
+            flow_stats: PerCpuArray::try_from(aya::maps::Map::PerCpuArray(open_sibling(
+                pins,
+                FLOW_STATS_MAP,
+            )?))?,
+            routes: BpfHashMap::try_from(aya::maps::Map::HashMap(open_sibling(
+                pins,
+                ROOM_ROUTES_MAP,
+            )?))?,
+            route_stats: PerCpuArray::try_from(aya::maps::Map::PerCpuArray(open_sibling(
+                pins,
+                ROUTE_STATS_MAP,
+            )?))?,
+            policers,
+        }))
+    }
+
+    /// Every flow installed, with its counters.
+    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowAction, FlowStats)>, DataplaneError> {
+        with_stats(
+            &self.flows,
+            &self.flow_stats,
+            |a| a.stats_index,
+            FlowStats::add,
+        )
+    }
+
+    /// Every room route installed, with its counters.
+    pub fn routes(&self) -> Result<Vec<(RouteKey, RoomRoute, RouteStats)>, DataplaneError> {
+        with_stats(&self.routes, &self.route_stats, |r| r.slot, RouteStats::add)
+    }
+
+    /// The limit policer `slot` enforces (`None`: slot 0, no limit).
+    pub fn limit(&self, slot: u32) -> Option<relay_common::police::Limit> {
+        self.policers.limit(slot)
+    }
+}
+
+/// Every entry of `map` with its counters, entry `index(value)` of `stats` (summed over
+/// CPUs with `add`). An entry removed while the map is read is left out.
+fn with_stats<K: aya::Pod, V: aya::Pod, S: aya::Pod + Default>(
+    map: &BpfHashMap<aya::maps::MapData, K, V>,
+    stats: &PerCpuArray<aya::maps::MapData, S>,
+    index: fn(&V) -> u32,
+    add: fn(S, S) -> S,
+) -> Result<Vec<(K, V, S)>, DataplaneError> {
+    let mut out = Vec::new();
+    for entry in map {
+        let (key, value) = match entry {
+            Ok(entry) => entry,
+            Err(MapError::KeyNotFound) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        out.push((key, value, sum(stats, index(&value), add)?));
+    }
+    Ok(out)
+}
+
+/// Entry `index` of a per-CPU array, summed over CPUs with `add`.
+fn sum<T: std::borrow::Borrow<aya::maps::MapData>, V: aya::Pod + Default>(
+    array: &PerCpuArray<T, V>,
     index: u32,
-) -> Result<Counters, DataplaneError> {
+    add: fn(V, V) -> V,
+) -> Result<V, DataplaneError> {
     Ok(array
         .get(&index, 0)?
         .iter()
-        .fold(Counters::default(), |a, c| a.add(*c)))
+        .fold(V::default(), |a, c| add(a, *c)))
 }
 
 /// Maps any error of pinning, adopting or attaching through `path` to `DataplaneError::Pin`.
@@ -1228,6 +1307,17 @@ fn octets(ip: IpAddr) -> [u8; 16] {
         IpAddr::V6(v6) => o = v6.octets(),
     }
     o
+}
+
+/// An address and port of the maps' layout (`family`, [`octets`], port in network byte
+/// order), read back.
+pub fn socket_addr(family: u8, addr: [u8; 16], port: [u8; 2]) -> SocketAddr {
+    let ip = if family == FAMILY_IPV6 {
+        IpAddr::from(addr)
+    } else {
+        IpAddr::from([addr[0], addr[1], addr[2], addr[3]])
+    };
+    SocketAddr::new(ip, u16::from_be_bytes(port))
 }
 
 const fn family(ip: IpAddr) -> u8 {

@@ -1,6 +1,7 @@
 //! The `relay` command.
 
 mod room_cli;
+mod top_cli;
 mod tune_cli;
 
 use std::{
@@ -70,6 +71,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A live view of an instance's data plane, read from its pins: verdict rates, the
+    /// busiest channel flows and room tracks, tenants against their limits, drops by
+    /// reason, and whether the daemon runs (the kernel forwards on without it). Run it in
+    /// the same network namespace and mounts as `relay run`.
+    Top(top_cli::TopArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -100,6 +106,7 @@ fn main() -> anyhow::Result<()> {
             state_dir,
         } => down(&instance, state_dir.as_deref()),
         Command::Stats { instance, json } => stats(&instance, json),
+        Command::Top(args) => top_cli::run(&args),
     }
 }
 
@@ -108,11 +115,7 @@ fn stats(instance: &str, json: bool) -> anyhow::Result<()> {
     relay::config::check_instance(instance)?;
     let pins = Pins::new(instance);
     let Some(counters) = relay::dataplane::PinnedCounters::open(&pins)? else {
-        anyhow::bail!(
-            "no data plane pinned at {} (is `relay run --instance {instance} --interface ...` \
-             running, or was it, in this network namespace and mounts?)",
-            pins.dir().display()
-        );
+        return Err(top_cli::no_data_plane(instance, &pins));
     };
     let verdicts = counters.verdicts()?;
     let interfaces = pins.interfaces();
@@ -190,6 +193,13 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         Ok(limit) => log::debug!("open files: up to {limit}"),
         Err(e) => log::warn!("could not raise the open file limit: {e}"),
     }
+    // Held until the relay exits: how `relay top` tells that it runs.
+    let _alive = relay::liveness::hold(&run.state_file).map_err(|e| {
+        log::warn!(
+            "cannot lock {}: {e} (`relay top` will say the daemon is down)",
+            relay::liveness::lock_file(&run.state_file).display()
+        );
+    });
     let pins = Pins::new(&run.instance);
     let (instance, detach_on_exit) = (run.instance.clone(), run.detach_on_exit);
     let interfaces = run.interface.join(", ");

@@ -66,6 +66,16 @@ impl Policers {
 
     /// Maps the kernel's `POLICERS` array (created `BPF_F_MMAPABLE`), `SLOTS` entries.
     pub fn mapped(map: BorrowedFd<'_>) -> std::io::Result<Self> {
+        Self::map(map, libc::PROT_READ | libc::PROT_WRITE)
+    }
+
+    /// The kernel's `POLICERS` array mapped for reading only, to show the limits (`relay
+    /// top`): [`Policers::configure`] and [`Policers::admit`] must not be called on it.
+    pub fn mapped_read_only(map: BorrowedFd<'_>) -> std::io::Result<Self> {
+        Self::map(map, libc::PROT_READ)
+    }
+
+    fn map(map: BorrowedFd<'_>, prot: libc::c_int) -> std::io::Result<Self> {
         let len = SLOTS as usize;
         // SAFETY: maps a BPF array's values shared, as the kernel allows for mmapable
         // arrays; the result is checked below.
@@ -73,7 +83,7 @@ impl Policers {
             libc::mmap(
                 std::ptr::null_mut(),
                 mapping_len(len),
-                libc::PROT_READ | libc::PROT_WRITE,
+                prot,
                 libc::MAP_SHARED,
                 map.as_raw_fd(),
                 0,
@@ -151,6 +161,11 @@ impl Policers {
             return false;
         }
         true
+    }
+
+    /// The limit slot `slot` holds; `None` for slot 0 (none) and beyond the table.
+    pub fn limit(&self, slot: u32) -> Option<Limit> {
+        self.get(slot).map(Policer::limit)
     }
 
     /// Packets of slot `slot` the userspace data path dropped over the limit.

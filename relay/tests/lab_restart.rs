@@ -17,27 +17,20 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use relay::{dataplane::Pins, stun::ChannelData};
+use relay::dataplane::Pins;
 use support::{
-    RunningRelay, TempDir, channel_client, lab_relay_args, pinned_relay_args, tc_ingress_programs,
-    verdict_row, xdp_attachment, xdp_on_switch_port,
+    RunningRelay, StopOnDrop, TempDir, channel_client, lab_relay_args, pinned_relay_args,
+    relay_with_host_mounts, stream_channel, tc_ingress_programs, verdict_row, xdp_attachment,
+    xdp_on_switch_port,
 };
 use xtask::lab::{Host, Lab};
 
 const CHANNEL: u16 = 0x4002;
 const RATE: u64 = 500;
 
-/// The relay binary in the relay host's network namespace, sharing the host's mounts.
-fn relay_command(lab: &Lab) -> Command {
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/run/netns/{}", lab.netns(Host::Relay)))
-        .arg(env!("CARGO_BIN_EXE_relay"));
-    c
-}
-
 /// What `relay stats --json` reads from the instance's pins: packets forwarded by XDP.
 fn forwarded_by_stats(lab: &Lab, instance: &str) -> u64 {
-    let out = relay_command(lab)
+    let out = relay_with_host_mounts(lab)
         .args(["stats", "--instance", instance, "--json"])
         .output()
         .unwrap();
@@ -62,7 +55,7 @@ struct Down<'a> {
 
 impl Down<'_> {
     fn run(&self) -> String {
-        let out = relay_command(self.lab)
+        let out = relay_with_host_mounts(self.lab)
             .args(["down", "--instance", &self.instance, "--state-dir"])
             .arg(&self.state.0)
             .output()
@@ -101,35 +94,6 @@ fn count_sequences(
     }
 }
 
-/// Sends ChannelData carrying sequence numbers at `RATE` until `sending` is cleared;
-/// returns how many were sent.
-fn stream(socket: &UdpSocket, server: SocketAddr, sending: &AtomicBool) -> u64 {
-    let start = Instant::now();
-    let mut seq = 0_u64;
-    while sending.load(Ordering::Acquire) {
-        let due = RATE * start.elapsed().as_micros() as u64 / 1_000_000;
-        while seq < due {
-            let frame = ChannelData {
-                channel: CHANNEL,
-                data: &seq.to_be_bytes(),
-            }
-            .encode(false);
-            socket.send_to(&frame, server).unwrap();
-            seq += 1;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    seq
-}
-
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
-    }
-}
-
 #[test]
 fn a_killed_relay_interrupts_nothing_and_its_successor_adopts_the_data_plane() {
     let lab = Lab::up("rs-kill").unwrap();
@@ -143,7 +107,7 @@ fn a_killed_relay_interrupts_nothing_and_its_successor_adopts_the_data_plane() {
     };
     let state_dir = state.0.to_str().unwrap().to_owned();
     let args = pinned_relay_args(&instance, &state_dir);
-    let first = RunningRelay::start_command(relay_command(&lab), &args, "TURN on");
+    let first = RunningRelay::start_command(relay_with_host_mounts(&lab), &args, "TURN on");
 
     // The peer: a sink that counts distinct sequence numbers.
     let sink = lab
@@ -157,7 +121,7 @@ fn a_killed_relay_interrupts_nothing_and_its_successor_adopts_the_data_plane() {
         let counter = s.spawn(|| count_sequences(&sink, &sending, &received));
         let (socket, server) = (client.socket().try_clone().unwrap(), client.server());
         let sending = &sending;
-        let sender = s.spawn(move || stream(&socket, server, sending));
+        let sender = s.spawn(move || stream_channel(&socket, server, (CHANNEL, RATE), sending));
         // Whatever happens below, the sender and the counter stop.
         let _stop = StopOnDrop(sending);
         let wait_for = |n: u64, what: &str| {
@@ -184,7 +148,7 @@ fn a_killed_relay_interrupts_nothing_and_its_successor_adopts_the_data_plane() {
             "relay stats with no daemon: {before} then {after} forwarded"
         );
 
-        let second = RunningRelay::start_command(relay_command(&lab), &args, "TURN on");
+        let second = RunningRelay::start_command(relay_with_host_mounts(&lab), &args, "TURN on");
         assert!(
             second.logged("restoring 1 allocations"),
             "{:?}",
@@ -282,7 +246,7 @@ fn a_relay_that_pins_on_a_bpffs_of_its_own_mount_namespace_says_so() {
         "--state-dir",
         state.0.to_str().unwrap(),
     ]);
-    let shared = RunningRelay::start_command(relay_command(&lab), &args, "TURN on");
+    let shared = RunningRelay::start_command(relay_with_host_mounts(&lab), &args, "TURN on");
     assert!(
         !shared.logged(PRIVATE_BPFFS),
         "a warning with the host's mounts: {:?}",

@@ -15,8 +15,10 @@ use std::{
 };
 
 use nix::sys::socket::{setsockopt, sockopt};
+use relay::top::view::DAEMON_DOWN;
 use support::{
-    RoomsRelay, TempDir, exit_figures, last_packet_is_recent, verdict_row, xdp_on_switch_port,
+    RoomsRelay, TempDir, exit_figures, last_packet_is_recent, relay_top_once, verdict_row,
+    xdp_on_switch_port,
 };
 use xtask::lab::{Host, Lab};
 
@@ -418,6 +420,31 @@ impl Drop for RemovePins {
     }
 }
 
+/// What `relay top --once` shows of the ward's two routes with the daemon killed: the
+/// camera's tracks by SSRC, their subscribers (1 and `FANOUT`), the 400 packets since the
+/// latch forwarded in the kernel, and that no daemon runs.
+fn routes_in_top(s: &RoomsRelay, instance: &str, state_dir: &str) {
+    let screen = relay_top_once(&s.lab, instance, state_dir);
+    assert!(screen.contains(DAEMON_DOWN), "{screen}");
+    // Each track's RTP and RTCP (by its sender SSRC).
+    assert!(screen.contains("ROOM_ROUTES 4/1024"), "{screen}");
+    for (ssrc, subscribers) in [(SOLO, 1), (SHARED, FANOUT)] {
+        let track = format!("{ssrc:08x} rtp");
+        let Some((before, after)) = screen.lines().find_map(|l| l.split_once(&track)) else {
+            panic!("no route of {track}:\n{screen}")
+        };
+        assert!(before.contains("10.77.0.11:5004"), "{screen}");
+        // subscribers, tenant, pkt/s, bit/s, copies/s, packets
+        let row: Vec<&str> = after.split(['│', ' ']).filter(|c| !c.is_empty()).collect();
+        assert_eq!(
+            row[..2],
+            [subscribers.to_string().as_str(), "-"],
+            "{screen}"
+        );
+        assert_eq!(row[5], "400", "{screen}");
+    }
+}
+
 /// kill -9 mid-stream: with no daemon at all the kernel goes on forwarding the rooms'
 /// media, nothing lost (the pins are on the host's bpffs, as in `lab_restart`); the
 /// successor adopts the data plane, takes the room up from its state file and installs
@@ -469,6 +496,7 @@ fn with_no_daemon_the_kernel_goes_on_forwarding_room_media() {
         // The SHARED packet 0 went with the latching one, through the core.
         assert_eq!(got, (0..=400).collect::<Vec<u16>>());
     }
+    routes_in_top(&s, &instance, &state_dir);
     // The successor adopts the data plane and takes the room up (saved within 100 ms of
     // the latch, long before the kill): its routes replace the adopted ones, none is stale.
     drop(s.start_again());

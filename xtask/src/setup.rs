@@ -60,6 +60,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "python3-venv",
         "a virtualenv for kubernetes-validate (checks the Helm chart against Kubernetes' schemas)",
     ),
+    (
+        "tmux",
+        "a terminal for `relay top` in its test: keys in, the screen out",
+    ),
 ];
 
 pub(crate) fn run() -> anyhow::Result<()> {

@@ -302,6 +302,63 @@ pub(crate) fn tc_ingress_programs(lab: &Lab, host: Host) -> Vec<String> {
     .unwrap()
 }
 
+/// The relay binary in the relay host's network namespace, with the host's mounts
+/// (`nsenter --net`, not `ip netns exec`, whose private /sys would give it a private
+/// bpffs): what it pins outlives it, and other commands run so see the same pins.
+pub(crate) fn relay_with_host_mounts(lab: &Lab) -> std::process::Command {
+    let mut c = std::process::Command::new("nsenter");
+    c.arg(format!("--net=/run/netns/{}", lab.netns(Host::Relay)))
+        .arg(env!("CARGO_BIN_EXE_relay"));
+    c
+}
+
+/// One screen of `relay top --once` (rates over 200 ms) for the instance, next to a relay
+/// run with the host's mounts; the command must succeed.
+pub(crate) fn relay_top_once(lab: &Lab, instance: &str, state_dir: &str) -> String {
+    let out = relay_with_host_mounts(lab)
+        .args(["top", "--once", "--interval", "200", "--instance", instance])
+        .args(["--state-dir", state_dir])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Sends ChannelData on `channel`, carrying sequence numbers (8 bytes), at `rate` a second
+/// until `sending` is cleared; returns how many were sent.
+pub(crate) fn stream_channel(
+    socket: &std::net::UdpSocket,
+    server: std::net::SocketAddr,
+    (channel, rate): (u16, u64),
+    sending: &std::sync::atomic::AtomicBool,
+) -> u64 {
+    let start = std::time::Instant::now();
+    let mut seq = 0_u64;
+    while sending.load(std::sync::atomic::Ordering::Acquire) {
+        let due = rate * start.elapsed().as_micros() as u64 / 1_000_000;
+        while seq < due {
+            let frame = relay::stun::ChannelData {
+                channel,
+                data: &seq.to_be_bytes(),
+            }
+            .encode(false);
+            socket.send_to(&frame, server).unwrap();
+            seq += 1;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    seq
+}
+
+/// Clears the flag when dropped: a stream stops whatever way the test ends.
+pub(crate) struct StopOnDrop<'a>(pub(crate) &'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// A directory under the system temp dir, removed on drop.
 pub(crate) struct TempDir(pub(crate) std::path::PathBuf);
 
@@ -393,11 +450,7 @@ impl RoomsRelay {
     fn spawn(lab: &Lab, args: &[String], host_mounts: bool) -> RunningRelay {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let command = if host_mounts {
-            let mut command = std::process::Command::new("nsenter");
-            command
-                .arg(format!("--net=/run/netns/{}", lab.netns(Host::Relay)))
-                .arg(env!("CARGO_BIN_EXE_relay"));
-            command
+            relay_with_host_mounts(lab)
         } else {
             lab.command(Host::Relay, env!("CARGO_BIN_EXE_relay"))
         };
