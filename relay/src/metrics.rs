@@ -66,6 +66,8 @@ pub fn store<'a>(pairs: impl IntoIterator<Item = (&'a AtomicU64, u64)>) {
 pub struct ControlCounts {
     /// Allocations, permissions and channels held, by transport (`turn::Server::held`).
     pub held: [[AtomicU64; 3]; 3],
+    /// Packets the kernel forwarded per tenant policer slot, summed once a second.
+    pub tenant_forwarded: Mutex<std::collections::HashMap<u32, u64>>,
     pub rooms: AtomicU64,
     pub room_endpoints: AtomicU64,
     pub room_subscriptions: AtomicU64,
@@ -474,6 +476,34 @@ fn tenants(
         });
         kernel.into_iter().chain(user)
     });
+    let forwarded_xdp = live
+        .control
+        .tenant_forwarded
+        .lock()
+        .map(|f| f.clone())
+        .unwrap_or_default();
+    let forwarded = live.tenants.iter().flat_map(|(name, slot, _)| {
+        let kernel = pinned.map(|_| {
+            let n = forwarded_xdp.get(slot).copied().unwrap_or(0);
+            (tenant_path(name, "xdp"), ConstCounter::new(n))
+        });
+        let user = (live.policers.as_ref()).map(|p| {
+            (
+                tenant_path(name, "user"),
+                ConstCounter::new(p.passed(*slot)),
+            )
+        });
+        kernel.into_iter().chain(user)
+    });
+    typed_family(
+        encoder,
+        (
+            "relay_tenant_forwarded_packets",
+            "Packets of a tenant's channels and rooms forwarded within its limit, by where (xdp: summed each second; user).",
+            MetricType::Counter,
+        ),
+        forwarded,
+    )?;
     typed_family(
         encoder,
         (
@@ -723,7 +753,7 @@ mod tests {
     }
 
     #[test]
-    fn tenants_show_their_limits_and_what_userspace_refused() {
+    fn tenants_show_their_limits_and_what_userspace_forwarded_and_refused() {
         let policers = Arc::new(Policers::own());
         let limit = relay_common::police::Limit {
             packets_per_sec: 1000,
@@ -744,6 +774,14 @@ mod tests {
         assert!(
             l.contains(&"relay_tenant_policed_packets_total{tenant=\"north\",path=\"user\"} 1"),
             "{text}"
+        );
+        assert!(
+            l.contains(&"relay_tenant_forwarded_packets_total{tenant=\"north\",path=\"user\"} 1"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("path=\"xdp\""),
+            "no kernel, no xdp path: {text}"
         );
         assert!(
             l.contains(&"relay_tenant_limit_packets_per_second{tenant=\"north\"} 1000"),

@@ -50,6 +50,9 @@ fn mapping_len(slots: usize) -> usize {
 pub struct Policers {
     table: Table,
     dropped: Box<[AtomicU64]>,
+    /// Packets each tenant slot admitted in userspace: what the userspace data path
+    /// forwarded within the tenant's budget.
+    passed: Box<[AtomicU64]>,
 }
 
 impl std::fmt::Debug for Policers {
@@ -100,6 +103,7 @@ impl Policers {
         Self {
             table,
             dropped: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            passed: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -143,6 +147,7 @@ impl Policers {
                 self.dropped[tenant as usize].fetch_add(1, Relaxed);
                 return false;
             }
+            self.passed[tenant as usize].fetch_add(1, Relaxed);
         }
         true
     }
@@ -166,6 +171,13 @@ impl Policers {
     /// The limit slot `slot` holds; `None` for slot 0 (none) and beyond the table.
     pub fn limit(&self, slot: u32) -> Option<Limit> {
         self.get(slot).map(Policer::limit)
+    }
+
+    /// Packets tenant slot `slot` admitted in userspace.
+    pub fn passed(&self, slot: u32) -> u64 {
+        self.passed
+            .get(slot as usize)
+            .map_or(0, |p| p.load(Relaxed))
     }
 
     /// Packets of slot `slot` the userspace data path dropped over the limit.

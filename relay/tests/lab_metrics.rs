@@ -260,6 +260,31 @@ fn a_tenants_refusals_in_the_kernel_are_counted_by_tenant() {
         ),
         Some(100.0)
     );
+    // Every one of the 300 is counted for north: forwarded within its limit or refused, in
+    // the kernel or in userspace (the kernel's forwarded sums are taken once a second).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, text) = get(&lab, "/metrics");
+        let count = |family: &str, path: &str| {
+            value(
+                &text,
+                &format!("relay_tenant_{family}_packets_total{{tenant=\"north\",path=\"{path}\"}}"),
+            )
+            .unwrap_or_else(|| panic!("no {family} {path} for north: {text}"))
+        };
+        let forwarded = [count("forwarded", "xdp"), count("forwarded", "user")];
+        let total =
+            forwarded[0] + forwarded[1] + count("policed", "xdp") + count("policed", "user");
+        if (total - 300.0).abs() < f64::EPSILON {
+            eprintln!("north: forwarded {forwarded:?} (xdp, user), the rest refused");
+            assert!(forwarded[0] >= 1.0, "{text}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{total} of 300 counted: {text}"
+        );
+    }
 }
 
 /// Prometheus scraping while the relay stops (a rollout, `systemctl restart`): each scrape

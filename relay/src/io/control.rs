@@ -222,6 +222,8 @@ pub(crate) struct Control {
     /// `HELD_EVERY`, and once a second for expiries.
     held_at: Option<Instant>,
     held_due: Option<Instant>,
+    /// When what the kernel forwarded per tenant was last summed (once a second).
+    tenants_at: Option<Instant>,
     rooms: RoomPlane,
 }
 
@@ -247,6 +249,7 @@ impl Control {
             no_policer: 0,
             held_at: None,
             held_due: None,
+            tenants_at: None,
             rooms,
         }
     }
@@ -281,6 +284,10 @@ impl Control {
         live.ready.store(true, std::sync::atomic::Ordering::Relaxed);
         notifier.ready(ready, Instant::now());
         log::info!("{ready}");
+        // Counts that move without events (expiries, the kernel's per-tenant sums) are
+        // published at least once a second.
+        let mut second = tokio::time::interval(Duration::from_secs(1));
+        second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.server.poll_timeout();
             let rooms_deadline = self.rooms.poll_timeout();
@@ -310,6 +317,7 @@ impl Control {
                 },
                 () = sleep_until(self.state.due()), if self.state.due().is_some() => {}
                 () = sleep_until(self.held_due), if self.held_due.is_some() => {}
+                _ = second.tick() => {}
                 () = sleep_until(self.rooms.save_due()), if self.rooms.save_due().is_some() => {}
                 // Wakes an idle loop to ping; a busy one pings below.
                 () = sleep_until(ping), if ping.is_some() => {}
@@ -363,6 +371,19 @@ impl Control {
             );
             self.held_at = Some(now);
             self.held_due = None;
+        }
+        if let Some(kernel) = &self.kernel {
+            if !live.tenants.is_empty()
+                && self
+                    .tenants_at
+                    .is_none_or(|at| now >= at + Duration::from_secs(1))
+            {
+                let sums = kernel.tenant_forwarded();
+                if let Ok(mut forwarded) = live.control.tenant_forwarded.lock() {
+                    *forwarded = sums;
+                }
+                self.tenants_at = Some(now);
+            }
         }
         let core = &self.rooms.core;
         live.control

@@ -57,6 +57,11 @@ pub(crate) struct Kernel {
     /// Room routes (RTP or RTCP of one SSRC) left to userspace: too many destinations,
     /// families that differ, no slot or map entry left.
     pub(crate) routes_not_installed: u64,
+    /// The tenant (policer slot) of each installed room route.
+    route_tenants: HashMap<(Source, u32), u32>,
+    /// Packets and bytes the kernel forwarded for each tenant (policer slot) on channels and
+    /// routes since removed: their counters go with their slots, the tenant's total stays.
+    retired: HashMap<u32, u64>,
 }
 
 impl Kernel {
@@ -82,6 +87,8 @@ impl Kernel {
             free_slots,
             adopted_slots,
             routes_not_installed: 0,
+            route_tenants: HashMap::new(),
+            retired: HashMap::new(),
         }
     }
 
@@ -110,7 +117,11 @@ impl Kernel {
         policers: RoutePolicers,
     ) {
         if let Some(old) = self.room_routes.remove(&(from, ssrc)) {
+            let tenant = self.route_tenants.remove(&(from, ssrc)).unwrap_or(0);
             for (key, slot) in old {
+                if let Ok(s) = self.dataplane.route_stats(slot) {
+                    self.retire(tenant, s.packets);
+                }
                 if let Err(e) = self.dataplane.remove_room_route(&key) {
                     log::warn!(
                         "fast path: cannot remove the route of SSRC {ssrc} from {}: {e}",
@@ -143,6 +154,7 @@ impl Kernel {
         }
         if !installed.is_empty() {
             self.room_routes.insert((from, ssrc), installed);
+            self.route_tenants.insert((from, ssrc), policers.tenant);
         }
     }
 
@@ -301,6 +313,11 @@ impl Kernel {
                 }
             }
         }
+        for slot in channel.stats {
+            if let Ok(s) = self.dataplane.flow_stats(slot) {
+                self.retire(channel.policers[1], s.packets);
+            }
+        }
         self.free.extend(channel.stats);
         // The partner's client entry was a hairpin through this channel: plain again.
         if let Some((partner, expires_ns)) = self
@@ -318,6 +335,40 @@ impl Kernel {
                 }
             }
         }
+    }
+
+    fn retire(&mut self, tenant: u32, packets: u64) {
+        if tenant != 0 {
+            *self.retired.entry(tenant).or_default() += packets;
+        }
+    }
+
+    /// Packets the kernel forwarded for each tenant (by policer slot): what its installed
+    /// channels and room routes counted, and what removed ones had. A walk of every
+    /// installed entry's counters (a system call each): once a second at most.
+    pub(crate) fn tenant_forwarded(&self) -> HashMap<u32, u64> {
+        let mut sums = self.retired.clone();
+        let mut add = |tenant: u32, packets: u64| {
+            if tenant != 0 {
+                *sums.entry(tenant).or_default() += packets;
+            }
+        };
+        for (channel, _) in self.channels.values() {
+            for slot in channel.stats {
+                if let Ok(s) = self.dataplane.flow_stats(slot) {
+                    add(channel.policers[1], s.packets);
+                }
+            }
+        }
+        for (route, entries) in &self.room_routes {
+            let tenant = self.route_tenants.get(route).copied().unwrap_or(0);
+            for (_, slot) in entries {
+                if let Ok(s) = self.dataplane.route_stats(*slot) {
+                    add(tenant, s.packets);
+                }
+            }
+        }
+        sums
     }
 
     /// Usage, as coturn logs it when a session ends: what the kernel relayed for the channel
