@@ -3,7 +3,11 @@
 
 use serde_json::{Value, json};
 
-use super::{ClientTuple, Transport, auth::Authenticated, tenant::Tenant, tenant::tenant_of};
+use super::{
+    ClientTuple, Transport,
+    auth::Authenticated,
+    tenant::{Tenant, rest_user, tenant_of},
+};
 use crate::policy::{Action, Shared};
 
 impl Transport {
@@ -19,14 +23,7 @@ impl Transport {
 /// The user behind a request: the username as sent, its user part (a REST username is
 /// `EXPIRY:USER`), its tenant, and where the client is.
 fn subject(tuple: ClientTuple, auth: &Authenticated, tenants: &[Tenant]) -> Value {
-    let name = match auth.username.split_once(':') {
-        Some((expiry, user))
-            if !expiry.is_empty() && expiry.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            user
-        }
-        _ => auth.username.as_str(),
-    };
+    let name = rest_user(&auth.username).unwrap_or(&auth.username);
     json!({
         "user": auth.username,
         "name": name,

@@ -24,15 +24,19 @@ pub fn tenant_of(tenants: &[Tenant], username: &str) -> Option<usize> {
     {
         return Some(i);
     }
-    let (expiry, user) = username.split_once(':')?;
-    if expiry.is_empty() || !expiry.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
+    let user = rest_user(username)?;
     tenants.iter().position(|t| {
         t.rest_users
             .iter()
             .any(|p| glob(p.as_bytes(), user.as_bytes()))
     })
+}
+
+/// The user part of a TURN REST username (`EXPIRY:USER`, the expiry in digits); `None`
+/// for any other username.
+pub fn rest_user(username: &str) -> Option<&str> {
+    let (expiry, user) = username.split_once(':')?;
+    (!expiry.is_empty() && expiry.bytes().all(|b| b.is_ascii_digit())).then_some(user)
 }
 
 /// Whether `text` matches `pattern`, where `*` matches any run of bytes (greedy with
