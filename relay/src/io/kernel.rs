@@ -338,9 +338,7 @@ impl Kernel {
     }
 
     fn retire(&mut self, tenant: u32, packets: u64) {
-        if tenant != 0 {
-            *self.retired.entry(tenant).or_default() += packets;
-        }
+        add_to_tenant(&mut self.retired, tenant, packets);
     }
 
     /// Packets the kernel forwarded for each tenant (by policer slot): what its installed
@@ -348,15 +346,10 @@ impl Kernel {
     /// installed entry's counters (a system call each): once a second at most.
     pub(crate) fn tenant_forwarded(&self) -> HashMap<u32, u64> {
         let mut sums = self.retired.clone();
-        let mut add = |tenant: u32, packets: u64| {
-            if tenant != 0 {
-                *sums.entry(tenant).or_default() += packets;
-            }
-        };
         for (channel, _) in self.channels.values() {
             for slot in channel.stats {
                 if let Ok(s) = self.dataplane.flow_stats(slot) {
-                    add(channel.policers[1], s.packets);
+                    add_to_tenant(&mut sums, channel.policers[1], s.packets);
                 }
             }
         }
@@ -364,7 +357,7 @@ impl Kernel {
             let tenant = self.route_tenants.get(route).copied().unwrap_or(0);
             for (_, slot) in entries {
                 if let Ok(s) = self.dataplane.route_stats(*slot) {
-                    add(tenant, s.packets);
+                    add_to_tenant(&mut sums, tenant, s.packets);
                 }
             }
         }
@@ -561,6 +554,13 @@ impl Kernel {
 
 /// The room routes' bookkeeping against a real data plane (loaded, not attached: needs
 /// root, as the packet tests do).
+/// Adds `packets` to tenant slot `tenant`'s sum (slot 0: no tenant, not summed).
+fn add_to_tenant(sums: &mut HashMap<u32, u64>, tenant: u32, packets: u64) {
+    if tenant != 0 {
+        *sums.entry(tenant).or_default() += packets;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
