@@ -9,7 +9,11 @@ pub(crate) struct XdpFrame<'a>(pub(crate) &'a XdpContext);
 impl Frame for XdpFrame<'_> {
     #[inline(always)]
     fn has(&self, len: usize) -> bool {
-        self.0.data() + len <= self.0.data_end()
+        // Compared as scalars, not as `data + len <= data_end`: `len` comes from a
+        // byte-swapped header field, and before Linux 6.3 (Debian 12 runs 6.1) the verifier
+        // knows no bounds of a byte swap's result, and refuses adding an unbounded scalar
+        // to a packet pointer.
+        len <= self.0.data_end() - self.0.data()
     }
 
     #[inline(always)]
