@@ -54,12 +54,20 @@ enum Cmd {
         target: Option<String>,
     },
     /// Build Relay's OCI image, `relay:VERSION`, without a container daemon: the layout
-    /// target/image/relay-oci and the archive target/image/relay-VERSION.oci.tar.
+    /// target/image/relay-oci and the archive target/image/relay-VERSION.oci.tar. With
+    /// --edge, the edge box's bootable disk instead: target/image/relay-edge-VERSION.img.
     /// Reproducible: every time is SOURCE_DATE_EPOCH, else the commit's time.
     Image {
         /// Put this relay binary in the image instead of building it (release).
         #[arg(long, value_name = "FILE")]
         relay: Option<std::path::PathBuf>,
+        /// The edge image: Debian 12, Relay and its units on a GPT disk that boots with
+        /// UEFI (needs root and the Debian mirror).
+        #[arg(long)]
+        edge: bool,
+        /// The Debian mirror the edge image is made from.
+        #[arg(long, default_value = "http://deb.debian.org/debian")]
+        mirror: String,
     },
     /// Build and manage the network-namespace lab.
     Lab {
@@ -86,12 +94,17 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench { quick, args } => bench(quick, &args),
         Cmd::Fuzz { seconds, target } => fuzz(seconds, target.as_deref()),
         Cmd::Lab { action, prefix } => lab(action, &prefix),
-        Cmd::Image { relay } => image(relay),
+        Cmd::Image {
+            relay,
+            edge,
+            mirror,
+        } => image(relay, edge.then_some(mirror.as_str())),
     }
 }
 
-/// Builds the release relay unless given one, then the image from it.
-fn image(relay: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+/// Builds the release relay unless given one, then the image from it: the OCI image, or
+/// with a mirror the edge image.
+fn image(relay: Option<std::path::PathBuf>, edge_mirror: Option<&str>) -> anyhow::Result<()> {
     let workspace = workspace();
     let relay = if let Some(relay) = relay {
         relay
@@ -105,6 +118,23 @@ fn image(relay: Option<std::path::PathBuf>) -> anyhow::Result<()> {
         }
         target_dir().join("release/relay")
     };
+    if let Some(mirror) = edge_mirror {
+        let inputs = xtask::edge::Inputs {
+            relay: &relay,
+            appliance: &workspace.join("appliance"),
+            epoch: xtask::image::source_date_epoch(&workspace)?,
+            mirror,
+        };
+        let built = xtask::edge::build(&inputs, &target_dir().join("image"))?;
+        println!(
+            "edge image ({digest})\n  disk:     {disk}\n  packages: {packages}\n  \
+             flash:    dd if={disk} of=/dev/DISK bs=4M conv=fsync",
+            digest = built.digest,
+            disk = built.disk.display(),
+            packages = built.packages.display(),
+        );
+        return Ok(());
+    }
     let revision = xtask::image::revision(&workspace)?;
     let inputs = xtask::image::Inputs {
         relay: &relay,

@@ -61,6 +61,30 @@ const PACKAGES: &[(&str, &str)] = &[
         "a virtualenv for kubernetes-validate (checks the Helm chart against Kubernetes' schemas)",
     ),
     (
+        "mmdebstrap",
+        "the edge image's Debian (`cargo xtask image --edge`)",
+    ),
+    (
+        "dosfstools",
+        "mkfs.vfat: the edge image's EFI system partition",
+    ),
+    (
+        "mtools",
+        "mmd, mcopy: files onto the EFI partition without mounting it",
+    ),
+    (
+        "fdisk",
+        "sfdisk: reads the edge image's partition table in its test",
+    ),
+    (
+        "qemu-system-x86",
+        "boots the edge image in its test (KVM where /dev/kvm is, else emulated)",
+    ),
+    (
+        "ovmf",
+        "UEFI firmware for qemu: the edge image boots as on a box",
+    ),
+    (
         "tmux",
         "a terminal for `relay top` in its test: keys in, the screen out",
     ),
