@@ -421,14 +421,15 @@ impl Drop for RemovePins {
 }
 
 /// What `relay top --once` shows of the ward's two routes with the daemon killed: the
-/// camera's tracks by SSRC, their subscribers (1 and `FANOUT`), the 400 packets since the
-/// latch forwarded in the kernel, and that no daemon runs.
+/// camera's tracks by SSRC, their subscribers (1 and `FANOUT`), the packets forwarded in
+/// the kernel (SOLO's 400 after the latching one, all 401 of SHARED), and that no daemon
+/// runs.
 fn routes_in_top(s: &RoomsRelay, instance: &str, state_dir: &str) {
     let screen = relay_top_once(&s.lab, instance, state_dir);
     assert!(screen.contains(DAEMON_DOWN), "{screen}");
     // Each track's RTP and RTCP (by its sender SSRC).
     assert!(screen.contains("ROOM_ROUTES 4/1024"), "{screen}");
-    for (ssrc, subscribers) in [(SOLO, 1), (SHARED, FANOUT)] {
+    for (ssrc, subscribers, packets) in [(SOLO, 1, "400"), (SHARED, FANOUT, "401")] {
         let track = format!("{ssrc:08x} rtp");
         let Some((before, after)) = screen.lines().find_map(|l| l.split_once(&track)) else {
             panic!("no route of {track}:\n{screen}")
@@ -441,7 +442,7 @@ fn routes_in_top(s: &RoomsRelay, instance: &str, state_dir: &str) {
             [subscribers.to_string().as_str(), "-"],
             "{screen}"
         );
-        assert_eq!(row[5], "400", "{screen}");
+        assert_eq!(row[5], packets, "{screen}");
     }
 }
 
@@ -482,8 +483,12 @@ fn with_no_daemon_the_kernel_goes_on_forwarding_room_media() {
             std::thread::sleep(Duration::from_micros(500));
         }
     };
-    send(0..=0);
+    // SOLO's packet 0 latches the camera, through the core; SHARED's follows once the
+    // routes are in the kernel (sent together, it raced their installation: it went through
+    // the core or the kernel by a few microseconds).
+    camera.send_to(&packet(SOLO, 0), cam_addr).unwrap();
     std::thread::sleep(Duration::from_millis(300));
+    camera.send_to(&packet(SHARED, 0), cam_addr).unwrap();
     send(1..=200);
     s.relay.kill();
     send(201..=400);
@@ -493,7 +498,6 @@ fn with_no_daemon_the_kernel_goes_on_forwarding_room_media() {
     for socket in &many {
         let mut got = drain(socket, SHARED);
         got.sort_unstable();
-        // The SHARED packet 0 went with the latching one, through the core.
         assert_eq!(got, (0..=400).collect::<Vec<u16>>());
     }
     routes_in_top(&s, &instance, &state_dir);

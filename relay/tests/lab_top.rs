@@ -279,7 +279,11 @@ fn top_shows_the_kernel_forwarding_with_and_without_the_daemon() {
             if let Some(status) = tmux.exit_status() {
                 break status;
             }
-            assert!(Instant::now() < deadline, "q did not end relay top");
+            assert!(
+                Instant::now() < deadline,
+                "q did not end relay top:\n{}",
+                tmux.screen()
+            );
             std::thread::sleep(Duration::from_millis(50));
         };
         assert_eq!(status, 0, "{}", tmux.screen());
