@@ -47,22 +47,26 @@ fn must(command: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The byte offset of the disk's EFI system partition, from its GPT (sfdisk).
-fn esp_offset(disk: &Path) -> u64 {
+/// GPT partition types (UAPI Discoverable Partitions Specification).
+const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+const ROOT_X86_64_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+
+/// The byte offset of the disk's partition of type `kind`, from its GPT (sfdisk).
+fn partition_offset(disk: &Path, kind: &str) -> u64 {
     let table: serde_json::Value =
         serde_json::from_str(&must(Command::new("sfdisk").arg("--json").arg(disk))).unwrap();
-    let esp = table["partitiontable"]["partitions"]
+    let partition = table["partitiontable"]["partitions"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["type"] == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B")
-        .expect("an EFI system partition");
-    esp["start"].as_u64().unwrap() * 512
+        .find(|p| p["type"] == kind)
+        .unwrap_or_else(|| panic!("no partition of type {kind}: {table}"));
+    partition["start"].as_u64().unwrap() * 512
 }
 
 /// Puts `relay/turn-secret` on the disk's EFI partition, as an operator does after flashing.
 fn provision(disk: &Path, dir: &Path) {
-    let image = format!("{}@@{}", disk.display(), esp_offset(disk));
+    let image = format!("{}@@{}", disk.display(), partition_offset(disk, ESP_TYPE));
     let secret = dir.join("turn-secret");
     std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
     must(Command::new("mmd").args(["-i", &image, "::relay"]));
@@ -334,10 +338,7 @@ fn the_edge_image_is_reproducible_boots_and_answers_stun() {
 /// The journal of the powered-off box and the size of its root file system (the root
 /// partition mounted read-only by offset).
 fn journal_of(disk: &Path, dir: &Path) -> (String, u64) {
-    let table: serde_json::Value =
-        serde_json::from_str(&must(Command::new("sfdisk").arg("--json").arg(disk))).unwrap();
-    let root = &table["partitiontable"]["partitions"][1];
-    let offset = root["start"].as_u64().unwrap() * 512;
+    let offset = partition_offset(disk, ROOT_X86_64_TYPE);
     let mnt = dir.join("root");
     std::fs::create_dir_all(&mnt).unwrap();
     must(

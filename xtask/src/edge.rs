@@ -24,6 +24,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use sha2::{Digest as _, Sha256};
 
+use crate::command::run;
+
 /// The GPT partition UUIDs (`root=PARTUUID=` and fstab name them) and the file systems'
 /// UUIDs. Fixed so that the disk is reproducible; every box flashed from it shares them,
 /// as every box flashed from one image does.
@@ -178,8 +180,7 @@ fn stage_overlay(inputs: &Inputs, overlay: &Path) -> anyhow::Result<()> {
         ),
     ];
     for (from, to, mode) in files {
-        let bytes = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
-        write(&overlay.join(to), &bytes, *mode)?;
+        copy(from, &overlay.join(to), *mode)?;
     }
     write(&overlay.join("etc/hostname"), b"relay\n", 0o644)?;
     // The root grows to the disk it is flashed to at first boot (systemd-repart grows the
@@ -193,6 +194,12 @@ fn stage_overlay(inputs: &Inputs, overlay: &Path) -> anyhow::Result<()> {
     write(&overlay.join("etc/fstab"), fstab.as_bytes(), 0o644)?;
     std::fs::create_dir_all(overlay.join("boot/efi"))?;
     Ok(())
+}
+
+/// `from`'s bytes at `to` with `mode`, parents made.
+fn copy(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
+    let bytes = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+    write(to, &bytes, mode)
 }
 
 fn write(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
@@ -294,16 +301,16 @@ impl Drop for Tmpfs {
 fn esp_image(root: &Path, staging: &Path, image: &Path, epoch: u64) -> anyhow::Result<()> {
     let kernel = only_one(&root.join("boot"), "vmlinuz-")?;
     let initrd = only_one(&root.join("boot"), "initrd.img-")?;
-    let copy = |from: &Path, to: &str| -> anyhow::Result<()> {
-        let bytes = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
-        write(&staging.join(to), &bytes, 0o644)
-    };
-    copy(
-        &root.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi"),
-        "EFI/BOOT/BOOTX64.EFI",
-    )?;
-    copy(&kernel, "EFI/relay/vmlinuz")?;
-    copy(&initrd, "EFI/relay/initrd.img")?;
+    for (from, to) in [
+        (
+            &root.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi"),
+            "EFI/BOOT/BOOTX64.EFI",
+        ),
+        (&kernel, "EFI/relay/vmlinuz"),
+        (&initrd, "EFI/relay/initrd.img"),
+    ] {
+        copy(from, &staging.join(to), 0o644)?;
+    }
     write(
         &staging.join("loader/loader.conf"),
         b"default relay.conf\ntimeout 0\n",
@@ -399,8 +406,8 @@ fn walk(
 
 /// The root file system: ext4 of the unpacked tree, room to spare, every time the epoch.
 fn root_image(root: &Path, image: &Path, epoch: u64) -> anyhow::Result<()> {
-    let mut paths = Vec::new();
-    walk_all(root, root, &mut paths)?;
+    let (mut dirs, mut files) = (Vec::new(), Vec::new());
+    walk(root, root, &mut dirs, &mut files)?;
     // The tree, a third more for ext4's metadata and the journal, and 256 MiB free for
     // logs and state until the first boot grows it to the disk.
     let used_mib = du_mib(root)?;
@@ -421,7 +428,8 @@ fn root_image(root: &Path, image: &Path, epoch: u64) -> anyhow::Result<()> {
         .strftime("%Y%m%d%H%M%S")
         .to_string();
     let mut script = String::new();
-    for path in std::iter::once("/".to_owned()).chain(paths) {
+    let inside = dirs.iter().chain(&files).map(|p| format!("/{p}"));
+    for path in std::iter::once("/".to_owned()).chain(inside) {
         if path.contains('"') || path.contains('\n') {
             bail!("{path:?}: debugfs cannot name this path");
         }
@@ -449,20 +457,6 @@ fn root_image(root: &Path, image: &Path, epoch: u64) -> anyhow::Result<()> {
         bail!("debugfs on {}: {}", image.display(), failed.join("; "));
     }
     run(Command::new("e2fsck").arg("-fn").arg(image)).context("checking the root file system")
-}
-
-/// Every path under `dir` (as `/etc/...`, relative to `base`), not following symlinks.
-fn walk_all(base: &Path, dir: &Path, paths: &mut Vec<String>) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        let inside = format!("/{}", path.strip_prefix(base)?.to_string_lossy());
-        paths.push(inside);
-        if entry.file_type()?.is_dir() {
-            walk_all(base, &path, paths)?;
-        }
-    }
-    Ok(())
 }
 
 /// What `dir` holds, in MiB (du's count of blocks).
@@ -510,21 +504,4 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
     let mut hasher = Sha256::new();
     std::io::copy(&mut file, &mut hasher)?;
     Ok(format!("sha256:{:x}", hasher.finalize()))
-}
-
-/// Runs `command`, failing with its output when it fails.
-fn run(command: &mut Command) -> anyhow::Result<()> {
-    let out = command
-        .output()
-        .with_context(|| format!("running {}", command.get_program().display()))?;
-    if !out.status.success() {
-        bail!(
-            "{} failed ({}): {} {}",
-            command.get_program().display(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }

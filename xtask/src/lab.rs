@@ -29,6 +29,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use nix::sched::{CloneFlags, setns};
 
+use crate::command::run;
+
 /// The prefix `cargo xtask lab` and the demo use. Tests pick their own, so they can run in
 /// parallel with each other and with a lab that is up.
 pub const DEFAULT_PREFIX: &str = "relay-lab";
@@ -420,17 +422,6 @@ fn sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
         "-qw",
         &format!("{key}={value}"),
     ]))
-}
-
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 /// A send-only `AF_PACKET` socket (protocol 0: no frame is ever queued to it) on

@@ -118,11 +118,12 @@ fn image(relay: Option<std::path::PathBuf>, edge_mirror: Option<&str>) -> anyhow
         }
         target_dir().join("release/relay")
     };
+    let epoch = xtask::image::source_date_epoch(&workspace)?;
     if let Some(mirror) = edge_mirror {
         let inputs = xtask::edge::Inputs {
             relay: &relay,
             appliance: &workspace.join("appliance"),
-            epoch: xtask::image::source_date_epoch(&workspace)?,
+            epoch,
             mirror,
         };
         let built = xtask::edge::build(&inputs, &target_dir().join("image"))?;
@@ -139,7 +140,7 @@ fn image(relay: Option<std::path::PathBuf>, edge_mirror: Option<&str>) -> anyhow
     let inputs = xtask::image::Inputs {
         relay: &relay,
         config: &workspace.join("appliance/relay.toml"),
-        epoch: xtask::image::source_date_epoch(&workspace)?,
+        epoch,
         revision: &revision,
     };
     let built = xtask::image::build(&inputs, &target_dir().join("image"))?;
