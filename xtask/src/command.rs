@@ -6,7 +6,7 @@ use anyhow::{Context as _, bail};
 
 /// Runs `command` quietly; when it fails, the error carries what it printed (stdout too:
 /// e2fsck and mkfs report there).
-pub(crate) fn run(command: &mut Command) -> anyhow::Result<()> {
+pub fn run(command: &mut Command) -> anyhow::Result<()> {
     let out = command
         .output()
         .with_context(|| format!("running {command:?}"))?;
@@ -19,4 +19,19 @@ pub(crate) fn run(command: &mut Command) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Runs `command` quietly and returns what it printed on stdout; fails as [`run`] does.
+pub fn output(command: &mut Command) -> anyhow::Result<String> {
+    let out = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{command:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

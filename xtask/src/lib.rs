@@ -1,6 +1,6 @@
 //! Shared by the `cargo xtask` commands and Relay's integration tests.
 
-mod command;
+pub mod command;
 pub mod coturn;
 pub mod edge;
 pub mod gstreamer;
